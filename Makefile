@@ -1,0 +1,35 @@
+# Entry points for people and CI. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# Tools of the project's venv come first: `mlflow run --env-manager local` and
+# `mlflow models serve` start `python`/`uvicorn` from PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_TRACKING_URI
+
+.PHONY: help setup run test clean
+
+help:
+	@echo "make setup  - create $(VENV) and install the pinned requirements"
+	@echo "make run    - setup, then train and register the default model (mlflow run .)"
+	@echo "make test   - setup, then run the unit and integration tests"
+	@echo "make clean  - remove the local tracking store ($(MLFLOW_TRACKING_URI), mlruns/)"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: setup
+	mlflow run . --env-manager local
+
+test: setup
+	pytest
+
+clean:
+	rm -rf mlflow.db mlruns

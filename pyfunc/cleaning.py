@@ -1,0 +1,178 @@
+"""The one place where raw tabular input is cleaned, shared by training and serving.
+
+Raw input is what a CSV file or a JSON client gives us: text with stray
+whitespace, missing-value markers such as ``?``, empty cells, numbers sent as
+strings and strings sent as numbers. Training (``steps/``) and the served model
+(``pyfunc/model.py``) both go through :func:`clean_raw_frame`, so the model sees
+the same values in both places.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+DEFAULT_NA_VALUES: tuple[str, ...] = ("?",)
+
+# float32 is what the forest compares features in; a larger magnitude would
+# overflow inside scikit-learn instead of failing here with a clear message.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MISSING = np.nan
+
+
+class InvalidInputError(MlflowException):
+    """Raw input the model cannot score: the message names the column(s).
+
+    It is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` so that
+    ``mlflow models serve`` answers 400 with this message instead of 500.
+    """
+
+    def __init__(self, message: str, columns: Sequence[str]):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.columns = list(columns)
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """What the model expects of raw input, inferred once from the training data."""
+
+    numeric: list[str]
+    categorical: list[str]
+    na_values: list[str] = field(default_factory=lambda: list(DEFAULT_NA_VALUES))
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSchema:
+        return cls(**json.loads(text))
+
+
+def clean_cell(value: Any, na_values: frozenset[str]) -> Any:
+    """Strip text and map blanks, missing markers, None and NaN to NaN."""
+    if isinstance(value, str):
+        value = value.strip()
+        return _MISSING if value == "" or value in na_values else value
+    if value is None or value is pd.NA or value is pd.NaT:
+        return _MISSING
+    if isinstance(value, float) and math.isnan(value):
+        return _MISSING
+    return value
+
+
+def normalize_missing(frame: pd.DataFrame, na_values: Iterable[str]) -> pd.DataFrame:
+    """Return ``frame`` as text-or-NaN cells: stripped, with every missing marker as NaN.
+
+    Used on whole files before any column kind is known (the preprocess step).
+    """
+    markers = frozenset(na_values)
+    return pd.DataFrame(
+        {
+            name: pd.Series(
+                [clean_cell(v, markers) for v in column.to_numpy(dtype=object)],
+                index=frame.index,
+                dtype=object,
+            )
+            for name, column in frame.items()
+        },
+        index=frame.index,
+    )
+
+
+def parse_number(value: Any) -> float:
+    """Read a cleaned cell as a finite float; raise ValueError if it is not one."""
+    if value is _MISSING or (isinstance(value, float) and math.isnan(value)):
+        return _MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.number)):
+        raise ValueError(value)
+    number = float(value)
+    if math.isnan(number):  # the strings "nan" / "NaN" are missing values, as in pandas
+        return _MISSING
+    if not abs(number) <= _FLOAT32_MAX:
+        raise ValueError(value)
+    return number
+
+
+def as_category(value: Any) -> Any:
+    """Text form of a categorical cell, so JSON ``5`` and ``5.0`` both match a CSV's ``5``."""
+    if isinstance(value, str) or value is _MISSING:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
+
+
+def infer_feature_schema(frame: pd.DataFrame, na_values: Iterable[str]) -> FeatureSchema:
+    """Decide which columns are numeric and which categorical from the training rows.
+
+    A column is numeric when every present value reads as a finite number, and
+    categorical otherwise. Columns with no value at all carry no information and
+    are left out (the model then does not require them).
+    """
+    cleaned = normalize_missing(frame, na_values)
+    numeric: list[str] = []
+    categorical: list[str] = []
+    for name, column in cleaned.items():
+        present = column.dropna()
+        if present.empty:
+            continue
+        try:
+            for value in present:
+                parse_number(value)
+        except (ValueError, OverflowError):
+            categorical.append(str(name))
+        else:
+            numeric.append(str(name))
+    return FeatureSchema(numeric=numeric, categorical=categorical, na_values=list(na_values))
+
+
+def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Turn raw rows into the model's input: numeric columns as float64, categoricals as text.
+
+    Extra columns are ignored. Raises :class:`InvalidInputError` naming the columns
+    when a required column is absent or a numeric column holds a value that is
+    not a number.
+    """
+    missing = [name for name in schema.columns if name not in frame.columns]
+    if missing:
+        raise InvalidInputError(
+            f"missing required column(s): {', '.join(map(repr, missing))}", missing
+        )
+    markers = frozenset(schema.na_values)
+    cleaned: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    bad_columns: list[str] = []
+    for name in schema.numeric:
+        values = np.empty(len(frame), dtype=np.float64)
+        for i, raw in enumerate(frame[name].to_numpy(dtype=object)):
+            try:
+                values[i] = parse_number(clean_cell(raw, markers))
+            except (ValueError, OverflowError):
+                bad_columns.append(name)
+                problems.append(f"column {name!r} row {i}: {raw!r} is not a number")
+                break
+        cleaned[name] = values
+    if problems:
+        raise InvalidInputError(
+            "non-numeric value(s) in numeric column(s): " + "; ".join(problems), bad_columns
+        )
+    for name in schema.categorical:
+        cleaned[name] = np.array(
+            [as_category(clean_cell(raw, markers)) for raw in frame[name].to_numpy(dtype=object)],
+            dtype=object,
+        )
+    return pd.DataFrame(cleaned, index=frame.index, columns=schema.columns)

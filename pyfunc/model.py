@@ -1,0 +1,68 @@
+"""The custom pyfunc model: raw rows in, label and class probabilities out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from pyfunc.cleaning import FeatureSchema, clean_raw_frame
+from pyfunc.pipeline import load_pipeline
+
+# Names of the artifacts logged with the model (see steps/train.py).
+PIPELINE_ARTIFACT = "pipeline"
+SCHEMA_ARTIFACT = "feature_schema"
+
+
+def proba_column(label: Any) -> str:
+    return f"proba_{label}"
+
+
+def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    """One row per input row: ``label``, ``probability`` of it, and ``proba_<class>`` for each class."""
+    best = proba.argmax(axis=1)
+    out = pd.DataFrame(
+        {
+            "label": classes[best],
+            "probability": proba[np.arange(len(best)), best],
+        },
+        index=index,
+    )
+    for i, label in enumerate(classes):
+        out[proba_column(label)] = proba[:, i]
+    return out
+
+
+class TabularClassifier(mlflow.pyfunc.PythonModel):
+    """Cleans raw rows with the same code as training, then runs the fitted pipeline."""
+
+    def __init__(self, pipeline: Pipeline | None = None, schema: FeatureSchema | None = None):
+        # Direct construction serves tests and in-process use; MLflow fills both in load_context.
+        self._pipeline = pipeline
+        self._schema = schema
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self._schema = FeatureSchema.from_json(
+            Path(context.artifacts[SCHEMA_ARTIFACT]).read_text(encoding="utf-8")
+        )
+        self._pipeline = load_pipeline(context.artifacts[PIPELINE_ARTIFACT])
+        # Spinning up joblib workers costs more than scoring one row with 100
+        # trees; a server scales with processes, so score in the calling thread.
+        self._pipeline.named_steps["forest"].n_jobs = 1
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        if self._pipeline is None or self._schema is None:
+            raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        features = clean_raw_frame(frame, self._schema)
+        proba = self._pipeline.predict_proba(features)
+        return format_predictions(self._pipeline.classes_, proba, frame.index)

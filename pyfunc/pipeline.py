@@ -1,0 +1,86 @@
+"""The scikit-learn pipeline the model carries, and how it is stored.
+
+Storage format: skops, not pickle. A pickle runs arbitrary code when it is
+loaded, so anyone who can write to the artifact store could run code in the
+model server. skops loads only the types we list below; a pipeline that needs
+any other type fails loudly at save time (in the train step), not at serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skops.io as sio
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, RobustScaler
+
+from pyfunc.cleaning import FeatureSchema
+
+# Types skops does not trust by default and our pipeline contains: the fitted
+# trees' C structure and numpy dtypes. Both are plain data in skops' format.
+TRUSTED_TYPES: tuple[str, ...] = ("numpy.dtype", "sklearn.tree._tree.Tree")
+
+
+def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any]) -> Pipeline:
+    """Imputation + RobustScaler for numbers, imputation + one-hot for categories, then a forest."""
+    transformers = []
+    if schema.numeric:
+        numeric = Pipeline(
+            [("impute", SimpleImputer(strategy="most_frequent")), ("scale", RobustScaler())]
+        )
+        transformers.append(("numeric", numeric, schema.numeric))
+    if schema.categorical:
+        categorical = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="most_frequent")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore")),
+            ]
+        )
+        transformers.append(("categorical", categorical, schema.categorical))
+    return Pipeline(
+        [
+            ("preprocess", ColumnTransformer(transformers, remainder="drop")),
+            ("forest", RandomForestClassifier(**forest_params)),
+        ]
+    )
+
+
+def input_column_importance(pipeline: Pipeline, schema: FeatureSchema) -> dict[str, float]:
+    """The forest's impurity importances summed back onto the raw input columns.
+
+    One-hot encoding turns a categorical column into one feature per category;
+    a user asks about ``education``, not ``education_Bachelors``.
+    """
+    importances = pipeline.named_steps["forest"].feature_importances_
+    widths: list[tuple[str, int]] = [(name, 1) for name in schema.numeric]
+    if schema.categorical:
+        encoder = pipeline.named_steps["preprocess"].named_transformers_["categorical"]
+        categories = encoder.named_steps["onehot"].categories_
+        widths += [(name, len(c)) for name, c in zip(schema.categorical, categories, strict=True)]
+    totals: dict[str, float] = {}
+    start = 0
+    for name, width in widths:
+        totals[name] = float(np.sum(importances[start : start + width]))
+        start += width
+    if start != len(importances):
+        raise RuntimeError(f"pipeline has {len(importances)} features, schema accounts for {start}")
+    return dict(sorted(totals.items(), key=lambda item: item[1], reverse=True))
+
+
+def save_pipeline(pipeline: Pipeline, path: Path) -> None:
+    """Write ``pipeline`` with skops; refuse if it holds a type we do not trust."""
+    data = sio.dumps(pipeline)
+    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    if untrusted:
+        raise TypeError(f"pipeline holds types not in TRUSTED_TYPES: {', '.join(untrusted)}")
+    path.write_bytes(data)
+
+
+def load_pipeline(path: Path | str) -> Pipeline:
+    return sio.load(path, trusted=list(TRUSTED_TYPES))

@@ -1,0 +1,1 @@
+"""The MLproject entry points: one module per step (see MLproject)."""

@@ -1,0 +1,90 @@
+"""Held-out metrics and report figures, computed on the scikit-learn pipeline's outputs.
+
+Metrics are computed here rather than with ``mlflow.models.evaluate``: a pyfunc
+returning several columns cannot be evaluated as a classifier, and its SHAP
+step fails on pandas 3 string columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    RocCurveDisplay,
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None
+) -> dict[str, float]:
+    """accuracy, precision, recall, f1, roc_auc.
+
+    Binary: precision/recall/F1/ROC-AUC of ``positive``. Multiclass (``positive``
+    None): macro averages and one-vs-rest macro ROC-AUC.
+    """
+    y_pred = classes[proba.argmax(axis=1)]
+    metrics = {"accuracy": accuracy_score(y_true, y_pred)}
+    if positive is not None:
+        column = list(classes).index(positive)
+        scores = {"pos_label": positive, "average": "binary", "zero_division": 0}
+        metrics["roc_auc"] = roc_auc_score(y_true == positive, proba[:, column])
+    else:
+        scores = {"labels": classes, "average": "macro", "zero_division": 0}
+        metrics["roc_auc"] = roc_auc_score(
+            y_true, proba, multi_class="ovr", average="macro", labels=classes
+        )
+    metrics["precision"] = precision_score(y_true, y_pred, **scores)
+    metrics["recall"] = recall_score(y_true, y_pred, **scores)
+    metrics["f1"] = f1_score(y_true, y_pred, **scores)
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(5, len(classes)), max(4, len(classes) * 0.8)))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=classes, ax=ax, colorbar=False, xticks_rotation=45
+    )
+    ax.set_title("Confusion matrix (test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_roc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
+             path: Path) -> None:
+    """One curve for the positive class (binary) or one per class, one-vs-rest."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    curves = [positive] if positive is not None else list(classes)
+    for label in curves:
+        column = list(classes).index(label)
+        RocCurveDisplay.from_predictions(
+            y_true == label, proba[:, column], name=f"{label}", ax=ax, plot_chance_level=label == curves[-1]
+        )
+    ax.set_title("ROC curve (test split)" + (" one-vs-rest" if positive is None else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_importance(importance: pd.Series, path: Path, top: int = 30) -> None:
+    shown = importance.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(shown) + 1)))
+    ax.barh(shown.index.astype(str), shown.to_numpy())
+    ax.set_xlabel("importance (impurity decrease, summed over one-hot columns)")
+    ax.set_title(f"Feature importance by input column (top {len(shown)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,236 @@
+"""Typed, validated parameters of the MLproject entry points.
+
+MLflow does not check ``int``/``float`` parameter types, so every step parses
+its own arguments here and fails with one line that names the parameter. Each
+parameter is a dataclass field whose metadata holds its parser; MLproject
+declares the same names and defaults (a unit test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from pyfunc.cleaning import DEFAULT_NA_VALUES
+
+
+class StepError(Exception):
+    """A failure the caller can fix; printed as one line, never as a traceback."""
+
+
+class ParameterError(StepError):
+    def __init__(self, name: str, raw: str, reason: str):
+        super().__init__(f"{name}={raw!r}: {reason}")
+        self.name = name
+
+
+class DataError(StepError):
+    """The data itself cannot be used (empty, one class, unreadable, ...)."""
+
+
+Parser = Callable[[str], Any]
+P = TypeVar("P")
+
+
+def param(default: Any, parse: Parser, help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+def _int(raw: str, minimum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    return _int(raw, minimum=1)
+
+
+def any_int(raw: str) -> int:
+    return _int(raw)
+
+
+def n_jobs(raw: str) -> int:
+    value = _int(raw)
+    if value == 0 or value < -1:
+        raise ValueError("expected -1 (all cores) or a number of cores >= 1")
+    return value
+
+
+def _is_none(raw: str) -> bool:
+    return raw.strip().lower() in ("", "none", "null")
+
+
+def optional_positive_int(raw: str) -> int | None:
+    return None if _is_none(raw) else positive_int(raw)
+
+
+def open_fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number between 0 and 1") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError("expected a number strictly between 0 and 1")
+    return value
+
+
+def max_features(raw: str) -> str | int | float | None:
+    text = raw.strip().lower()
+    if _is_none(text):
+        return None
+    if text in ("sqrt", "log2"):
+        return text
+    try:
+        return positive_int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected sqrt, log2, none, a whole number >= 1 or a fraction") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError("a fraction of features must be in (0, 1]")
+    return value
+
+
+def class_weight(raw: str) -> str | None:
+    text = raw.strip().lower()
+    if _is_none(text):
+        return None
+    if text in ("balanced", "balanced_subsample"):
+        return text
+    raise ValueError("expected none, balanced or balanced_subsample")
+
+
+def column_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def na_markers(raw: str) -> tuple[str, ...]:
+    # Blank cells are always missing; these are the extra markers.
+    return column_list(raw)
+
+
+def required_text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def optional_text(raw: str) -> str:
+    return raw.strip()
+
+
+# Registry names end up in URIs (models:/<name>/<version>) and URL paths.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def model_name(raw: str) -> str:
+    if not _MODEL_NAME.fullmatch(raw.strip()):
+        raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return raw.strip()
+
+
+DEFAULT_DATA_PATH = "data/census-income-sample.csv.gz"
+DEFAULT_MODEL_NAME = "census-income-classifier"
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the data comes from and how it is split (the ``preprocess`` step)."""
+
+    data_path: str = param(DEFAULT_DATA_PATH, required_text, "CSV file (.csv/.csv.gz) or URI")
+    target: str = param("income", required_text, "label column")
+    na_values: tuple[str, ...] = param(
+        DEFAULT_NA_VALUES, na_markers, "comma-separated missing-value markers (blanks always are)"
+    )
+    # instance_weight is a survey weight the UCI notes say not to use as a feature.
+    drop_columns: tuple[str, ...] = param(
+        ("instance_weight",), column_list, "comma-separated columns to leave out"
+    )
+    test_size: float = param(0.2, open_fraction, "held-out fraction, stratified")
+    random_state: int = param(42, any_int, "seed for the split and the forest")
+
+
+@dataclass(frozen=True)
+class ForestParams:
+    """Hyperparameters of the random forest."""
+
+    n_estimators: int = param(100, positive_int, "number of trees")
+    max_depth: int | None = param(None, optional_positive_int, "tree depth limit, none = unlimited")
+    min_samples_leaf: int = param(1, positive_int, "minimum rows per leaf")
+    max_features: str | int | float | None = param(
+        "sqrt", max_features, "features per split: sqrt, log2, none, N or a fraction"
+    )
+    class_weight: str | None = param(None, class_weight, "none, balanced or balanced_subsample")
+    random_state: int = param(42, any_int, "seed for the split and the forest")
+    n_jobs: int = param(-1, n_jobs, "cores used to fit, -1 = all")
+
+    def sklearn_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """How the trained model is evaluated and registered."""
+
+    model_name: str = param(DEFAULT_MODEL_NAME, model_name, "registered model name")
+    positive_class: str = param(
+        "", optional_text, "class scored as positive in binary metrics; empty = the rarest class"
+    )
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Where the ``train`` step finds the output of ``preprocess``."""
+
+    splits_uri: str = param("", required_text, "artifact URI or folder with train/test Parquet")
+    target: str = param("", optional_text, "label column; empty = the one preprocess split on")
+
+
+def format_value(value: Any) -> str:
+    """The MLproject string form of a parsed value (parsing it again gives ``value``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def to_arguments(*groups: Any) -> dict[str, str]:
+    """Parameters of parsed groups as MLproject strings, to pass to another entry point."""
+    return {f.name: format_value(getattr(g, f.name)) for g in groups for f in fields(g)}
+
+
+def parse_params(cls: type[P], raw: Mapping[str, str]) -> P:
+    """Build ``cls`` from raw strings, using defaults for absent names."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in raw:
+            try:
+                values[f.name] = f.metadata["parse"](raw[f.name])
+            except ValueError as err:
+                raise ParameterError(f.name, raw[f.name], str(err)) from None
+    return cls(**values)
+
+
+def parse_cli(argv: Sequence[str] | None, *groups: type) -> tuple[Any, ...]:
+    """Parse ``--name value`` arguments for the given parameter groups."""
+    parser = argparse.ArgumentParser()
+    seen: set[str] = set()
+    for group in groups:
+        for f in fields(group):
+            if f.name not in seen:
+                seen.add(f.name)
+                parser.add_argument(f"--{f.name}", default=None, help=f.metadata["help"])
+    namespace = parser.parse_args(argv)
+    raw = {name: value for name, value in vars(namespace).items() if value is not None}
+    return tuple(parse_params(group, raw) for group in groups)

@@ -1,0 +1,165 @@
+"""``preprocess`` step: raw CSV -> cleaned, stratified train/test splits logged to MLflow.
+
+The splits keep every cell as text (or missing): column kinds are decided by
+the train step from the training split alone, so the test split cannot leak
+into them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from pyfunc.cleaning import normalize_missing
+from steps.params import DataError, DataParams, ParameterError, parse_cli, to_arguments
+from steps.runs import log_params_once, step_run
+from steps.sources import read_raw_csv
+
+SPLITS_DIR = "splits"
+TRAIN_FILE = "train.parquet"
+TEST_FILE = "test.parquet"
+META_FILE = "preprocess.json"
+EXAMPLE_FILE = "input_example.json"
+EXAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    """What the train step needs to know about how the splits were made."""
+
+    target: str
+    na_values: list[str]
+    features: list[str]
+    source: str
+
+
+def feature_columns(columns: Sequence[str], params: DataParams) -> list[str]:
+    if params.target not in columns:
+        shown = ", ".join(list(columns)[:20]) + (", ..." if len(columns) > 20 else "")
+        raise ParameterError("target", params.target, f"no such column (columns: {shown})")
+    dropped = set(params.drop_columns)
+    features = [c for c in columns if c != params.target and c not in dropped]
+    if not features:
+        raise DataError(f"no feature columns left besides target {params.target!r}")
+    return features
+
+
+def check_classes(labels: pd.Series, params: DataParams) -> pd.Series:
+    counts = labels.value_counts()
+    if labels.empty:
+        raise DataError(f"target {params.target!r} has no values")
+    if len(counts) < 2:
+        raise DataError(
+            f"target {params.target!r} has one class only ({counts.index[0]!r}): need at least two"
+        )
+    rare = counts[counts < 2]
+    if not rare.empty:
+        raise DataError(
+            f"target {params.target!r}: class {rare.index[0]!r} has only {rare.iloc[0]} row;"
+            " a stratified split needs at least 2 rows per class"
+        )
+    n_test = round(len(labels) * params.test_size)
+    if n_test < len(counts) or len(labels) - n_test < len(counts):
+        raise DataError(
+            f"{len(labels)} labelled rows are too few to give each of {len(counts)} classes"
+            f" a row in both splits with test_size={params.test_size}"
+        )
+    return counts
+
+
+def profile_of(raw_rows: int, frame: pd.DataFrame, counts: pd.Series, params: DataParams,
+               train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+    missing = frame.drop(columns=[params.target]).isna().sum()
+    return {
+        "rows_read": raw_rows,
+        "rows_without_label": raw_rows - len(frame),
+        "rows": len(frame),
+        "feature_columns": frame.shape[1] - 1,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "missing_cells": int(missing.sum()),
+        "missing_by_column": {str(k): int(v) for k, v in missing.items() if v},
+        "class_balance": {str(k): int(v) for k, v in counts.items()},
+    }
+
+
+def preprocess(params: DataParams, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Write the splits, their metadata and a raw input example to ``out_dir``.
+
+    Returns the train and test splits and the data profile.
+    """
+    raw = read_raw_csv(params.data_path)
+    features = feature_columns(list(raw.columns), params)
+    absent = [c for c in params.drop_columns if c not in raw.columns]
+    if absent:
+        print(f"warning: drop_columns: not in the data, ignored: {', '.join(absent)}", file=sys.stderr)
+
+    frame = normalize_missing(raw[[*features, params.target]], params.na_values)
+    frame = frame[frame[params.target].notna()]
+    counts = check_classes(frame[params.target], params)
+    train, test = train_test_split(
+        frame,
+        test_size=params.test_size,
+        stratify=frame[params.target],
+        random_state=params.random_state,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(out_dir / TRAIN_FILE)
+    test.to_parquet(out_dir / TEST_FILE)
+    # Real rows exactly as the CSV had them ("?", blanks, numbers as text): the
+    # model's input example shows users what raw input it takes.
+    example = raw.loc[test.index[:EXAMPLE_ROWS], features]
+    (out_dir / EXAMPLE_FILE).write_text(example.to_json(orient="records", indent=1), encoding="utf-8")
+    meta = SplitMeta(params.target, list(params.na_values), features, params.data_path)
+    (out_dir / META_FILE).write_text(json.dumps(asdict(meta), indent=2), encoding="utf-8")
+    return train, test, profile_of(len(raw), frame, counts, params, train, test)
+
+
+def log_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, target: str) -> None:
+    """Record the splits as the active run's MLflow datasets (training and testing)."""
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local-file source twice and warns that a path
+        # "can be interpreted in multiple ways" (both the same class).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        for split, name, context in ((train, "train", "training"), (test, "test", "testing")):
+            dataset = mlflow.data.from_pandas(split, source=source, targets=target, name=name)
+            mlflow.log_input(dataset, context=context)
+
+
+def run_preprocess(params: DataParams) -> dict[str, Any]:
+    """Preprocess into the active run: params, splits, datasets and profile. Returns the profile."""
+    log_params_once(to_arguments(params))
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(tmp) / SPLITS_DIR
+        train, test, profile = preprocess(params, out_dir)
+        log_split_datasets(train, test, params.data_path, params.target)
+        mlflow.log_artifacts(str(out_dir), artifact_path=SPLITS_DIR)
+    mlflow.log_dict(profile, "profile.json")
+    mlflow.log_metrics({k: v for k, v in profile.items() if isinstance(v, int)})
+    print(
+        f"preprocess: {profile['rows']} rows ({profile['train_rows']} train,"
+        f" {profile['test_rows']} test), {profile['feature_columns']} features,"
+        f" classes {profile['class_balance']}"
+    )
+    return profile
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with step_run("preprocess"):
+        (params,) = parse_cli(argv, DataParams)
+        run_preprocess(params)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Reading a step's input: local paths or any URI MLflow's artifact stores can fetch."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow.artifacts
+import pandas as pd
+
+from steps.params import DataError, ParameterError
+
+CSV_SUFFIXES = (".csv", ".csv.gz")
+
+
+def fetch(location: str, name: str) -> Path:
+    """A local path for ``location`` (a path or a URI); downloads remote URIs.
+
+    Relative paths are taken from the working directory, which is the project
+    folder when the step runs under ``mlflow run``.
+    """
+    parsed = urlparse(location)
+    # One-letter "schemes" are Windows drive letters, not URIs.
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:
+        path = Path(parsed.path if parsed.scheme == "file" else location).expanduser()
+        if not path.exists():
+            raise ParameterError(name, location, "no such file or directory")
+        return path
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
+    except Exception as err:  # any store's failure becomes the caller's one-line message
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ParameterError(name, location, f"cannot fetch: {reason}") from None
+
+
+def read_raw_csv(location: str, name: str = "data_path") -> pd.DataFrame:
+    """Every cell of the CSV as the text it holds: nothing parsed, nothing guessed yet."""
+    path = fetch(location, name)
+    if path.is_dir():
+        raise ParameterError(name, location, "is a directory, expected a .csv or .csv.gz file")
+    if not path.name.lower().endswith(CSV_SUFFIXES):
+        raise ParameterError(name, location, "expected a .csv or .csv.gz file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{name}: {location} is empty") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{name}: {location} is not UTF-8 text (byte {err.start})") from None
+    except (pd.errors.ParserError, gzip.BadGzipFile, zlib.error, EOFError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise DataError(f"{name}: {location} is not a readable CSV: {reason}") from None
+    if frame.empty:
+        raise DataError(f"{name}: {location} has a header but no rows")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame

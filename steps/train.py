@@ -1,0 +1,231 @@
+"""``train`` step: fit the pipeline on the training split, evaluate, log and register the pyfunc."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, Schema
+from sklearn.pipeline import Pipeline
+
+from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
+from pyfunc.model import PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
+from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
+from steps import evaluate
+from steps.params import (
+    DataError,
+    ForestParams,
+    ModelParams,
+    ParameterError,
+    SplitParams,
+    parse_cli,
+    to_arguments,
+)
+from steps.preprocess import (
+    EXAMPLE_FILE,
+    META_FILE,
+    TEST_FILE,
+    TRAIN_FILE,
+    SplitMeta,
+    log_split_datasets,
+)
+from steps.runs import log_params_once, step_run
+from steps.sources import fetch
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+MODEL_ARTIFACT_PATH = "model"
+# Packages the served model imports, pinned as in requirements.txt.
+MODEL_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops")
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    meta: SplitMeta
+    example: pd.DataFrame
+
+
+def load_splits(splits_uri: str) -> Splits:
+    folder = fetch(splits_uri, "splits_uri")
+    missing = [f for f in (TRAIN_FILE, TEST_FILE, META_FILE, EXAMPLE_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise ParameterError("splits_uri", splits_uri, f"missing {', '.join(missing)}: run preprocess first")
+    meta = SplitMeta(**json.loads((folder / META_FILE).read_text(encoding="utf-8")))
+    return Splits(
+        train=pd.read_parquet(folder / TRAIN_FILE),
+        test=pd.read_parquet(folder / TEST_FILE),
+        meta=meta,
+        example=pd.DataFrame(json.loads((folder / EXAMPLE_FILE).read_text(encoding="utf-8")), dtype=object),
+    )
+
+
+def typed_labels(labels: pd.Series) -> np.ndarray:
+    """Labels in their natural type: integers, else floats, else text.
+
+    CSV labels arrive as text; a data set labelled 0/1 should get 0/1 back from
+    the model, not "0"/"1".
+    """
+    text = labels.astype(str).to_numpy(dtype=object)
+    for kind in (int, float):
+        try:
+            return np.array([kind(v) for v in text])
+        except ValueError:
+            continue
+    return text
+
+
+def choose_positive(classes: np.ndarray, y_train: np.ndarray, requested: str) -> Any:
+    """The class binary metrics score: the one asked for, else the rarest in training."""
+    if len(classes) != 2:
+        if requested:
+            raise ParameterError("positive_class", requested, f"only for binary targets; this one has {len(classes)} classes")
+        return None
+    if requested:
+        matches = [c for c in classes if str(c) == requested]
+        if not matches:
+            raise ParameterError("positive_class", requested, f"not a class (classes: {', '.join(map(str, classes))})")
+        return matches[0]
+    counts = {c: int(np.sum(y_train == c)) for c in classes}
+    return min(reversed(classes), key=lambda c: counts[c])
+
+
+def model_signature(schema: FeatureSchema, classes: np.ndarray) -> ModelSignature:
+    """Inputs typed ``Any`` and not ``required`` in MLflow's sense.
+
+    Raw rows carry numbers as text and "?" in any column: a typed signature
+    would reject "39" for a numeric column, and MLflow's own required-column
+    check answers with the whole input frame pasted into its message. Our
+    cleaning checks both and names the columns at fault.
+    """
+    label_type = {"i": "long", "f": "double"}.get(classes.dtype.kind, "string")
+    outputs = [ColSpec(label_type, "label"), ColSpec("double", "probability")]
+    outputs += [ColSpec("double", proba_column(c)) for c in classes]
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), name, required=False) for name in schema.columns]),
+        outputs=Schema(outputs),
+    )
+
+
+def model_requirements() -> list[str]:
+    pins = {}
+    for line in (PROJECT_DIR / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"([A-Za-z0-9_.-]+)==", line.strip())
+        if match:
+            pins[match.group(1).lower()] = line.strip()
+    return [pins[name] for name in MODEL_PACKAGES]
+
+
+def _param_text(columns: list[str]) -> str:
+    text = ",".join(columns)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def fit_and_report(splits: Splits, target: str, model: ModelParams, forest: ForestParams,
+                   out_dir: Path) -> tuple[Pipeline, FeatureSchema, dict[str, float]]:
+    """Fit the pipeline, write report artifacts to ``out_dir``; return pipeline, schema, metrics."""
+    features = splits.meta.features
+    schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
+    if not schema.columns:
+        raise DataError("every feature column is empty in the training split")
+    y_train = typed_labels(splits.train[target])
+    y_test = typed_labels(splits.test[target]).astype(y_train.dtype)
+    classes = np.unique(y_train)
+    if len(classes) < 2:
+        raise DataError(f"target {target!r} has one class only in the training split")
+    positive = choose_positive(classes, y_train, model.positive_class)
+    mlflow.log_params(
+        {
+            "numeric_columns": _param_text(schema.numeric),
+            "categorical_columns": _param_text(schema.categorical),
+            "n_numeric_columns": len(schema.numeric),
+            "n_categorical_columns": len(schema.categorical),
+            "classes": _param_text([str(c) for c in classes]),
+            "metric_average": "binary" if positive is not None else "macro",
+            "positive_class_used": "" if positive is None else str(positive),
+        }
+    )
+
+    pipeline = build_pipeline(schema, forest.sklearn_kwargs())
+    started = time.perf_counter()
+    pipeline.fit(clean_raw_frame(splits.train, schema), y_train)
+    fit_seconds = time.perf_counter() - started
+
+    proba = pipeline.predict_proba(clean_raw_frame(splits.test, schema))
+    metrics = evaluate.classification_metrics(y_test, proba, pipeline.classes_, positive)
+    metrics["training_time_seconds"] = fit_seconds
+
+    y_pred = pipeline.classes_[proba.argmax(axis=1)]
+    evaluate.plot_confusion_matrix(y_test, y_pred, pipeline.classes_, out_dir / "confusion_matrix.png")
+    evaluate.plot_roc(y_test, proba, pipeline.classes_, positive, out_dir / "roc_curve.png")
+    importance = pd.Series(input_column_importance(pipeline, schema), name="importance")
+    importance.rename_axis("column").to_csv(out_dir / "feature_importance.csv")
+    evaluate.plot_importance(importance, out_dir / "feature_importance.png")
+    return pipeline, schema, metrics
+
+
+def log_model(pipeline: Pipeline, schema: FeatureSchema, splits: Splits, model_name: str,
+              out_dir: Path) -> mlflow.models.model.ModelInfo:
+    pipeline_path = out_dir / "pipeline.skops"
+    schema_path = out_dir / "feature_schema.json"
+    save_pipeline(pipeline, pipeline_path)
+    schema_path.write_text(schema.to_json(), encoding="utf-8")
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT_PATH,
+        python_model=str(PROJECT_DIR / "pyfunc" / "model_code.py"),
+        artifacts={PIPELINE_ARTIFACT: str(pipeline_path), SCHEMA_ARTIFACT: str(schema_path)},
+        code_paths=[str(PROJECT_DIR / "pyfunc")],
+        signature=model_signature(schema, pipeline.classes_),
+        input_example=splits.example[schema.columns],
+        pip_requirements=model_requirements(),
+        registered_model_name=model_name,
+    )
+
+
+def train_and_register(split_params: SplitParams, model: ModelParams, forest: ForestParams) -> str:
+    """Train into the active run and register the model; return the new version number."""
+    run = mlflow.active_run()
+    assert run is not None, "train_and_register needs an active run"
+    splits = load_splits(split_params.splits_uri)
+    target = splits.meta.target
+    if split_params.target not in ("", target):
+        raise ParameterError("target", split_params.target, f"the splits were made for target {target!r}")
+    log_params_once({**to_arguments(split_params, model, forest), "target": target})
+    log_split_datasets(splits.train, splits.test, split_params.splits_uri, target)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(tmp)
+        reports = out_dir / "reports"
+        reports.mkdir()
+        pipeline, schema, metrics = fit_and_report(splits, target, model, forest, reports)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(reports))
+        info = log_model(pipeline, schema, splits, model.model_name, out_dir)
+    version = str(info.registered_model_version)
+    mlflow.set_tags({"model_name": model.model_name, "model_version": version})
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(model.model_name, version, "target", target)
+    client.set_model_version_tag(model.model_name, version, "train_run_id", run.info.run_id)
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    print(f"train: registered {model.model_name} version {version} ({summary})")
+    return version
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with step_run("train"):
+        split_params, model, forest = parse_cli(argv, SplitParams, ModelParams, ForestParams)
+        train_and_register(split_params, model, forest)
+
+
+if __name__ == "__main__":
+    main()

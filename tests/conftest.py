@@ -1,0 +1,80 @@
+"""Fixtures shared by unit and integration tests: real MLflow stores in temporary folders."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+CENSUS_SAMPLE = PROJECT_DIR / "data" / "census-income-sample.csv.gz"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    uri: str
+    experiment_name: str
+    experiment_id: str
+    root: Path
+
+
+@contextmanager
+def temporary_tracking(root: Path) -> Iterator[Tracking]:
+    """Point MLflow (this process and its children) at a new SQLite store under ``root``."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        name = f"test-{uuid.uuid4().hex[:8]}"
+        experiment_id = mlflow.create_experiment(name, artifact_location=str(root / "artifacts"))
+        patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+        try:
+            yield Tracking(uri, name, experiment_id, root)
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> Iterator[Tracking]:
+    """A fresh SQLite tracking store and registry, with artifacts under ``tmp_path``."""
+    with temporary_tracking(tmp_path) as store:
+        yield store
+
+
+def census_rows(n: int) -> pd.DataFrame:
+    """The first ``n`` rows of the embedded census sample, every cell as raw text."""
+    return pd.read_csv(CENSUS_SAMPLE, dtype=str, keep_default_na=False, nrows=n)
+
+
+def mixed_frame(n: int = 240, seed: int = 0, labels: tuple = ("no", "yes")) -> pd.DataFrame:
+    """A small raw data set with numeric and text columns, '?' markers, blanks and stray spaces."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 80, n)
+    hours = rng.normal(40, 10, n).round(1)
+    colour = rng.choice(["red", "green", "blue"], n)
+    city = rng.choice(["Oslo", "Lima", "Pune", "Kobe"], n)
+    score = age / 80 + (colour == "red") * 0.6 + rng.normal(0, 0.2, n)
+    edges = np.quantile(score, np.linspace(0, 1, len(labels) + 1)[1:-1])
+    frame = pd.DataFrame(
+        {
+            "age": age.astype(str),
+            "hours": hours.astype(str),
+            "colour": colour,
+            "city": [f" {c} " for c in city],  # stray whitespace, as in real exports
+            "label": [labels[i] for i in np.searchsorted(edges, score)],
+        }
+    )
+    frame.loc[::7, "hours"] = "?"
+    frame.loc[3::11, "colour"] = ""
+    frame.loc[5::13, "city"] = "?"
+    return frame

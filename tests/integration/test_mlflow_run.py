@@ -1,0 +1,178 @@
+"""The real ``mlflow run . --env-manager local`` into a temporary SQLite store, then the registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+
+from tests.conftest import PROJECT_DIR, Tracking, census_rows
+
+pytestmark = pytest.mark.integration
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def child_env(tracking: Tracking) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.uri}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def mlflow_run(tracking: Tracking, *params: str, entry_point: str = "main") -> subprocess.CompletedProcess:
+    args = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "-e", entry_point,
+            "--env-manager", "local", "--experiment-id", tracking.experiment_id]
+    for param in params:
+        args += ["-P", param]
+    return subprocess.run(args, env=child_env(tracking), capture_output=True, text=True, timeout=600)
+
+
+def run_step(tracking: Tracking, module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_DIR,
+                          env=child_env(tracking), capture_output=True, text=True, timeout=300)
+
+
+def assert_succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+
+
+def runs_by_name(tracking: Tracking) -> dict[str, mlflow.entities.Run]:
+    runs = mlflow.MlflowClient().search_runs([tracking.experiment_id])
+    return {run.info.run_name: run for run in runs}
+
+
+def test_census_slice_trains_logs_and_registers_a_raw_input_model(tracking, tmp_path):
+    data = census_rows(3000)
+    data.loc[::50, "age"] = ""  # blanks besides the file's own "?" markers
+    csv = tmp_path / "census.csv.gz"
+    data.to_csv(csv, index=False)
+
+    result = mlflow_run(tracking, f"data_path={csv}", "target=income",
+                        "model_name=census-it", "n_estimators=30")
+    assert_succeeded(result)
+
+    runs = runs_by_name(tracking)
+    driver, prepared, trained = runs["main"], runs["preprocess"], runs["train"]
+    for child in (prepared, trained):
+        assert child.data.tags["mlflow.parentRunId"] == driver.info.run_id
+        assert child.info.status == "FINISHED"
+    assert trained.data.params["splits_uri"] == f"{prepared.info.artifact_uri}/splits"
+
+    # metrics on the held-out split, copied onto the driver run
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "training_time_seconds"):
+        assert name in trained.data.metrics
+        assert driver.data.metrics[name] == trained.data.metrics[name]
+    assert 0.8 < trained.data.metrics["accuracy"] <= 1.0
+    assert trained.data.metrics["roc_auc"] > 0.8
+    assert trained.data.params["positive_class_used"] == "50000+."  # the rarer class
+    assert "age" in trained.data.params["numeric_columns"]
+    assert "education" in trained.data.params["categorical_columns"]
+    assert "instance_weight" not in trained.data.params["numeric_columns"]  # dropped by default
+
+    # the splits as artifacts and as datasets, the profile, the report figures
+    client = mlflow.MlflowClient()
+    split_files = {Path(a.path).name for a in client.list_artifacts(prepared.info.run_id, "splits")}
+    assert {"train.parquet", "test.parquet"} <= split_files
+    contexts = {d.tags[0].value for d in prepared.inputs.dataset_inputs}
+    assert contexts == {"training", "testing"}
+    assert prepared.data.metrics["rows"] == 3000
+    reports = {a.path for a in client.list_artifacts(trained.info.run_id)}
+    assert {"confusion_matrix.png", "roc_curve.png", "feature_importance.csv", "feature_importance.png"} <= reports
+    importance = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=trained.info.run_id, artifact_path="feature_importance.csv")
+    )
+    assert set(importance["column"]) <= set(data.columns)  # input columns, not one-hot ones
+    assert importance["importance"].is_monotonic_decreasing
+
+    # the registered version serves raw rows as they appear in the CSV
+    assert driver.data.tags["model_version"] == "1"
+    version = client.get_model_version("census-it", "1")
+    assert version.run_id == trained.info.run_id
+    model = mlflow.pyfunc.load_model("models:/census-it/1")
+    raw = census_rows(3100).tail(100).drop(columns=["income"])
+    raw.loc[raw.index[0], "education"] = "Doctorate from the Moon"
+    raw.loc[raw.index[1], "capital_gains"] = " 5000 "
+    raw.loc[raw.index[2], "class_of_worker"] = "?"
+    out = model.predict(raw)
+    assert len(out) == 100
+    assert set(out["label"]) <= {"- 50000.", "50000+."}
+    np.testing.assert_allclose(out["proba_- 50000."] + out["proba_50000+."], 1.0)
+
+
+def test_multiclass_numeric_labels_register_and_predict_their_own_labels(tracking, tmp_path):
+    wine = load_wine(as_frame=True).frame.rename(columns={"target": "cultivar"})
+    wine = wine.astype(object)
+    wine.loc[::9, "alcohol"] = "?"
+    wine.loc[4::10, "magnesium"] = ""
+    csv = tmp_path / "wine.csv"
+    wine.to_csv(csv, index=False)
+
+    result = mlflow_run(tracking, f"data_path={csv}", "target=cultivar", "drop_columns=",
+                        "model_name=wine", "n_estimators=40", "test_size=0.3")
+    assert_succeeded(result)
+
+    trained = runs_by_name(tracking)["train"]
+    assert trained.data.params["metric_average"] == "macro"
+    assert trained.data.metrics["accuracy"] > 0.85
+    assert trained.data.metrics["roc_auc"] > 0.9
+    model = mlflow.pyfunc.load_model("models:/wine/1")
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False).drop(columns=["cultivar"]).head(20)
+    out = model.predict(raw)
+    assert list(out.columns) == ["label", "probability", "proba_0", "proba_1", "proba_2"]
+    assert {type(v) for v in out["label"].tolist()} == {int}
+    assert set(out["label"]) <= {0, 1, 2}
+
+
+def one_class_csv(tmp_path: Path) -> str:
+    path = tmp_path / "one_class.csv"
+    pd.DataFrame({"x": range(20), "y": ["same"] * 20}).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (["n_estimators=abc"], "n_estimators='abc': expected a whole number"),
+        (["test_size=1.5"], "test_size='1.5': expected a number strictly between 0 and 1"),
+        (["data_path=no/such/file.csv"], "data_path='no/such/file.csv': no such file or directory"),
+        (["target=wrong_column"], "target='wrong_column': no such column"),
+        ([lambda tmp: f"data_path={one_class_csv(tmp)}", "target=y"], "has one class only ('same')"),
+    ],
+    ids=["not-an-int", "out-of-range", "missing-file", "missing-target", "one-class"],
+)
+def test_bad_parameters_and_data_fail_with_one_line_naming_the_problem(tracking, tmp_path, params, expected):
+    resolved = [p(tmp_path) if callable(p) else p for p in params]
+    result = mlflow_run(tracking, *resolved, "model_name=never-registered")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error_lines, result.stderr[-2000:]
+    assert expected in error_lines[-1]
+    assert mlflow.MlflowClient().search_registered_models() == []
+    assert runs_by_name(tracking)["main"].data.tags["error"].endswith(error_lines[-1].split(": ", 2)[-1])
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\xfa" * 50, "not UTF-8 text"),
+        (b"a,b\n", "has a header but no rows"),
+    ],
+    ids=["empty", "binary-garbage", "header-only"],
+)
+def test_unreadable_data_fails_the_preprocess_step_with_one_line(tracking, tmp_path, content, expected):
+    path = tmp_path / "broken.csv"
+    path.write_bytes(content)
+    result = run_step(tracking, "steps.preprocess", "--data_path", str(path), "--target", "b")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data_path: ")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,92 @@
+"""The one raw-input cleaning path: markers, whitespace, column kinds, typed output, errors."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyfunc.cleaning import (
+    FeatureSchema,
+    InvalidInputError,
+    clean_raw_frame,
+    infer_feature_schema,
+    normalize_missing,
+)
+
+SCHEMA = FeatureSchema(numeric=["age", "hours"], categorical=["colour"], na_values=["?", "n/a"])
+
+
+def test_normalize_missing_strips_text_and_maps_markers_and_blanks_to_nan():
+    raw = pd.DataFrame({"a": [" x ", "?", "", "   ", None, "n/a", "?x"], "b": [1, 2, 3, 4, 5, 6, 7]})
+    out = normalize_missing(raw, ["?", "n/a"])
+    assert out["a"].iloc[0] == "x"
+    assert out["a"].iloc[1:6].isna().all()
+    assert out["a"].iloc[6] == "?x"  # only whole-cell markers are missing
+    assert list(out["b"]) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_infer_schema_numbers_as_text_are_numeric_and_any_word_makes_categorical():
+    raw = pd.DataFrame(
+        {
+            "age": ["39", " 50 ", "?", "1e3"],
+            "code": ["1", "2", "x", "3"],
+            "colour": ["red", "blue", "?", "red"],
+            "empty": ["?", "", " ", "?"],
+        }
+    )
+    schema = infer_feature_schema(raw, ["?"])
+    assert schema.numeric == ["age"]
+    assert schema.categorical == ["code", "colour"]
+    assert "empty" not in schema.columns  # an all-missing column carries nothing
+
+
+def test_clean_raw_frame_types_values_like_the_csv_would():
+    raw = pd.DataFrame(
+        {
+            "colour": [" red", 5, 5.0, "?", None, "n/a"],
+            "age": ["39", 40, " 41.5 ", "?", "", np.nan],
+            "hours": [1, "2", "NaN", None, "  ", "3"],
+            "extra": ["ignored"] * 6,
+        }
+    )
+    out = clean_raw_frame(raw, SCHEMA)
+    assert list(out.columns) == ["age", "hours", "colour"]  # extras dropped, schema order
+    assert out["age"].dtype == np.float64 and out["hours"].dtype == np.float64
+    assert out["age"].tolist()[:3] == [39.0, 40.0, 41.5]
+    assert out["age"].iloc[3:].isna().all()
+    assert out["hours"].iloc[2:5].isna().all()
+    assert out["colour"].tolist()[:3] == ["red", "5", "5"]  # JSON 5 and 5.0 match a CSV's "5"
+    assert all(isinstance(v, float) and math.isnan(v) for v in out["colour"].iloc[3:])
+
+
+def test_clean_raw_frame_is_idempotent_on_cleaned_input():
+    raw = pd.DataFrame({"age": ["39", "?"], "hours": ["1", "2"], "colour": [" red ", "?"]})
+    once = clean_raw_frame(raw, SCHEMA)
+    twice = clean_raw_frame(once, SCHEMA)
+    pd.testing.assert_frame_equal(once, twice)
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(InvalidInputError) as err:
+        clean_raw_frame(pd.DataFrame({"age": [1]}), SCHEMA)
+    assert err.value.columns == ["hours", "colour"]
+    assert "'hours'" in str(err.value) and "'colour'" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["abc", "1,5", "inf", "-Infinity", "1e400", True, [1], {"a": 1}])
+def test_a_value_that_is_not_a_finite_number_names_its_column(bad):
+    raw = pd.DataFrame({"age": [30, bad], "hours": [1, 2], "colour": ["red", "red"]}, dtype=object)
+    with pytest.raises(InvalidInputError) as err:
+        clean_raw_frame(raw, SCHEMA)
+    assert err.value.columns == ["age"]
+    assert "'age'" in str(err.value) and "row 1" in str(err.value)
+
+
+def test_invalid_input_is_a_400_for_the_mlflow_scoring_server():
+    err = InvalidInputError("x", ["a"])
+    assert err.get_http_status_code() == 400
+
+
+def test_schema_round_trips_through_json():
+    assert FeatureSchema.from_json(SCHEMA.to_json()) == SCHEMA
