@@ -8,12 +8,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: help setup run test clean
+.PHONY: help setup run test up down status clean
 
 help:
 	@echo "make setup  - create $(VENV) and install the pinned requirements"
 	@echo "make run    - setup, then train and register the default model (mlflow run .)"
 	@echo "make test   - setup, then run the unit and integration tests"
+	@echo "make up     - start tracking server, model server and gateway (trains the default model if needed)"
+	@echo "make down   - stop what make up started"
 	@echo "make clean  - remove the local tracking store ($(MLFLOW_TRACKING_URI), mlruns/)"
 
 setup: $(VENV)/.installed
@@ -30,6 +32,15 @@ run: setup
 
 test: setup
 	pytest
+
+up: setup
+	python -m gateway.stack up
+
+down:
+	python -m gateway.stack down
+
+status:
+	python -m gateway.stack status
 
 clean:
 	rm -rf mlflow.db mlruns

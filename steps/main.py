@@ -6,6 +6,7 @@ preprocess run's ``splits`` artifact URI is what the train step reads.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,7 +34,17 @@ def run_child(entry_point: str, parameters: Mapping[str, str], experiment_id: st
         env_manager="local",
         synchronous=False,
     )
-    succeeded = submitted.wait()
+    # The child `mlflow run` leads its own process group: pass a SIGTERM sent to
+    # ours (a cancelled gateway job) on to it, or it would run on unseen.
+    def cancel(signum: int, frame: object) -> None:
+        submitted.cancel()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        succeeded = submitted.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     run = mlflow.get_run(submitted.run_id)
     if not succeeded:
         reason = run.data.tags.get(ERROR_TAG, f"see the log of run {submitted.run_id}")

@@ -18,6 +18,8 @@ from typing import Any
 
 import mlflow
 import mlflow.data
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.exceptions import MlflowException
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -127,14 +129,23 @@ def preprocess(params: DataParams, out_dir: Path) -> tuple[pd.DataFrame, pd.Data
 
 
 def log_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, target: str) -> None:
-    """Record the splits as the active run's MLflow datasets (training and testing)."""
-    with warnings.catch_warnings():
-        # MLflow 3.17 registers its local-file source twice and warns that a path
-        # "can be interpreted in multiple ways" (both the same class).
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        for split, name, context in ((train, "train", "training"), (test, "test", "testing")):
-            dataset = mlflow.data.from_pandas(split, source=source, targets=target, name=name)
-            mlflow.log_input(dataset, context=context)
+    """Record the splits as the active run's MLflow datasets (training and testing).
+
+    ``source`` is where the rows came from. MLflow 3.17 has no dataset source
+    for ``runs:/``, ``mlflow-artifacts:/`` and a few other URIs; those are
+    logged without a source and keep the URI in the ``source_uri`` tag.
+    """
+    try:
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a path
+            # "can be interpreted in multiple ways" (both the same class).
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            resolved = resolve_dataset_source(source)
+    except MlflowException:
+        resolved = None
+    for split, name, context in ((train, "train", "training"), (test, "test", "testing")):
+        dataset = mlflow.data.from_pandas(split, source=resolved, targets=target, name=name)
+        mlflow.log_input(dataset, context=context, tags={"source_uri": source})
 
 
 def run_preprocess(params: DataParams) -> dict[str, Any]:

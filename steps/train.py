@@ -202,7 +202,7 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
     if split_params.target not in ("", target):
         raise ParameterError("target", split_params.target, f"the splits were made for target {target!r}")
     log_params_once({**to_arguments(split_params, model, forest), "target": target})
-    log_split_datasets(splits.train, splits.test, split_params.splits_uri, target)
+    log_split_datasets(splits.train, splits.test, splits.meta.source, target)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
         reports = out_dir / "reports"

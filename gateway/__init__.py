@@ -1,0 +1,1 @@
+"""What users call: the REST gateway, the model-server supervisor and the local stack."""

@@ -1,0 +1,54 @@
+"""The gateway: the one public entry point (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from mlflow import MlflowClient
+
+from gateway.jobs import JobStore, TrainingJobRunner
+from gateway.registry import Registry
+from gateway.routes import health, models, predict, train
+from gateway.settings import Settings, get_settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        app.state.settings = settings
+        app.state.registry = Registry(client)
+        app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
+        # One pooled client for every call to the model server: connections are reused.
+        app.state.model_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.model_server_timeout, connect=settings.model_server_connect_timeout),
+        )
+        app.state.jobs.start()
+        try:
+            yield
+        finally:
+            app.state.jobs.stop()
+            await app.state.model_http.aclose()
+
+    app = FastAPI(
+        title="tabular-classifier gateway",
+        description="Predict with the promoted model, train new versions with `mlflow run`, "
+        "and move versions through stages and aliases.",
+        lifespan=lifespan,
+    )
+    for module in (predict, train, models, health):
+        app.include_router(module.router)
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.gateway_port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

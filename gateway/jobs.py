@@ -1,0 +1,295 @@
+"""Training jobs: each one a real ``mlflow run`` of this project, one at a time, recorded in SQLite.
+
+Records live in ``STACK_DIR/jobs.db`` and survive a gateway restart: a job that
+was running when the gateway stopped is followed again if its process still
+runs, and otherwise ends with the outcome MLflow recorded for its run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from gateway.settings import PROJECT_DIR, Settings
+from steps.runs import ERROR_TAG
+
+VENV_BIN = Path(sys.executable).parent
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+LOG_TAIL_LINES = 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    parameters TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    run_id TEXT,
+    model_version TEXT,
+    metrics TEXT,
+    error TEXT,
+    log_tail TEXT,
+    pid INTEGER
+)
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    parameters: dict[str, str]
+    model_name: str
+    run_id: str | None
+    model_version: str | None
+    metrics: dict[str, float] | None
+    error: str | None
+    log_tail: str | None
+    pid: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        data = dict(row)
+        data["parameters"] = json.loads(data["parameters"])
+        data["metrics"] = json.loads(data["metrics"]) if data["metrics"] else None
+        return cls(**data)
+
+
+class JobStore:
+    """The job table; every method is one short transaction, safe across threads."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add(self, parameters: Mapping[str, str], model_name: str) -> Job:
+        job_id = uuid.uuid4().hex[:12]
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO jobs (id, status, created_at, parameters, model_name) VALUES (?, 'queued', ?, ?, ?)",
+                (job_id, _now(), json.dumps(dict(parameters)), model_name),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def list(self, limit: int = 100) -> list[Job]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def with_status(self, status: str) -> list[Job]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at", (status,)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def update(self, job_id: str, *, only_if: tuple[str, ...] | None = None, **fields: Any) -> bool:
+        """Set ``fields``; with ``only_if``, only while the job is in one of those statuses."""
+        if "metrics" in fields and fields["metrics"] is not None:
+            fields["metrics"] = json.dumps(fields["metrics"])
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        query = f"UPDATE jobs SET {assignments} WHERE id = ?"
+        args: list[Any] = [*fields.values(), job_id]
+        if only_if:
+            query += f" AND status IN ({', '.join('?' for _ in only_if)})"
+            args += list(only_if)
+        with self._connect() as db:
+            return db.execute(query, args).rowcount == 1
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours has exited; reap it.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class TrainingJobRunner:
+    """Runs queued jobs one after another in a background thread."""
+
+    def __init__(self, store: JobStore, settings: Settings, client: MlflowClient):
+        self.store = store
+        self.settings = settings
+        self.client = client
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="training-jobs", daemon=True)
+
+    # --- public -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop taking jobs; a running ``mlflow run`` keeps going and is followed again on restart."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def submit(self, parameters: Mapping[str, str], model_name: str) -> Job:
+        job = self.store.add(parameters, model_name)
+        self._wake.set()
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        job = self.store.get(job_id)
+        if job is None or job.status not in ("queued", "running"):
+            return job
+        if self.store.update(job_id, only_if=("queued",), status="cancelled", finished_at=_now(),
+                             error="cancelled before it started"):
+            return self.store.get(job_id)
+        if self.store.update(job_id, only_if=("running",), status="cancelled", finished_at=_now(),
+                             error="cancelled while running"):
+            self._kill(job)
+            if job.run_id:
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.KILLED))
+        return self.store.get(job_id)
+
+    # --- the loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        self._recover()
+        while not self._stop.is_set():
+            queued = self.store.with_status("queued")
+            if not queued:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            self._run(queued[0])
+
+    def _recover(self) -> None:
+        """Jobs left ``running`` by an earlier gateway: follow them again, or settle them."""
+        for job in self.store.with_status("running"):
+            while pid_alive(job.pid) and not self._stop.is_set():
+                time.sleep(0.5)
+            if self._stop.is_set():
+                return
+            self._settle(job, exit_code=None)
+
+    def _command(self, job: Job, run_id: str) -> list[str]:
+        command = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local",
+                   "--run-id", run_id]
+        for name, value in job.parameters.items():
+            command += ["-P", f"{name}={value}"]
+        return command
+
+    def _run(self, job: Job) -> None:
+        log_path = self.settings.logs_dir / f"job-{job.id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
+            experiment_id = (experiment.experiment_id if experiment
+                             else self.client.create_experiment(self.settings.experiment_name))
+            run = self.client.create_run(experiment_id, tags={"job_id": job.id}, run_name=f"job-{job.id}")
+        except Exception as err:  # tracking server down: the job fails, the gateway carries on
+            self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
+                              error=f"tracking server unavailable: {str(err).splitlines()[0][:300]}")
+            return
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
+               "MLFLOW_EXPERIMENT_ID": experiment_id,
+               "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(self._command(job, run.info.run_id), cwd=PROJECT_DIR, env=env,
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        started = self.store.update(job.id, only_if=("queued",), status="running", started_at=_now(),
+                                    run_id=run.info.run_id, pid=process.pid)
+        if not started:  # cancelled between being picked and starting
+            self._kill_process(process.pid)
+            process.wait()
+            return
+        exit_code = process.wait()
+        self._settle(self.store.get(job.id), exit_code)
+
+    def _settle(self, job: Job, exit_code: int | None) -> None:
+        """Record the outcome of a job whose process has ended, from what MLflow holds."""
+        tail = log_tail(self.settings.logs_dir / f"job-{job.id}.log")
+        try:
+            run = self.client.get_run(job.run_id) if job.run_id else None
+        except Exception as err:
+            self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(), log_tail=tail,
+                              error=f"outcome unknown, tracking server unavailable: {str(err).splitlines()[0][:300]}")
+            return
+        tags = run.data.tags if run else {}
+        if run and run.info.status == "FINISHED" and tags.get("model_version"):
+            self.store.update(job.id, only_if=("running",), status="succeeded", finished_at=_now(),
+                              model_version=tags["model_version"], metrics=run.data.metrics, log_tail=tail)
+            return
+        if exit_code is None:
+            reason = "the gateway stopped while this job ran and its process is gone"
+        else:
+            reason = tags.get(ERROR_TAG) or self._error_line(tail) or f"mlflow run exited with status {exit_code}"
+        self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(),
+                          error=reason, log_tail=tail)
+
+    @staticmethod
+    def _error_line(tail: str) -> str | None:
+        lines = [line for line in tail.splitlines() if line.startswith("error: ")]
+        return lines[-1].removeprefix("error: ") if lines else None
+
+    @staticmethod
+    def _kill_process(pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+
+    def _kill(self, job: Job) -> None:
+        if job.pid and pid_alive(job.pid):
+            self._kill_process(job.pid)

@@ -1,0 +1,286 @@
+"""The model server: ``mlflow models serve`` of the promoted version, switched without downtime.
+
+One small supervisor process owns the ``mlflow models serve`` processes and
+listens on ``MODEL_SERVER_PORT``:
+
+- it polls the registry for the promoted version (alias or stage, see settings);
+- when that changes, it starts ``mlflow models serve -m models:/<name>/<version>``
+  on a free port, waits until it answers ``/ping``, switches ``/invocations``
+  over to it, and stops the old server once its requests have drained;
+- it restarts a server that dies, and answers 503 (never hangs) meanwhile.
+
+``POST /invocations`` is forwarded to the current server with the served
+version in ``X-Model-Name``/``X-Model-Version``; ``GET /status`` tells what is
+served and why not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from gateway.settings import Settings, get_settings
+
+log = logging.getLogger("model_server")
+VENV_BIN = Path(sys.executable).parent
+
+
+def promoted_version(client: MlflowClient, settings: Settings) -> str | None:
+    """The version the registry says to serve, or None."""
+    name = settings.model_name
+    try:
+        if settings.serve_follows == "alias":
+            return client.get_model_version_by_alias(name, settings.serve_alias).version
+        versions = client.get_latest_versions(name, stages=[settings.serve_stage])
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in err.message.lower():
+            return None
+        raise
+    return max((v.version for v in versions), key=int, default=None)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@dataclass
+class Backend:
+    """One running ``mlflow models serve``."""
+
+    version: str
+    port: int
+    process: subprocess.Popen
+    url: str
+    in_flight: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class ServingState:
+    current: Backend | None = None
+    reason: str = "starting: no version looked up yet"
+    switched_at: float | None = None
+    draining: list[Backend] = field(default_factory=list)
+
+
+class ModelServerSupervisor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = ServingState()
+        self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.model_server_timeout, connect=2.0))
+        self._failed_version: tuple[str, float] | None = None
+
+    # --- backends -----------------------------------------------------------------
+    def _spawn(self, version: str) -> Backend:
+        host = self.settings.host
+        port = free_port(host)
+        logs = self.settings.logs_dir
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"model-server-v{version}-{port}.log", "ab")  # noqa: SIM115 (kept by the child)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
+               # `--env-manager local` starts uvicorn from PATH
+               "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "models", "serve",
+             "-m", f"models:/{self.settings.model_name}/{version}",
+             "-h", host, "-p", str(port), "--env-manager", "local",
+             "-w", str(self.settings.model_server_workers)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        out.close()
+        return Backend(version=version, port=port, process=process, url=f"http://{host}:{port}")
+
+    async def _start_backend(self, version: str) -> Backend:
+        backend = self._spawn(version)
+        deadline = time.monotonic() + self.settings.model_server_start_timeout
+        while time.monotonic() < deadline:
+            if not backend.alive:
+                raise RuntimeError(f"mlflow models serve for version {version} exited with {backend.process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self.http.get(f"{backend.url}/ping", timeout=1.0)).status_code == 200:
+                    return backend
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(stop_process_group, backend.process)
+        raise RuntimeError(f"mlflow models serve for version {version} did not answer within "
+                           f"{self.settings.model_server_start_timeout:.0f}s")
+
+    async def _retire(self, backend: Backend) -> None:
+        """Stop ``backend`` once the drain time has passed and its requests are done."""
+        self.state.draining.append(backend)
+        await asyncio.sleep(self.settings.drain_seconds)
+        deadline = time.monotonic() + self.settings.model_server_timeout
+        while backend.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(stop_process_group, backend.process)
+        self.state.draining.remove(backend)
+
+    # --- following the registry ---------------------------------------------------------
+    async def reconcile(self) -> None:
+        """One step towards serving the promoted version."""
+        try:
+            desired = await asyncio.to_thread(promoted_version, self.client, self.settings)
+        except Exception as err:  # registry unreachable: keep serving what we serve
+            self.state.reason = f"registry unreachable: {str(err).splitlines()[0][:200]}"
+            log.warning(self.state.reason)
+            if self.state.current is None:
+                return
+            desired = self.state.current.version
+        current = self.state.current
+        if desired is None:
+            if current is None:
+                following = (f"alias '{self.settings.serve_alias}'" if self.settings.serve_follows == "alias"
+                             else f"stage '{self.settings.serve_stage}'")
+                self.state.reason = f"no version of '{self.settings.model_name}' holds {following}"
+            return  # an un-promoted model keeps being served until something else is promoted
+        if current is not None and current.version == desired and current.alive:
+            return
+        if self._failed_version and self._failed_version[0] == desired and time.monotonic() < self._failed_version[1]:
+            return  # back off after a failed start of this very version
+        if current is not None and not current.alive:
+            log.warning("model server for version %s died (exit %s); restarting", current.version,
+                        current.process.returncode)
+            self.state.current = None
+            self.state.reason = f"model server for version {current.version} died; restarting"
+        log.info("starting model server for %s version %s", self.settings.model_name, desired)
+        try:
+            backend = await self._start_backend(desired)
+        except Exception as err:
+            self._failed_version = (desired, time.monotonic() + 30.0)
+            self.state.reason = f"cannot serve version {desired}: {err}"
+            log.error(self.state.reason)
+            return
+        self._failed_version = None
+        old, self.state.current = self.state.current, backend
+        self.state.switched_at = time.time()
+        log.info("serving %s version %s on port %d", self.settings.model_name, desired, backend.port)
+        if old is not None:
+            asyncio.create_task(self._retire(old))
+
+    async def run(self) -> None:
+        while True:
+            await self.reconcile()
+            await asyncio.sleep(self.settings.registry_poll_seconds)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        backends = [b for b in [self.state.current, *self.state.draining] if b is not None]
+        for backend in backends:
+            await asyncio.to_thread(stop_process_group, backend.process)
+
+    # --- requests -----------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        current = self.state.current
+        serving = current is not None and current.alive
+        return {
+            "status": "serving" if serving else "unavailable",
+            "model_name": self.settings.model_name,
+            "version": current.version if serving else None,
+            "reason": None if serving else self.state.reason,
+            "follows": (f"alias:{self.settings.serve_alias}" if self.settings.serve_follows == "alias"
+                        else f"stage:{self.settings.serve_stage}"),
+            "switched_at": self.state.switched_at,
+        }
+
+    async def forward(self, body: bytes, content_type: str) -> Response:
+        backend = self.state.current
+        if backend is None or not backend.alive:
+            reason = self.state.reason if backend is None else f"model server for version {backend.version} is down"
+            return JSONResponse({"error_code": "MODEL_UNAVAILABLE", "message": reason}, status_code=503)
+        backend.in_flight += 1
+        try:
+            answer = await self.http.post(f"{backend.url}/invocations", content=body,
+                                          headers={"Content-Type": content_type})
+        except httpx.HTTPError as err:
+            return JSONResponse(
+                {"error_code": "MODEL_UNAVAILABLE",
+                 "message": f"model server for version {backend.version} did not answer: {type(err).__name__}"},
+                status_code=503)
+        finally:
+            backend.in_flight -= 1
+        return Response(
+            answer.content, status_code=answer.status_code,
+            media_type=answer.headers.get("content-type", "application/json"),
+            headers={"X-Model-Name": self.settings.model_name, "X-Model-Version": backend.version},
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    supervisor = ModelServerSupervisor(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(supervisor.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await supervisor.close()
+
+    app = FastAPI(title="model server supervisor", lifespan=lifespan)
+    app.state.supervisor = supervisor
+
+    @app.get("/status")
+    def status() -> dict[str, object]:
+        return supervisor.status()
+
+    @app.get("/ping")
+    def ping() -> Response:
+        body = supervisor.status()
+        return JSONResponse(body, status_code=200 if body["status"] == "serving" else 503)
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        return await supervisor.forward(await request.body(),
+                                        request.headers.get("content-type", "application/json"))
+
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.model_server_port,
+                log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Training jobs: ``mlflow run`` of this project, queued and run one at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse
+
+from gateway.deps import Authorized, JobsDep, SettingsDep
+from gateway.jobs import Job
+from gateway.schemas import JobOut, TrainAccepted, TrainRequest
+from gateway.settings import Settings
+from steps.sources import CSV_SUFFIXES
+
+router = APIRouter(prefix="/train", tags=["train"])
+
+
+def invalid(field: str, message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, naming the field."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
+    )
+
+
+def resolve_data_path(raw: str, settings: Settings) -> str:
+    """An allowed URI as given, or the real path of a CSV file inside one of the data roots.
+
+    Symlinks and ``..`` are resolved before the check, so nothing outside the
+    roots can be reached through them.
+    """
+    if "\x00" in raw:
+        raise invalid("data_path", "must not contain NUL characters")
+    scheme = urlparse(raw).scheme.lower()
+    if scheme and len(scheme) > 1:
+        if scheme not in settings.allowed_uri_schemes:
+            allowed = ", ".join(settings.allowed_uri_schemes) or "none"
+            raise invalid("data_path", f"URI scheme '{scheme}' is not allowed (allowed: {allowed})")
+        return raw
+    roots = [root.resolve() for root in settings.data_roots]
+    candidates = [Path(raw).resolve()] if Path(raw).is_absolute() else [(r / raw).resolve() for r in roots]
+    for path in candidates:
+        if any(path.is_relative_to(root) for root in roots) and path.is_file():
+            if not path.name.lower().endswith(CSV_SUFFIXES):
+                raise invalid("data_path", "expected a .csv or .csv.gz file")
+            return str(path)
+    raise invalid("data_path", "not a file under the data roots (GATEWAY_DATA_ROOTS)")
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(job_id=job.id, status=job.status, model_name=job.model_name, parameters=job.parameters,
+                  created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                  run_id=job.run_id, model_version=job.model_version, metrics=job.metrics,
+                  error=job.error, log_tail=job.log_tail)
+
+
+def found(job: Job | None, job_id: str) -> Job:
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training job '{job_id}'")
+    return job
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainAccepted,
+             dependencies=[Authorized], responses={401: {"description": "token required"}})
+def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> JSONResponse:
+    """Queue ``mlflow run`` of this project with these parameters; poll the returned job."""
+    parameters = body.mlproject_parameters()
+    parameters["data_path"] = resolve_data_path(body.data_path, settings)
+    parameters["model_name"] = body.model_name or settings.model_name
+    job = jobs.submit(parameters, parameters["model_name"])
+    location = f"/train/{job.id}"
+    accepted = TrainAccepted(job_id=job.id, status=job.status, location=location)
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": location})
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(jobs: JobsDep) -> list[JobOut]:
+    """The newest 100 jobs first."""
+    return [job_out(j) for j in jobs.store.list()]
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "unknown job"}})
+def get_job(job_id: str, jobs: JobsDep) -> JobOut:
+    return job_out(found(jobs.store.get(job_id), job_id))
+
+
+@router.delete("/{job_id}", response_model=JobOut, dependencies=[Authorized],
+               responses={404: {"description": "unknown job"}, 409: {"description": "job already ended"}})
+def cancel_job(job_id: str, jobs: JobsDep) -> JobOut:
+    """Cancel a queued or running job (its ``mlflow run`` process group is stopped)."""
+    job = found(jobs.store.get(job_id), job_id)
+    if job.status not in ("queued", "running"):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' already {job.status}")
+    return job_out(found(jobs.cancel(job_id), job_id))

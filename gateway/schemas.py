@@ -1,0 +1,175 @@
+"""Request and response bodies of the gateway API."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from steps.params import DataParams, ForestParams, ModelParams
+
+# --- /predict ---------------------------------------------------------------------------
+
+# A cell is one JSON scalar, as in a CSV; lists and objects are refused by name.
+Cell = str | int | float | bool | None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    records: list[dict[str, Cell]] = Field(
+        min_length=1,
+        description="Raw rows, one object per row, values as they appear in the CSV "
+        "('?' or blank for missing, numbers as numbers or text). Extra columns are ignored.",
+        examples=[[{"age": "39", "education": "Bachelors", "capital_gains": "?"}]],
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    label: str | int | float
+    probability: float
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Prediction]
+
+
+# --- /train -----------------------------------------------------------------------------
+
+_PARSERS = {f.name: f.metadata["parse"] for g in (DataParams, ForestParams, ModelParams) for f in fields(g)}
+
+
+class TrainRequest(BaseModel):
+    """The MLproject's parameters; values are checked by the same parsers as the steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_path: str = Field(description="a file under GATEWAY_DATA_ROOTS (relative paths are "
+                           "looked up there) or a URI with an allowed scheme")
+    target: str
+    model_name: str | None = Field(None, description="default: the gateway's MODEL_NAME")
+    na_values: str | None = None
+    drop_columns: str | None = Field(None, description="comma-separated")
+    test_size: float | None = Field(None, gt=0, lt=1)
+    random_state: int | None = Field(None, ge=0, le=2**32 - 1)
+    positive_class: str | None = None
+    n_estimators: int | None = Field(None, ge=1, le=2000)
+    max_depth: int | None = Field(None, ge=1, le=1000, description="omit for unlimited")
+    min_samples_leaf: int | None = Field(None, ge=1, le=100_000)
+    max_features: str | int | float | None = Field(None, description="sqrt, log2, none, N or a fraction")
+    class_weight: Literal["balanced", "balanced_subsample", "none"] | None = None
+    n_jobs: int | None = Field(None, ge=-1, le=64)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _scalar_and_valid(cls, value: Any, info: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError("expected a single text or number value")
+        parse = _PARSERS.get(info.field_name)
+        if parse is None:
+            return value
+        text = str(value)
+        try:
+            parsed = parse(text)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        # keep the caller's text for list-like parameters; the parsers check them
+        return text if isinstance(parsed, tuple) else parsed
+
+    def mlproject_parameters(self) -> dict[str, str]:
+        """The set parameters in MLproject string form (``none`` for an explicit null)."""
+        out = {}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            out[name] = "none" if value is None else str(value)
+        return out
+
+
+class TrainAccepted(BaseModel):
+    job_id: str
+    status: str
+    location: str
+
+
+class JobOut(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model_name: str
+    parameters: dict[str, str]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    run_id: str | None
+    model_version: str | None
+    metrics: dict[str, float] | None
+    error: str | None
+    log_tail: str | None
+
+
+# --- registry ---------------------------------------------------------------------------
+
+Stage = Literal["Staging", "Production", "Archived", "None"]
+
+
+class StageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: Stage
+    archive_existing: bool = Field(False, description="archive other versions in the target stage")
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(pattern=r"^[1-9][0-9]{0,9}$", description="the version number")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _int_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ModelVersionOut(BaseModel):
+    name: str
+    version: str
+    stage: str
+    aliases: list[str]
+    status: str
+    run_id: str | None
+    metrics: dict[str, float]
+    created_at: str
+
+
+class RegisteredModelSummary(BaseModel):
+    name: str
+    aliases: dict[str, str]
+    latest_version: str | None
+    description: str
+
+
+class RegisteredModelOut(BaseModel):
+    name: str
+    aliases: dict[str, str]
+    description: str
+    versions: list[ModelVersionOut]
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    model: ModelRef | None = None
+    follows: str | None = None
+    reason: str | None = None

@@ -1,0 +1,96 @@
+"""Every setting of the gateway, the model server and the local stack, read from the environment.
+
+Nothing else reads ``os.environ``; nothing is read at import time: call
+:func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Where the local stack keeps its database, artifacts, logs, jobs and pid files.
+    stack_dir: Path = Field(PROJECT_DIR / ".stack", validation_alias="STACK_DIR")
+    host: str = Field("127.0.0.1", validation_alias="STACK_HOST")
+    gateway_port: int = Field(8000, validation_alias="GATEWAY_PORT")
+    mlflow_port: int = Field(5000, validation_alias="MLFLOW_PORT")
+    model_server_port: int = Field(5001, validation_alias="MODEL_SERVER_PORT")
+    # Unset: derived from host and ports above (the local stack). Set them when
+    # the services run elsewhere (containers).
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    model_server_url: str | None = Field(None, validation_alias="MODEL_SERVER_URL")
+
+    model_name: str = Field("census-income-classifier", validation_alias="MODEL_NAME")
+    # What the model server serves: the version holding SERVE_ALIAS, or the
+    # newest version in SERVE_STAGE.
+    serve_follows: Literal["alias", "stage"] = Field("alias", validation_alias="SERVE_FOLLOWS")
+    serve_alias: str = Field("champion", validation_alias="SERVE_ALIAS")
+    serve_stage: Literal["Staging", "Production"] = Field("Production", validation_alias="SERVE_STAGE")
+    registry_poll_seconds: float = Field(2.0, gt=0, validation_alias="REGISTRY_POLL_SECONDS")
+    # How long the old model server keeps running after a switch, for requests in flight.
+    drain_seconds: float = Field(5.0, ge=0, validation_alias="MODEL_SERVER_DRAIN_SECONDS")
+    model_server_start_timeout: float = Field(180.0, gt=0, validation_alias="MODEL_SERVER_START_TIMEOUT")
+    model_server_workers: int = Field(1, ge=1, validation_alias="MODEL_SERVER_WORKERS")
+    # Gateway -> model server: a bounded wait, so a dead server means a quick 503.
+    model_server_timeout: float = Field(30.0, gt=0, validation_alias="MODEL_SERVER_TIMEOUT")
+    model_server_connect_timeout: float = Field(2.0, gt=0, validation_alias="MODEL_SERVER_CONNECT_TIMEOUT")
+
+    api_token: str | None = Field(None, validation_alias="GATEWAY_API_TOKEN")
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        [PROJECT_DIR / "data"], validation_alias="GATEWAY_DATA_ROOTS"
+    )
+    allowed_uri_schemes: Annotated[list[str], NoDecode] = Field(
+        ["runs", "models", "mlflow-artifacts"], validation_alias="GATEWAY_ALLOWED_URI_SCHEMES"
+    )
+    experiment_name: str = Field("tabular-classifier", validation_alias="TRAIN_EXPERIMENT")
+    max_predict_rows: int = Field(10_000, ge=1, validation_alias="GATEWAY_MAX_PREDICT_ROWS")
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p).expanduser() for p in value.split(":") if p.strip()]
+        return value
+
+    @field_validator("allowed_uri_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [s.strip().lower() for s in value.split(",") if s.strip()]
+        return value
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def model_server(self) -> str:
+        return self.model_server_url or f"http://{self.host}:{self.model_server_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.stack_dir / "jobs.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.stack_dir / "logs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

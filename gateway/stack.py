@@ -1,0 +1,238 @@
+"""The local stack without Docker: ``python -m gateway.stack up|down|status``.
+
+``up`` starts the tracking server (SQLite + served artifacts under STACK_DIR),
+trains and promotes the default model if none is promoted yet, starts the model
+server and the gateway, waits until each answers, prints the URLs and returns.
+``down`` stops what ``up`` started. Another STACK_DIR with other ports is an
+independent second stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from mlflow import MlflowClient
+
+from gateway.model_server import promoted_version
+from gateway.registry import Registry
+from gateway.settings import PROJECT_DIR, Settings, get_settings
+from gateway.jobs import pid_alive
+
+VENV_BIN = Path(sys.executable).parent
+SERVICES = ("gateway", "model-server", "mlflow")  # stop order
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll ``check`` until it holds; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if check():
+                return
+        if process is not None and process.poll() is not None:
+            raise StackError(f"{what} exited with status {process.returncode}; see {log}")
+        time.sleep(0.2)
+    raise StackError(f"{what} not ready after {timeout:.0f}s; see {log}")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=2.0).status_code == 200
+
+
+class LocalStack:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.run_dir = settings.stack_dir / "run"
+        self.tracking_uri = f"http://{settings.host}:{settings.mlflow_port}"
+
+    # --- processes --------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """The environment of every service: the settings, and the local tracking server."""
+        s = self.settings
+        values = {
+            "STACK_DIR": str(s.stack_dir), "STACK_HOST": s.host, "GATEWAY_PORT": str(s.gateway_port),
+            "MLFLOW_PORT": str(s.mlflow_port), "MODEL_SERVER_PORT": str(s.model_server_port),
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MODEL_SERVER_URL": f"http://{s.host}:{s.model_server_port}",
+            "MODEL_NAME": s.model_name, "SERVE_FOLLOWS": s.serve_follows, "SERVE_ALIAS": s.serve_alias,
+            "SERVE_STAGE": s.serve_stage, "REGISTRY_POLL_SECONDS": str(s.registry_poll_seconds),
+            "MODEL_SERVER_DRAIN_SECONDS": str(s.drain_seconds),
+            "MODEL_SERVER_TIMEOUT": str(s.model_server_timeout),
+            "GATEWAY_DATA_ROOTS": ":".join(str(p) for p in s.data_roots),
+            "GATEWAY_ALLOWED_URI_SCHEMES": ",".join(s.allowed_uri_schemes),
+            "TRAIN_EXPERIMENT": s.experiment_name,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        if s.api_token:
+            values["GATEWAY_API_TOKEN"] = s.api_token
+        return {**os.environ, **values}
+
+    def pid_file(self, service: str) -> Path:
+        return self.run_dir / f"{service}.pid"
+
+    def running_pid(self, service: str) -> int | None:
+        try:
+            pid = int(self.pid_file(service).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def log_file(self, service: str) -> Path:
+        return self.settings.logs_dir / f"{service}.log"
+
+    def spawn(self, service: str, command: list[str], port: int) -> subprocess.Popen:
+        if port_in_use(self.settings.host, port):
+            raise StackError(f"{service}: port {port} on {self.settings.host} is already in use")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file(service), "ab") as out:
+            process = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env(), stdout=out,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        self.pid_file(service).write_text(str(process.pid))
+        return process
+
+    def stop(self, service: str, timeout: float = 20.0) -> bool:
+        pid = self.running_pid(service)
+        self.pid_file(service).unlink(missing_ok=True)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        return True
+
+    # --- services ---------------------------------------------------------------------
+    def start_tracking(self) -> None:
+        if self.running_pid("mlflow"):
+            return
+        s = self.settings
+        store = s.stack_dir.resolve()
+        process = self.spawn("mlflow", [
+            str(VENV_BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+            "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
+        ], s.mlflow_port)
+        wait_until(http_ok(f"{self.tracking_uri}/health"), 120, "mlflow server", process, self.log_file("mlflow"))
+
+    def start_model_server(self, wait_for_model: bool = True) -> None:
+        if self.running_pid("model-server"):
+            return
+        s = self.settings
+        process = self.spawn("model-server", [str(VENV_BIN / "python"), "-m", "gateway.model_server"],
+                             s.model_server_port)
+        url = f"http://{s.host}:{s.model_server_port}"
+        check = http_ok(f"{url}/ping") if wait_for_model else http_ok(f"{url}/status")
+        wait_until(check, s.model_server_start_timeout + 30, "model server", process,
+                   self.log_file("model-server"))
+
+    def start_gateway(self) -> None:
+        if self.running_pid("gateway"):
+            return
+        s = self.settings
+        process = self.spawn("gateway", [str(VENV_BIN / "python"), "-m", "gateway.app"], s.gateway_port)
+        wait_until(http_ok(f"{s.gateway_url}/health"), 60, "gateway", process, self.log_file("gateway"))
+
+    def ensure_promoted_model(self) -> str:
+        """Train the default model if none is registered, and promote the newest if none is promoted."""
+        s = self.settings
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        version = promoted_version(client, s)
+        if version:
+            return version
+        versions = client.search_model_versions(f"name = '{s.model_name}'")
+        if not versions:
+            print(f"training {s.model_name} on the default data set (log: {self.log_file('bootstrap-train')})",
+                  flush=True)
+            with open(self.log_file("bootstrap-train"), "ab") as out:
+                done = subprocess.run(
+                    [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local",
+                     "--experiment-name", s.experiment_name, "-P", f"model_name={s.model_name}"],
+                    cwd=PROJECT_DIR, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                )
+            if done.returncode != 0:
+                raise StackError(f"training the default model failed; see {self.log_file('bootstrap-train')}")
+            versions = client.search_model_versions(f"name = '{s.model_name}'")
+        newest = max(versions, key=lambda v: int(v.version)).version
+        registry = Registry(client)
+        if s.serve_follows == "alias":
+            registry.set_alias(s.model_name, s.serve_alias, newest)
+        if s.serve_follows == "stage" or s.serve_alias == "champion":
+            current = client.get_model_version(s.model_name, newest).current_stage
+            if current != s.serve_stage:
+                registry.transition(s.model_name, newest, s.serve_stage, archive_existing=False)
+        print(f"promoted {s.model_name} version {newest}", flush=True)
+        return newest
+
+    def up(self) -> None:
+        self.start_tracking()
+        self.ensure_promoted_model()
+        self.start_model_server()
+        self.start_gateway()
+
+    def down(self) -> list[str]:
+        return [service for service in SERVICES if self.stop(service)]
+
+    def describe(self) -> str:
+        s = self.settings
+        return "\n".join([
+            f"gateway        {s.gateway_url}  (API docs: {s.gateway_url}/docs)",
+            f"mlflow         {self.tracking_uri}",
+            f"model server   http://{s.host}:{s.model_server_port}  (status: /status)",
+            f"stack dir      {s.stack_dir}",
+            f"stop with      make down   (STACK_DIR={s.stack_dir})",
+        ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "status"
+    stack = LocalStack(get_settings())
+    try:
+        if command == "up":
+            stack.up()
+            print(stack.describe())
+        elif command == "down":
+            stopped = stack.down()
+            print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        elif command == "status":
+            for service in reversed(SERVICES):
+                pid = stack.running_pid(service)
+                print(f"{service:13s} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        else:
+            print(f"error: unknown command {command!r}: use up, down or status", file=sys.stderr)
+            return 2
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
