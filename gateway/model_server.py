@@ -109,7 +109,8 @@ class ModelServerSupervisor:
 
     # --- backends -----------------------------------------------------------------
     def _spawn(self, version: str) -> Backend:
-        host = self.settings.host
+        # Reached only by this supervisor: loopback, whatever STACK_HOST the supervisor binds.
+        host = "127.0.0.1"
         port = free_port(host)
         logs = self.settings.logs_dir
         logs.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
     model_server_url: str | None = Field(None, validation_alias="MODEL_SERVER_URL")
 
+    # Stores of the local stack's tracking server; unset: SQLite and a folder in STACK_DIR.
+    backend_store_uri: str | None = Field(None, validation_alias="MLFLOW_BACKEND_STORE_URI")
+    artifacts_destination: str | None = Field(None, validation_alias="MLFLOW_ARTIFACTS_DESTINATION")
+
     model_name: str = Field("census-income-classifier", validation_alias="MODEL_NAME")
     # What the model server serves: the version holding SERVE_ALIAS, or the
     # newest version in SERVE_STAGE.

@@ -83,8 +83,8 @@ class LocalStack:
             "TRAIN_EXPERIMENT": s.experiment_name,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        if s.api_token:
-            values["GATEWAY_API_TOKEN"] = s.api_token
+        # Always set, so a token in a stray .env file cannot leak into a stack without one.
+        values["GATEWAY_API_TOKEN"] = s.api_token or ""
         return {**os.environ, **values}
 
     def pid_file(self, service: str) -> Path:
@@ -135,8 +135,9 @@ class LocalStack:
         store = s.stack_dir.resolve()
         process = self.spawn("mlflow", [
             str(VENV_BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+            "--backend-store-uri", s.backend_store_uri or f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", s.artifacts_destination or str(store / "artifacts"),
+            "--serve-artifacts",
             "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
         ], s.mlflow_port)
         wait_until(http_ok(f"{self.tracking_uri}/health"), 120, "mlflow server", process, self.log_file("mlflow"))

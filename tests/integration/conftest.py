@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +63,55 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def postgres_bin() -> Path:
+    """The folder with initdb/postgres: Debian keeps them out of PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        pytest.fail("PostgreSQL server binaries not found: install the 'postgresql' package (.ci/run does)")
+    return Path(initdb).parent
+
+
+@pytest.fixture(scope="module")
+def postgres_uri() -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1 in a temporary data directory; its URI for MLflow.
+
+    PostgreSQL refuses to run as root, so as root it runs as the 'postgres' user.
+    """
+    bindir = postgres_bin()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="pg-test-"))
+    data, password_file = root / "data", root / "password"
+    password = "pg-test-password"
+    password_file.write_text(password)
+    if as_user:
+        shutil.chown(root, "postgres")
+        shutil.chown(password_file, "postgres")
+    port = free_port("127.0.0.1")
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "mlflow", "-E", "UTF8",
+                    "--auth=scram-sha-256", f"--pwfile={password_file}"],
+                   check=True, capture_output=True)
+    server = subprocess.Popen(
+        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+         "-k", str(root), "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("wb"), start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"PostgreSQL did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        env = {**os.environ, "PGPASSWORD": password}
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+                       check=True, env=env, capture_output=True)
+        yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ from gateway.jobs import JobStore, pid_alive
 from gateway.stack import LocalStack
 from tests.conftest import census_rows
 from tests.integration.conftest import stack_settings
+from tests.integration.helpers import finished_job, served_version, start_training, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,35 +30,9 @@ RAW.loc[RAW.index[1], "age"] = " 41 "
 RECORDS = RAW.to_dict(orient="records")
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: not within {timeout}s")
-
-
-def finished_job(api: httpx.Client, job_id: str, timeout: float = 300) -> dict:
-    def done() -> dict | None:
-        job = api.get(f"/train/{job_id}").json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(done, timeout, f"job {job_id} to finish")
-
-
 def train(api: httpx.Client, auth: dict, **params: Any) -> dict:
     body = {"data_path": "census-small.csv", "target": "income", "model_name": MODEL, "n_estimators": 15, **params}
-    answer = api.post("/train", json=body, headers=auth)
-    assert answer.status_code == 202, answer.text
-    assert answer.headers["Location"] == f"/train/{answer.json()['job_id']}"
-    return answer.json()
-
-
-def served_version(api: httpx.Client) -> str | None:
-    answer = api.get("/ready")
-    return answer.json()["model"]["version"] if answer.status_code == 200 else None
+    return {"job_id": start_training(api, auth, **body)}
 
 
 def test_nothing_promoted_yet_means_503_with_the_reason(api):

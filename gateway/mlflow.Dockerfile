@@ -1,0 +1,24 @@
+# The tracking server image: mlflow and the PostgreSQL driver, at the versions
+# pinned in requirements.txt (used here as a constraints file).
+# Build context: the repository root (see docker-compose.yaml).
+
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+COPY requirements.txt /tmp/requirements.txt
+RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: \
+        -c /tmp/requirements.txt mlflow psycopg psycopg-binary
+
+FROM python:3.11-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GIT_PYTHON_REFRESH=quiet
+RUN groupadd --system --gid 10001 mlflow \
+    && useradd --system --uid 10001 --gid mlflow --home-dir /mlartifacts --shell /usr/sbin/nologin mlflow \
+    && mkdir -p /mlartifacts \
+    && chown mlflow:mlflow /mlartifacts
+COPY --from=build /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 5000
+CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
