@@ -140,12 +140,14 @@ def infer_feature_schema(frame: pd.DataFrame, na_values: Iterable[str]) -> Featu
     return FeatureSchema(numeric=numeric, categorical=categorical, na_values=list(na_values))
 
 
-def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
-    """Turn raw rows into the model's input: numeric columns as float64, categoricals as text.
+def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Clean the schema's columns of raw rows.
 
-    Extra columns are ignored. Raises :class:`InvalidInputError` naming the columns
-    when a required column is absent or a numeric column holds a value that is
-    not a number.
+    Returns the numeric columns as one float64 matrix (NaN = missing) and each
+    categorical column as an object array of text (NaN = missing). Extra columns
+    are ignored. Raises :class:`InvalidInputError` naming the columns when a
+    required column is absent or a numeric column holds a value that is not a
+    number.
     """
     missing = [name for name in schema.columns if name not in frame.columns]
     if missing:
@@ -153,26 +155,38 @@ def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
             f"missing required column(s): {', '.join(map(repr, missing))}", missing
         )
     markers = frozenset(schema.na_values)
-    cleaned: dict[str, np.ndarray] = {}
+    # One conversion of the whole frame, then pick the columns: far cheaper than
+    # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
+    raw = frame.to_numpy(dtype=object)[:, frame.columns.get_indexer(schema.columns)]
+    numeric = np.empty((len(frame), len(schema.numeric)), dtype=np.float64)
     problems: list[str] = []
     bad_columns: list[str] = []
-    for name in schema.numeric:
-        values = np.empty(len(frame), dtype=np.float64)
-        for i, raw in enumerate(frame[name].to_numpy(dtype=object)):
+    for j, name in enumerate(schema.numeric):
+        for i, value in enumerate(raw[:, j]):
             try:
-                values[i] = parse_number(clean_cell(raw, markers))
+                numeric[i, j] = parse_number(clean_cell(value, markers))
             except (ValueError, OverflowError):
                 bad_columns.append(name)
-                problems.append(f"column {name!r} row {i}: {raw!r} is not a number")
+                problems.append(f"column {name!r} row {i}: {value!r} is not a number")
                 break
-        cleaned[name] = values
     if problems:
         raise InvalidInputError(
             "non-numeric value(s) in numeric column(s): " + "; ".join(problems), bad_columns
         )
-    for name in schema.categorical:
-        cleaned[name] = np.array(
-            [as_category(clean_cell(raw, markers)) for raw in frame[name].to_numpy(dtype=object)],
-            dtype=object,
-        )
-    return pd.DataFrame(cleaned, index=frame.index, columns=schema.columns)
+    first = len(schema.numeric)
+    categorical = [
+        np.array([as_category(clean_cell(v, markers)) for v in raw[:, first + j]], dtype=object)
+        for j in range(len(schema.categorical))
+    ]
+    return numeric, categorical
+
+
+def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Raw rows as the scikit-learn pipeline's input: numeric columns as float64, categoricals as text.
+
+    See :func:`clean_columns` for the rules and errors.
+    """
+    numeric, categorical = clean_columns(frame, schema)
+    columns = {name: numeric[:, j] for j, name in enumerate(schema.numeric)}
+    columns.update(zip(schema.categorical, categorical))
+    return pd.DataFrame(columns, index=frame.index, columns=schema.columns)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from pyfunc.cleaning import FeatureSchema, clean_raw_frame
+from pyfunc.cleaning import FeatureSchema
+from pyfunc.fast import CompiledPipeline
 from pyfunc.pipeline import load_pipeline
 
 # Names of the artifacts logged with the model (see steps/train.py).
@@ -38,21 +39,29 @@ def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index) 
 
 
 class TabularClassifier(mlflow.pyfunc.PythonModel):
-    """Cleans raw rows with the same code as training, then runs the fitted pipeline."""
+    """Cleans raw rows with the same code as training, then runs the compiled pipeline.
+
+    The fitted scikit-learn pipeline is the reference; what runs per call is its
+    compiled form (``pyfunc/fast.py``), bit-identical and much cheaper.
+    """
 
     def __init__(self, pipeline: Pipeline | None = None, schema: FeatureSchema | None = None):
         # Direct construction serves tests and in-process use; MLflow fills both in load_context.
         self._pipeline = pipeline
         self._schema = schema
+        self._compiled = (
+            CompiledPipeline.from_pipeline(pipeline, schema) if pipeline is not None and schema else None
+        )
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self._schema = FeatureSchema.from_json(
             Path(context.artifacts[SCHEMA_ARTIFACT]).read_text(encoding="utf-8")
         )
         self._pipeline = load_pipeline(context.artifacts[PIPELINE_ARTIFACT])
-        # Spinning up joblib workers costs more than scoring one row with 100
-        # trees; a server scales with processes, so score in the calling thread.
+        # The reference path scores in the calling thread: joblib workers cost
+        # more than a few rows, and servers scale with processes.
         self._pipeline.named_steps["forest"].n_jobs = 1
+        self._compiled = CompiledPipeline.from_pipeline(self._pipeline, self._schema)
 
     def predict(
         self,
@@ -60,9 +69,8 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        if self._pipeline is None or self._schema is None:
+        if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        features = clean_raw_frame(frame, self._schema)
-        proba = self._pipeline.predict_proba(features)
-        return format_predictions(self._pipeline.classes_, proba, frame.index)
+        proba = self._compiled.predict_proba(frame)
+        return format_predictions(self._compiled.classes, proba, frame.index)

@@ -19,6 +19,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from sklearn.pipeline import Pipeline
 
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
+from pyfunc.fast import CompiledPipeline
 from pyfunc.model import PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
 from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
 from steps import evaluate
@@ -28,6 +29,7 @@ from steps.params import (
     ModelParams,
     ParameterError,
     SplitParams,
+    StepError,
     parse_cli,
     to_arguments,
 )
@@ -45,7 +47,7 @@ from steps.sources import fetch
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 MODEL_ARTIFACT_PATH = "model"
 # Packages the served model imports, pinned as in requirements.txt.
-MODEL_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops")
+MODEL_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "numba", "llvmlite")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
@@ -175,6 +177,32 @@ def fit_and_report(splits: Splits, target: str, model: ModelParams, forest: Fore
     return pipeline, schema, metrics
 
 
+PARITY_TOLERANCE = 1e-6
+
+
+def check_fast_path(pipeline: Pipeline, schema: FeatureSchema, test: pd.DataFrame) -> float:
+    """The compiled path must agree with the pipeline on the whole test split; returns max |dp|.
+
+    The reference runs single-threaded: with several jobs scikit-learn adds the
+    trees' votes in whatever order the threads finish.
+    """
+    fast = CompiledPipeline.from_pipeline(pipeline, schema).predict_proba(test)
+    n_jobs = pipeline.named_steps["forest"].n_jobs
+    pipeline.set_params(forest__n_jobs=1)
+    try:
+        reference = pipeline.predict_proba(clean_raw_frame(test, schema))
+    finally:
+        pipeline.set_params(forest__n_jobs=n_jobs)
+    labels_differ = int(np.sum(fast.argmax(axis=1) != reference.argmax(axis=1)))
+    largest = float(np.max(np.abs(fast - reference)))
+    if labels_differ or not largest <= PARITY_TOLERANCE:
+        raise StepError(
+            f"fast inference path disagrees with the scikit-learn pipeline on the test split"
+            f" ({labels_differ} labels differ, max |dp| = {largest:.3g}); model not registered"
+        )
+    return largest
+
+
 def log_model(pipeline: Pipeline, schema: FeatureSchema, splits: Splits, model_name: str,
               out_dir: Path) -> mlflow.models.model.ModelInfo:
     pipeline_path = out_dir / "pipeline.skops"
@@ -208,6 +236,7 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
         reports = out_dir / "reports"
         reports.mkdir()
         pipeline, schema, metrics = fit_and_report(splits, target, model, forest, reports)
+        metrics["fast_path_max_abs_diff"] = check_fast_path(pipeline, schema, splits.test)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(reports))
         info = log_model(pipeline, schema, splits, model.model_name, out_dir)
