@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
 import uvicorn
 from fastapi import FastAPI
 from mlflow import MlflowClient
 
 from gateway.jobs import JobStore, TrainingJobRunner
+from gateway.model_client import ModelServerClient
 from gateway.registry import Registry
 from gateway.routes import health, models, predict, train
 from gateway.settings import Settings, get_settings
@@ -24,15 +24,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.registry = Registry(client)
         app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
         # One pooled client for every call to the model server: connections are reused.
-        app.state.model_http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.model_server_timeout, connect=settings.model_server_connect_timeout),
-        )
+        app.state.model_client = ModelServerClient(settings)
+        app.state.model_client.start()
         app.state.jobs.start()
         try:
             yield
         finally:
             app.state.jobs.stop()
-            await app.state.model_http.aclose()
+            await app.state.model_client.close()
 
     app = FastAPI(
         title="tabular-classifier gateway",

@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.jobs import TrainingJobRunner
+from gateway.model_client import ModelServerClient
 from gateway.registry import Registry
 from gateway.settings import Settings
 
@@ -27,13 +28,18 @@ def get_jobs(request: Request) -> TrainingJobRunner:
 
 
 def get_model_http(request: Request) -> httpx.AsyncClient:
-    return request.app.state.model_http
+    return request.app.state.model_client.http
+
+
+def get_model_client(request: Request) -> ModelServerClient:
+    return request.app.state.model_client
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 JobsDep = Annotated[TrainingJobRunner, Depends(get_jobs)]
 ModelHttpDep = Annotated[httpx.AsyncClient, Depends(get_model_http)]
+ModelClientDep = Annotated[ModelServerClient, Depends(get_model_client)]
 
 _bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
 

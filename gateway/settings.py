@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     model_server_timeout: float = Field(30.0, gt=0, validation_alias="MODEL_SERVER_TIMEOUT")
     model_server_connect_timeout: float = Field(2.0, gt=0, validation_alias="MODEL_SERVER_CONNECT_TIMEOUT")
 
+    # Micro-batching of /predict (gateway/batching.py).
+    batching: bool = Field(True, validation_alias="GATEWAY_BATCHING")
+    batch_max_rows: int = Field(256, ge=1, validation_alias="GATEWAY_BATCH_MAX_ROWS")
+    batch_max_wait_ms: float = Field(0.0, ge=0, validation_alias="GATEWAY_BATCH_MAX_WAIT_MS")
+    batch_concurrency: int = Field(2, ge=1, validation_alias="GATEWAY_BATCH_CONCURRENCY")
+
     api_token: str | None = Field(None, validation_alias="GATEWAY_API_TOKEN")
     data_roots: Annotated[list[Path], NoDecode] = Field(
         [PROJECT_DIR / "data"], validation_alias="GATEWAY_DATA_ROOTS"

@@ -9,7 +9,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler
 
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
+from pyfunc.fast import CompiledPipeline
 from pyfunc.pipeline import build_pipeline, input_column_importance, load_pipeline, save_pipeline
+from steps.params import StepError
+from steps.train import check_fast_path
 from tests.conftest import mixed_frame
 
 FEATURES = ["age", "hours", "colour", "city"]
@@ -78,3 +81,26 @@ def test_only_non_empty_kinds_get_a_transformer():
     pipeline = build_pipeline(schema, {"n_estimators": 5})
     assert isinstance(pipeline, Pipeline)
     assert [name for name, *_ in pipeline.named_steps["preprocess"].transformers] == ["numeric"]
+
+
+def test_compiled_path_is_bit_identical_to_the_pipeline_on_raw_rows(fitted):
+    pipeline, schema, _ = fitted
+    raw = mixed_frame(n=300, seed=5)[FEATURES].astype(object)
+    raw.loc[raw.index[:5], "colour"] = "never-seen"  # unknown category
+    raw.loc[raw.index[5:10], "age"] = "?"  # missing number
+    raw.loc[raw.index[10], "hours"] = 12  # typed JSON number
+    compiled = CompiledPipeline.from_pipeline(pipeline, schema)
+    pipeline.set_params(forest__n_jobs=1)
+    expected = pipeline.predict_proba(clean_raw_frame(raw, schema))
+    np.testing.assert_array_equal(compiled.predict_proba(raw), expected)
+    np.testing.assert_array_equal(compiled.classes, pipeline.classes_)
+
+
+def test_training_refuses_a_fast_path_that_disagrees(fitted, monkeypatch):
+    pipeline, schema, _ = fitted
+    test = mixed_frame(n=50, seed=6)
+    assert check_fast_path(pipeline, schema, test) == 0.0
+    exact = CompiledPipeline.predict_proba
+    monkeypatch.setattr(CompiledPipeline, "predict_proba", lambda self, frame: exact(self, frame) + 1e-5)
+    with pytest.raises(StepError, match="fast inference path disagrees .* model not registered"):
+        check_fast_path(pipeline, schema, test)
