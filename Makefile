@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: help setup run test up down status clean
+.PHONY: help setup run test up down status bench clean
 
 help:
 	@echo "make setup  - create $(VENV) and install the pinned requirements"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   - setup, then run the unit and integration tests"
 	@echo "make up     - start tracking server, model server and gateway (trains the default model if needed)"
 	@echo "make down   - stop what make up started"
+	@echo "make bench  - serving and training benchmark (needs wrk; installs it with apt-get if missing)"
 	@echo "make clean  - remove the local tracking store ($(MLFLOW_TRACKING_URI), mlruns/)"
 
 setup: $(VENV)/.installed
@@ -41,6 +42,10 @@ down:
 
 status:
 	python -m gateway.stack status
+
+bench: setup
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	python -m bench.run
 
 clean:
 	rm -rf mlflow.db mlruns

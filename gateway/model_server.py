@@ -1,17 +1,22 @@
-"""The model server: ``mlflow models serve`` of the promoted version, switched without downtime.
+"""The model server: serves the promoted version and switches versions without downtime.
 
-One small supervisor process owns the ``mlflow models serve`` processes and
-listens on ``MODEL_SERVER_PORT``:
+One supervisor process listens on ``MODEL_SERVER_PORT`` and follows the
+registry (alias or stage, see settings). It serves in one of two modes
+(``MODEL_SERVER_MODE``):
 
-- it polls the registry for the promoted version (alias or stage, see settings);
-- when that changes, it starts ``mlflow models serve -m models:/<name>/<version>``
-  on a free port, waits until it answers ``/ping``, switches ``/invocations``
-  over to it, and stops the old server once its requests have drained;
-- it restarts a server that dies, and answers 503 (never hangs) meanwhile.
+- ``fast`` (default): the supervisor loads the version with
+  ``mlflow.pyfunc.load_model`` and answers ``/invocations`` itself, through the
+  model's records path (no pandas, orjson). A new version is loaded beside the
+  old one and the reference is swapped: requests in flight finish on the old
+  model, the next ones use the new one (hot reload).
+- ``mlflow``: it runs ``mlflow models serve`` of the version on a free port,
+  waits until it answers ``/ping``, proxies ``/invocations`` to it, and stops the
+  old server once its requests have drained; a server that dies is restarted.
 
-``POST /invocations`` is forwarded to the current server with the served
-version in ``X-Model-Name``/``X-Model-Version``; ``GET /status`` tells what is
-served and why not.
+Both speak MLflow's scoring protocol (``{"dataframe_records": [...]}`` in,
+``{"predictions": [...]}`` out, errors as ``{"error_code", "message"}``), add the
+served version as ``X-Model-Name``/``X-Model-Version``, and answer 503 (never
+hang) while nothing can serve. ``GET /status`` tells what is served and why not.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import mlflow.pyfunc
+import orjson
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -77,18 +85,80 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None
 
 
 @dataclass
-class Backend:
-    """One running ``mlflow models serve``."""
+class SubprocessBackend:
+    """One running ``mlflow models serve`` (mode ``mlflow``)."""
 
     version: str
-    port: int
     process: subprocess.Popen
     url: str
+    http: httpx.AsyncClient
     in_flight: int = 0
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    async def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes]:
+        answer = await self.http.post(f"{self.url}/invocations", content=body,
+                                      headers={"Content-Type": content_type})
+        return answer.status_code, answer.content
+
+    async def close(self) -> None:
+        await asyncio.to_thread(stop_process_group, self.process)
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
+    return status, orjson.dumps({"error_code": code, "message": message})
+
+
+def records_of(payload: Any) -> list[dict[str, Any]]:
+    """The rows of an MLflow scoring request (``dataframe_records`` or ``dataframe_split``)."""
+    if isinstance(payload, dict) and isinstance(payload.get("dataframe_records"), list):
+        rows = payload["dataframe_records"]
+    elif isinstance(payload, dict) and isinstance(payload.get("dataframe_split"), dict):
+        split = payload["dataframe_split"]
+        columns, data = split.get("columns"), split.get("data")
+        if not isinstance(columns, list) or not isinstance(data, list) or not all(
+                isinstance(row, list) and len(row) == len(columns) for row in data):
+            raise ValueError("dataframe_split needs 'columns' and 'data' rows of the same length")
+        rows = [dict(zip(columns, row)) for row in data]
+    else:
+        raise ValueError("expected a JSON object with 'dataframe_records' (a list of row objects)"
+                         " or 'dataframe_split'")
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError("every record must be a JSON object of column: value")
+    return rows
+
+
+@dataclass
+class InProcessBackend:
+    """A version loaded into this process (mode ``fast``)."""
+
+    version: str
+    model: Any  # the pyfunc's python model: has predict_records
+    in_flight: int = 0
+    alive: bool = True
+
+    async def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes]:
+        try:
+            rows = records_of(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValueError) as err:
+            return _error(400, "BAD_REQUEST", f"invalid request body: {err}")
+        if not rows:
+            return 200, b'{"predictions":[]}'
+        try:
+            # numba releases the GIL in the forest: big batches run beside other requests
+            predictions = (self.model.predict_records(rows) if len(rows) <= 64
+                           else await asyncio.to_thread(self.model.predict_records, rows))
+        except MlflowException as err:  # InvalidInputError: the caller's data
+            return _error(err.get_http_status_code(), err.error_code, err.message)
+        return 200, orjson.dumps({"predictions": predictions})
+
+    async def close(self) -> None:
+        self.alive = False
+
+
+Backend = SubprocessBackend | InProcessBackend
 
 
 @dataclass
@@ -126,9 +196,24 @@ class ModelServerSupervisor:
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         out.close()
-        return Backend(version=version, port=port, process=process, url=f"http://{host}:{port}")
+        return SubprocessBackend(version=version, process=process, url=f"http://{host}:{port}", http=self.http)
 
     async def _start_backend(self, version: str) -> Backend:
+        if self.settings.model_server_mode == "fast":
+            return await self._load_in_process(version)
+        return await self._start_subprocess(version)
+
+    async def _load_in_process(self, version: str) -> InProcessBackend:
+        uri = f"models:/{self.settings.model_name}/{version}"
+        loaded = await asyncio.wait_for(asyncio.to_thread(mlflow.pyfunc.load_model, uri),
+                                        self.settings.model_server_start_timeout)
+        model = loaded.unwrap_python_model()
+        if not hasattr(model, "predict_records"):
+            raise RuntimeError(f"{uri} is not this project's pyfunc (no predict_records); "
+                               "serve it with MODEL_SERVER_MODE=mlflow")
+        return InProcessBackend(version=version, model=model)
+
+    async def _start_subprocess(self, version: str) -> SubprocessBackend:
         backend = self._spawn(version)
         deadline = time.monotonic() + self.settings.model_server_start_timeout
         while time.monotonic() < deadline:
@@ -138,7 +223,7 @@ class ModelServerSupervisor:
                 if (await self.http.get(f"{backend.url}/ping", timeout=1.0)).status_code == 200:
                     return backend
             await asyncio.sleep(0.2)
-        await asyncio.to_thread(stop_process_group, backend.process)
+        await backend.close()
         raise RuntimeError(f"mlflow models serve for version {version} did not answer within "
                            f"{self.settings.model_server_start_timeout:.0f}s")
 
@@ -149,7 +234,7 @@ class ModelServerSupervisor:
         deadline = time.monotonic() + self.settings.model_server_timeout
         while backend.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        await asyncio.to_thread(stop_process_group, backend.process)
+        await backend.close()
         self.state.draining.remove(backend)
 
     # --- following the registry ---------------------------------------------------------
@@ -175,8 +260,7 @@ class ModelServerSupervisor:
         if self._failed_version and self._failed_version[0] == desired and time.monotonic() < self._failed_version[1]:
             return  # back off after a failed start of this very version
         if current is not None and not current.alive:
-            log.warning("model server for version %s died (exit %s); restarting", current.version,
-                        current.process.returncode)
+            log.warning("model server for version %s died; restarting", current.version)
             self.state.current = None
             self.state.reason = f"model server for version {current.version} died; restarting"
         log.info("starting model server for %s version %s", self.settings.model_name, desired)
@@ -190,7 +274,8 @@ class ModelServerSupervisor:
         self._failed_version = None
         old, self.state.current = self.state.current, backend
         self.state.switched_at = time.time()
-        log.info("serving %s version %s on port %d", self.settings.model_name, desired, backend.port)
+        log.info("serving %s version %s (%s mode)", self.settings.model_name, desired,
+                 self.settings.model_server_mode)
         if old is not None:
             asyncio.create_task(self._retire(old))
 
@@ -203,7 +288,7 @@ class ModelServerSupervisor:
         await self.http.aclose()
         backends = [b for b in [self.state.current, *self.state.draining] if b is not None]
         for backend in backends:
-            await asyncio.to_thread(stop_process_group, backend.process)
+            await backend.close()
 
     # --- requests -----------------------------------------------------------------------
     def status(self) -> dict[str, object]:
@@ -226,8 +311,7 @@ class ModelServerSupervisor:
             return JSONResponse({"error_code": "MODEL_UNAVAILABLE", "message": reason}, status_code=503)
         backend.in_flight += 1
         try:
-            answer = await self.http.post(f"{backend.url}/invocations", content=body,
-                                          headers={"Content-Type": content_type})
+            status, content = await backend.invoke(body, content_type)
         except httpx.HTTPError as err:
             return JSONResponse(
                 {"error_code": "MODEL_UNAVAILABLE",
@@ -235,11 +319,8 @@ class ModelServerSupervisor:
                 status_code=503)
         finally:
             backend.in_flight -= 1
-        return Response(
-            answer.content, status_code=answer.status_code,
-            media_type=answer.headers.get("content-type", "application/json"),
-            headers={"X-Model-Name": self.settings.model_name, "X-Model-Version": backend.version},
-        )
+        return Response(content, status_code=status, media_type="application/json",
+                        headers={"X-Model-Name": self.settings.model_name, "X-Model-Version": backend.version})
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -247,6 +328,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # `models:/` URIs of mode "fast" resolve against these (this process is ours).
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_registry_uri(settings.tracking_uri)
         task = asyncio.create_task(supervisor.run())
         try:
             yield

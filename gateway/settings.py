@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     model_name: str = Field("census-income-classifier", validation_alias="MODEL_NAME")
     # What the model server serves: the version holding SERVE_ALIAS, or the
     # newest version in SERVE_STAGE.
+    # fast: the model is loaded in the model-server process (hot swap); mlflow: `mlflow models serve`.
+    model_server_mode: Literal["fast", "mlflow"] = Field("fast", validation_alias="MODEL_SERVER_MODE")
     serve_follows: Literal["alias", "stage"] = Field("alias", validation_alias="SERVE_FOLLOWS")
     serve_alias: str = Field("champion", validation_alias="SERVE_ALIAS")
     serve_stage: Literal["Staging", "Production"] = Field("Production", validation_alias="SERVE_STAGE")

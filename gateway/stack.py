@@ -74,7 +74,7 @@ class LocalStack:
             "MLFLOW_PORT": str(s.mlflow_port), "MODEL_SERVER_PORT": str(s.model_server_port),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MODEL_SERVER_URL": f"http://{s.host}:{s.model_server_port}",
-            "MODEL_NAME": s.model_name, "SERVE_FOLLOWS": s.serve_follows, "SERVE_ALIAS": s.serve_alias,
+            "MODEL_NAME": s.model_name, "MODEL_SERVER_MODE": s.model_server_mode, "SERVE_FOLLOWS": s.serve_follows, "SERVE_ALIAS": s.serve_alias,
             "SERVE_STAGE": s.serve_stage, "REGISTRY_POLL_SECONDS": str(s.registry_poll_seconds),
             "MODEL_SERVER_DRAIN_SECONDS": str(s.drain_seconds),
             "MODEL_SERVER_TIMEOUT": str(s.model_server_timeout),

@@ -140,45 +140,63 @@ def infer_feature_schema(frame: pd.DataFrame, na_values: Iterable[str]) -> Featu
     return FeatureSchema(numeric=numeric, categorical=categorical, na_values=list(na_values))
 
 
-def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Clean the schema's columns of raw rows.
+def _missing_columns_error(missing: list[str]) -> InvalidInputError:
+    return InvalidInputError(f"missing required column(s): {', '.join(map(repr, missing))}", missing)
+
+
+def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Clean raw values given column by column, in ``schema.columns`` order.
 
     Returns the numeric columns as one float64 matrix (NaN = missing) and each
-    categorical column as an object array of text (NaN = missing). Extra columns
-    are ignored. Raises :class:`InvalidInputError` naming the columns when a
-    required column is absent or a numeric column holds a value that is not a
-    number.
+    categorical column as an object array of text (NaN = missing). Raises
+    :class:`InvalidInputError` naming the columns when a numeric column holds a
+    value that is not a finite number, or any column holds a list or an object.
     """
-    missing = [name for name in schema.columns if name not in frame.columns]
-    if missing:
-        raise InvalidInputError(
-            f"missing required column(s): {', '.join(map(repr, missing))}", missing
-        )
     markers = frozenset(schema.na_values)
-    # One conversion of the whole frame, then pick the columns: far cheaper than
-    # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
-    raw = frame.to_numpy(dtype=object)[:, frame.columns.get_indexer(schema.columns)]
-    numeric = np.empty((len(frame), len(schema.numeric)), dtype=np.float64)
+    n_rows = len(columns[0]) if columns else 0
+    numeric = np.empty((n_rows, len(schema.numeric)), dtype=np.float64)
     problems: list[str] = []
     bad_columns: list[str] = []
     for j, name in enumerate(schema.numeric):
-        for i, value in enumerate(raw[:, j]):
+        for i, value in enumerate(columns[j]):
             try:
                 numeric[i, j] = parse_number(clean_cell(value, markers))
-            except (ValueError, OverflowError):
+            except (ValueError, OverflowError, TypeError):
                 bad_columns.append(name)
                 problems.append(f"column {name!r} row {i}: {value!r} is not a number")
                 break
-    if problems:
-        raise InvalidInputError(
-            "non-numeric value(s) in numeric column(s): " + "; ".join(problems), bad_columns
-        )
     first = len(schema.numeric)
-    categorical = [
-        np.array([as_category(clean_cell(v, markers)) for v in raw[:, first + j]], dtype=object)
-        for j in range(len(schema.categorical))
-    ]
+    categorical = []
+    for j, name in enumerate(schema.categorical):
+        values = columns[first + j]
+        nested = next((i for i, v in enumerate(values) if isinstance(v, (list, dict, tuple, set))), None)
+        if nested is not None:
+            bad_columns.append(name)
+            problems.append(f"column {name!r} row {nested}: {values[nested]!r} is not a single value")
+            continue
+        categorical.append(np.array([as_category(clean_cell(v, markers)) for v in values], dtype=object))
+    if problems:
+        raise InvalidInputError("invalid value(s): " + "; ".join(problems), bad_columns)
     return numeric, categorical
+
+
+def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`clean_values` for a DataFrame of raw rows; extra columns are ignored."""
+    missing = [name for name in schema.columns if name not in frame.columns]
+    if missing:
+        raise _missing_columns_error(missing)
+    # One conversion of the whole frame, then pick the columns: far cheaper than
+    # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
+    raw = frame.to_numpy(dtype=object)[:, frame.columns.get_indexer(schema.columns)]
+    return clean_values([raw[:, j] for j in range(raw.shape[1])], schema)
+
+
+def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`clean_values` for JSON-style records (one dict per row), without pandas."""
+    missing = [name for name in schema.columns if not all(name in r for r in records)]
+    if missing:
+        raise _missing_columns_error(missing)
+    return clean_values([[r[name] for r in records] for name in schema.columns], schema)
 
 
 def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:

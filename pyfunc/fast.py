@@ -19,14 +19,16 @@ register a model where they differ.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from pyfunc.cleaning import FeatureSchema, clean_columns
+from pyfunc.cleaning import FeatureSchema, clean_columns, clean_records
 
 
 @numba.njit(nogil=True, cache=False)
@@ -132,20 +134,27 @@ class CompiledPipeline:
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw rows -> the float32 feature matrix the forest sees."""
-        numeric, categorical = clean_columns(frame, self.schema)
-        X = np.zeros((len(frame), self.n_features), dtype=np.float64)
+        return self._encode(*clean_columns(frame, self.schema), len(frame))
+
+    def encode_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """:meth:`encode` for JSON-style records, without building a DataFrame."""
+        return self._encode(*clean_records(records, self.schema), len(records))
+
+    def _encode(self, numeric: np.ndarray, categorical: list[np.ndarray], n_rows: int) -> np.ndarray:
+        X = np.zeros((n_rows, self.n_features), dtype=np.float64)
         if numeric.shape[1]:
             numeric = np.where(np.isnan(numeric), self.numeric_fill, numeric)
             X[:, : numeric.shape[1]] = (numeric - self.center) / self.scale
-        rows = np.arange(len(frame))
         for values, fill, index, offset in zip(categorical, self.categorical_fill, self.categorical_index,
                                                self.categorical_offset):
-            columns = [index.get(fill if v != v else v, -1) for v in values]  # v != v: missing (NaN)
-            known = [(r, c) for r, c in zip(rows, columns) if c >= 0]
-            if known:
-                hit_rows, hit_columns = zip(*known)
-                X[list(hit_rows), [offset + c for c in hit_columns]] = 1.0
+            for row, value in enumerate(values):
+                column = index.get(fill if value != value else value, -1)  # value != value: NaN, missing
+                if column >= 0:
+                    X[row, offset + column] = 1.0
         return X.astype(np.float32)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return self.forest.predict_proba(self.encode(frame))
+
+    def predict_proba_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        return self.forest.predict_proba(self.encode_records(records))

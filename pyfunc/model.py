@@ -26,16 +26,22 @@ def proba_column(label: Any) -> str:
 def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index) -> pd.DataFrame:
     """One row per input row: ``label``, ``probability`` of it, and ``proba_<class>`` for each class."""
     best = proba.argmax(axis=1)
-    out = pd.DataFrame(
-        {
-            "label": classes[best],
-            "probability": proba[np.arange(len(best)), best],
-        },
-        index=index,
-    )
-    for i, label in enumerate(classes):
-        out[proba_column(label)] = proba[:, i]
-    return out
+    columns = {"label": classes[best], "probability": proba[np.arange(len(best)), best]}
+    columns.update({proba_column(label): proba[:, i] for i, label in enumerate(classes)})
+    return pd.DataFrame(columns, index=index)
+
+
+def prediction_records(classes: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
+    """The rows of :func:`format_predictions` as JSON-ready dicts (what the scoring server returns)."""
+    labels = classes.tolist()
+    names = [proba_column(label) for label in labels]
+    rows = []
+    for row in proba.tolist():
+        best = max(range(len(row)), key=row.__getitem__)  # first maximum, like argmax
+        record = {"label": labels[best], "probability": row[best]}
+        record.update(zip(names, row))
+        rows.append(record)
+    return rows
 
 
 class TabularClassifier(mlflow.pyfunc.PythonModel):
@@ -74,3 +80,12 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         proba = self._compiled.predict_proba(frame)
         return format_predictions(self._compiled.classes, proba, frame.index)
+
+    def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """:meth:`predict` for JSON-style records, returning JSON-ready rows; no pandas on the way.
+
+        The project's model server calls this (``MODEL_SERVER_MODE=fast``).
+        """
+        if self._compiled is None:
+            raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
+        return prediction_records(self._compiled.classes, self._compiled.predict_proba_records(records))

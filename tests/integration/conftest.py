@@ -41,10 +41,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[LocalStack]:
-    """Tracking server, model server and gateway as real processes; stopped afterwards."""
-    local = LocalStack(stack_settings(tmp_path_factory.mktemp("stack"), data_root))
+@pytest.fixture(scope="module", params=["fast", "mlflow"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          data_root: Path) -> Iterator[LocalStack]:
+    """Tracking server, model server (in each MODEL_SERVER_MODE) and gateway as real processes."""
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), data_root, model_server_mode=request.param)
+    local = LocalStack(settings)
     try:
         local.start_tracking()
         local.start_model_server(wait_for_model=False)

@@ -122,3 +122,23 @@ def test_the_logged_model_carries_signature_example_and_skops_pipeline(models):
     # the pipeline is stored with skops (no pickle) and loads with our trusted types only
     assert load_pipeline(local / "artifacts" / "pipeline.skops") is not None
     assert not list(local.rglob("*.pkl"))
+
+
+def test_records_path_answers_exactly_like_predict(models):
+    inner = models["binary"].unwrap_python_model()
+    records = RAW_ROWS.to_dict(orient="records")
+    expected = models["binary"].predict(RAW_ROWS).to_dict(orient="records")
+    assert inner.predict_records(records) == expected
+
+
+def test_records_path_names_missing_and_nested_values(models):
+    inner = models["binary"].unwrap_python_model()
+    records = RAW_ROWS.to_dict(orient="records")
+    del records[2]["city"]
+    with pytest.raises(InvalidInputError, match="missing required column.*'city'"):
+        inner.predict_records(records)
+    records = RAW_ROWS.to_dict(orient="records")
+    records[1]["colour"] = ["red", "blue"]
+    with pytest.raises(InvalidInputError, match="'colour' row 1") as err:
+        inner.predict_records(records)
+    assert err.value.columns == ["colour"]

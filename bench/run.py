@@ -1,0 +1,269 @@
+"""Serving and training benchmark: `make bench` (or `python -m bench.run --help`).
+
+Compares, in one run on this machine and on 127.0.0.1 only:
+  (a) `mlflow models serve` of the same fitted pipeline logged with `mlflow.sklearn`
+      (typed input, what a user would otherwise deploy),
+  (b) the project's model server (`/invocations`, raw rows),
+  (c) the gateway's `/predict` (raw rows, micro-batching on),
+with wrk (bounded in time) for single-row requests at concurrency 1, 16, 64 and
+for 1,000-row requests; plus resident memory, model size, and the training time
+of `mlflow run` against a plain scikit-learn script. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+
+from gateway.model_server import free_port
+from gateway.registry import Registry
+from gateway.settings import PROJECT_DIR, Settings
+from gateway.stack import LocalStack, http_ok, wait_until
+from pyfunc.cleaning import FeatureSchema, clean_raw_frame
+from pyfunc.pipeline import TRUSTED_TYPES, load_pipeline
+
+VENV_BIN = Path(sys.executable).parent
+DATA = PROJECT_DIR / "data" / "census-income-sample.csv.gz"
+MODEL = "bench-census"
+SCENARIOS = [("1 row, c=1", 1, 1), ("1 row, c=16", 1, 16), ("1 row, c=64", 1, 64), ("1000 rows, c=2", 1000, 2)]
+# BentoML 1.4 adaptive batching on the same pipeline, measured on this machine
+# kind (issue #5): requests/s at concurrency 16 and 64.
+BENTOML_RPS = {16: 450.0, 64: 580.0}
+
+
+def timed(command: list[str], env: dict[str, str], log: Path) -> float:
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        subprocess.run(command, cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - started
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        tree.update(children)
+        frontier.extend(children)
+    total_kb = 0
+    for member in tree:
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        total_kb += int(match.group(1)) if match else 0
+    return total_kb / 1024
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def wrk(url: str, body: Path, connections: int, duration: int) -> dict[str, float]:
+    result = subprocess.run(
+        ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s",
+         "-s", str(PROJECT_DIR / "bench" / "post.lua"), url],
+        env={**os.environ, "WRK_BODY": str(body)}, capture_output=True, text=True, timeout=duration + 60,
+    )
+    match = re.search(r"RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+)",
+                      result.stdout)
+    if not match:
+        raise RuntimeError(f"wrk printed no result: {result.stdout}\n{result.stderr}")
+    requests, duration_us, p50, p99, errors = map(int, match.groups())
+    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
+            "requests": requests, "errors": errors}
+
+
+def baseline_model(stack: LocalStack, root: Path, typed_example: pd.DataFrame) -> Path:
+    """The same fitted pipeline, logged the plain way: mlflow.sklearn with a typed signature."""
+    client = mlflow.MlflowClient(stack.tracking_uri, registry_uri=stack.tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(MODEL, "1"),
+                                                     tracking_uri=stack.tracking_uri))
+    pipeline = load_pipeline(local / "artifacts" / "pipeline.skops")
+    pipeline.named_steps["forest"].n_jobs = 1  # as in our model; n_jobs=-1 is ~3x slower per row
+    target = root / "baseline-model"
+    mlflow.sklearn.save_model(pipeline, str(target), serialization_format="skops",
+                              skops_trusted_types=list(TRUSTED_TYPES), input_example=typed_example)
+    return target
+
+
+def start_baseline(model_dir: Path, root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port("127.0.0.1")
+    log = (root / "baseline.log").open("wb")
+    process = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "-h", "127.0.0.1", "-p", str(port),
+         "--env-manager", "local"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(http_ok(f"{url}/ping"), 180, "baseline mlflow models serve", process, root / "baseline.log")
+    return process, url
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records"))  # NaN -> null
+
+
+def run(duration: int, out: Path) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("error: wrk not found: install it (apt-get install wrk) or run `make bench`")
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    settings = Settings(
+        stack_dir=root / "stack", host="127.0.0.1", gateway_port=free_port("127.0.0.1"),
+        mlflow_port=free_port("127.0.0.1"), model_server_port=free_port("127.0.0.1"), model_name=MODEL,
+        data_roots=[PROJECT_DIR / "data"], experiment_name="bench", registry_poll_seconds=1.0,
+        api_token=None, mlflow_tracking_uri=None, model_server_url=None,
+    )
+    stack = LocalStack(settings)
+    baseline: subprocess.Popen | None = None
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "duration_s": duration}
+    try:
+        stack.start_tracking()
+        print("training: mlflow run on the default data, then the plain script ...", flush=True)
+        mlflow_run_s = timed([str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local",
+                              "--experiment-name", "bench", "-P", f"model_name={MODEL}"], stack.env(),
+                             root / "mlflow-run.log")
+        plain_s = timed([str(VENV_BIN / "python"), str(PROJECT_DIR / "bench" / "plain_train.py"), str(DATA)],
+                        stack.env(), root / "plain.log")
+        results["training"] = {"mlflow_run_s": mlflow_run_s, "plain_script_s": plain_s,
+                               "target_s": 1.3 * plain_s + 15, "met": mlflow_run_s <= 1.3 * plain_s + 15}
+
+        client = mlflow.MlflowClient(stack.tracking_uri, registry_uri=stack.tracking_uri)
+        Registry(client).transition(MODEL, "1", "Production", archive_existing=False)
+        stack.start_model_server()
+        stack.start_gateway()
+
+        raw = pd.read_csv(DATA, dtype=str, keep_default_na=False).drop(columns=["income"]).tail(1000)
+        local = Path(mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(MODEL, "1"),
+                                                         tracking_uri=stack.tracking_uri))
+        schema = FeatureSchema.from_json((local / "artifacts" / "feature_schema.json").read_text())
+        typed = clean_raw_frame(raw, schema)
+        baseline_dir = baseline_model(stack, root, typed.head(5))
+        baseline, baseline_url = start_baseline(baseline_dir, root, stack.env())
+
+        bodies = {}
+        for rows in (1, 1000):
+            for name, payload in {
+                "a": {"dataframe_records": records(typed.head(rows))},
+                "b": {"dataframe_records": records(raw.head(rows))},
+                "c": {"records": records(raw.head(rows))},
+            }.items():
+                path = root / f"body-{name}-{rows}.json"
+                path.write_text(json.dumps(payload))
+                bodies[name, rows] = path
+        targets = {
+            "a": ("plain mlflow models serve (mlflow.sklearn)", f"{baseline_url}/invocations"),
+            "b": ("project model server /invocations", f"http://127.0.0.1:{settings.model_server_port}/invocations"),
+            "c": ("gateway /predict", f"{settings.gateway_url}/predict"),
+        }
+        for key, (_, url) in targets.items():  # warm up, and check each answers correctly
+            answer = httpx.post(url, content=bodies[key, 1].read_bytes(),
+                                headers={"Content-Type": "application/json"}, timeout=60)
+            answer.raise_for_status()
+
+        table = []
+        for label, rows, connections in SCENARIOS:
+            for key, (name, url) in targets.items():
+                print(f"  {name}: {label} ...", flush=True)
+                measured = wrk(url, bodies[key, rows], connections, duration)
+                measured["rows_per_s"] = measured["rps"] * rows
+                table.append({"scenario": label, "rows": rows, "connections": connections, "target": key,
+                              "name": name, **measured})
+        results["load"] = table
+        pids = {"a": baseline.pid, "b": stack.running_pid("model-server"), "c": stack.running_pid("gateway")}
+        results["memory_mb"] = {key: process_tree_rss_mb(pid) for key, pid in pids.items() if pid}
+        results["model_size_mb"] = {"a": folder_mb(baseline_dir), "b": folder_mb(local)}
+        results["targets"] = evaluate_targets(table, results["training"])
+    finally:
+        if baseline is not None:
+            os.killpg(baseline.pid, signal.SIGTERM)
+            baseline.wait(timeout=30)
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def evaluate_targets(table: list[dict], training: dict) -> list[dict[str, Any]]:
+    cell = {(r["target"], r["scenario"]): r for r in table}
+    checks = []
+    for connections in (16, 64):
+        scenario = f"1 row, c={connections}"
+        gateway, plain = cell["c", scenario], cell["a", scenario]
+        checks.append({"target": f"c={connections}: gateway >= 20x plain throughput",
+                       "value": gateway["rps"] / plain["rps"], "met": gateway["rps"] >= 20 * plain["rps"]})
+        need = 1.5 * BENTOML_RPS[connections]
+        checks.append({"target": f"c={connections}: gateway >= 1.5x BentoML ({need:.0f} req/s)",
+                       "value": gateway["rps"], "met": gateway["rps"] >= need})
+        checks.append({"target": f"c={connections}: gateway p99 < 50 ms", "value": gateway["p99_ms"],
+                       "met": gateway["p99_ms"] < 50})
+    one, plain_one = cell["c", "1 row, c=1"], cell["a", "1 row, c=1"]
+    checks.append({"target": "c=1: gateway p50 <= 1/3 of plain p50", "value": one["p50_ms"] / plain_one["p50_ms"],
+                   "met": one["p50_ms"] <= plain_one["p50_ms"] / 3})
+    big, plain_big = cell["c", "1000 rows, c=2"], cell["a", "1000 rows, c=2"]
+    checks.append({"target": "1000 rows: gateway >= 5x plain rows/s",
+                   "value": big["rows_per_s"] / plain_big["rows_per_s"],
+                   "met": big["rows_per_s"] >= 5 * plain_big["rows_per_s"]})
+    checks.append({"target": "training: mlflow run <= 1.3x plain + 15 s", "value": training["mlflow_run_s"],
+                   "met": training["met"]})
+    return checks
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"{'scenario':16} {'server':45} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'x plain':>8} {'errors':>6}"]
+    plain = {r["scenario"]: r for r in results["load"] if r["target"] == "a"}
+    for r in results["load"]:
+        ratio = r["rps"] / plain[r["scenario"]]["rps"]
+        lines.append(f"{r['scenario']:16} {r['name']:45} {r['rps']:9.1f} {r['rows_per_s']:10.0f} "
+                     f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {ratio:8.1f} {r['errors']:6d}")
+    memory, size = results["memory_mb"], results["model_size_mb"]
+    lines.append("")
+    lines.append("resident memory (MB): " + ", ".join(f"{k}={v:.0f}" for k, v in memory.items())
+                 + "   model artifacts (MB): " + ", ".join(f"{k}={v:.1f}" for k, v in size.items()))
+    t = results["training"]
+    lines.append(f"training: mlflow run {t['mlflow_run_s']:.1f}s, plain script {t['plain_script_s']:.1f}s "
+                 f"(target <= {t['target_s']:.1f}s)")
+    lines.append("")
+    for check in results["targets"]:
+        lines.append(f"[{'met' if check['met'] else 'NOT met':7}] {check['target']}: {check['value']:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per measurement (default 8)")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    results = run(args.duration, args.out)
+    print(report(results))
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
