@@ -79,16 +79,20 @@ def normalize_missing(frame: pd.DataFrame, na_values: Iterable[str]) -> pd.DataF
     """
     markers = frozenset(na_values)
     return pd.DataFrame(
-        {
-            name: pd.Series(
-                [clean_cell(v, markers) for v in column.to_numpy(dtype=object)],
-                index=frame.index,
-                dtype=object,
-            )
-            for name, column in frame.items()
-        },
-        index=frame.index,
+        {name: _normalize_column(column, markers) for name, column in frame.items()}, index=frame.index
     )
+
+
+def _normalize_column(column: pd.Series, markers: frozenset[str]) -> pd.Series:
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.is_string_dtype(column.dtype) and not column.isna().any():
+        # All text (a CSV read as text): the same rules as clean_cell, vectorised.
+        stripped = np.char.strip(values.astype(str))
+        missing = (stripped == "") | np.isin(stripped, list(markers))
+        out = stripped.astype(object)
+        out[missing] = _MISSING
+        return pd.Series(out, index=column.index, dtype=object)
+    return pd.Series([clean_cell(v, markers) for v in values], index=column.index, dtype=object)
 
 
 def parse_number(value: Any) -> float:
@@ -116,6 +120,23 @@ def as_category(value: Any) -> Any:
     return str(value)
 
 
+def _all_numbers(values: np.ndarray) -> bool:
+    """Whether :func:`parse_number` accepts every value (vectorised for text; exact otherwise)."""
+    if all(type(v) is str for v in values):
+        try:
+            numbers = values.astype(np.float64)  # float() on each string, in C
+        except ValueError:
+            return False
+        finite = numbers[~np.isnan(numbers)]
+        return bool(np.all(np.abs(finite) <= _FLOAT32_MAX))
+    try:
+        for value in values:
+            parse_number(value)
+    except (ValueError, OverflowError, TypeError):
+        return False
+    return True
+
+
 def infer_feature_schema(frame: pd.DataFrame, na_values: Iterable[str]) -> FeatureSchema:
     """Decide which columns are numeric and which categorical from the training rows.
 
@@ -127,16 +148,10 @@ def infer_feature_schema(frame: pd.DataFrame, na_values: Iterable[str]) -> Featu
     numeric: list[str] = []
     categorical: list[str] = []
     for name, column in cleaned.items():
-        present = column.dropna()
-        if present.empty:
+        present = column.dropna().to_numpy(dtype=object)
+        if not len(present):
             continue
-        try:
-            for value in present:
-                parse_number(value)
-        except (ValueError, OverflowError):
-            categorical.append(str(name))
-        else:
-            numeric.append(str(name))
+        (numeric if _all_numbers(present) else categorical).append(str(name))
     return FeatureSchema(numeric=numeric, categorical=categorical, na_values=list(na_values))
 
 

@@ -6,7 +6,7 @@ preprocess run's ``splits`` artifact URI is what the train step reads.
 
 from __future__ import annotations
 
-import signal
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import mlflow
 import mlflow.projects
 from mlflow.entities import Run
+from mlflow.projects import ExecutionException
 
 from steps.params import DataParams, ForestParams, ModelParams, StepError, parse_cli, to_arguments
 from steps.preprocess import SPLITS_DIR
@@ -24,32 +25,28 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def run_child(entry_point: str, parameters: Mapping[str, str], experiment_id: str) -> Run:
-    """Run an entry point of this project in the current environment; return its finished run."""
-    submitted = mlflow.projects.run(
-        str(PROJECT_DIR),
-        entry_point=entry_point,
-        parameters=dict(parameters),
-        experiment_id=experiment_id,
-        # The driver already runs inside the project's environment.
-        env_manager="local",
-        synchronous=False,
-    )
-    # The child `mlflow run` leads its own process group: pass a SIGTERM sent to
-    # ours (a cancelled gateway job) on to it, or it would run on unseen.
-    def cancel(signum: int, frame: object) -> None:
-        submitted.cancel()
-        raise SystemExit(128 + signum)
+    """Run an entry point of this project in the current environment; return its finished run.
 
-    previous = signal.signal(signal.SIGTERM, cancel)
+    Synchronous, so MLflow starts the step's command directly (no extra ``mlflow
+    run`` process, seconds saved per step) and in our process group: a signal
+    that stops the driver (Ctrl-C, a cancelled gateway job) stops the step too.
+    """
     try:
-        succeeded = submitted.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    run = mlflow.get_run(submitted.run_id)
-    if not succeeded:
-        reason = run.data.tags.get(ERROR_TAG, f"see the log of run {submitted.run_id}")
-        raise StepError(f"{entry_point} failed: {reason}")
-    return run
+        submitted = mlflow.projects.run(
+            str(PROJECT_DIR),
+            entry_point=entry_point,
+            parameters=dict(parameters),
+            experiment_id=experiment_id,
+            # The driver already runs inside the project's environment.
+            env_manager="local",
+            synchronous=True,
+        )
+    except ExecutionException as err:
+        match = re.search(r"Run \(ID '(\w+)'\)", str(err))
+        tags = mlflow.get_run(match.group(1)).data.tags if match else {}
+        reason = tags.get(ERROR_TAG, f"see the log above ({err})")
+        raise StepError(f"{entry_point} failed: {reason}") from None
+    return mlflow.get_run(submitted.run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

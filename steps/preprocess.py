@@ -19,7 +19,9 @@ from typing import Any
 import mlflow
 import mlflow.data
 from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -33,6 +35,7 @@ TRAIN_FILE = "train.parquet"
 TEST_FILE = "test.parquet"
 META_FILE = "preprocess.json"
 EXAMPLE_FILE = "input_example.json"
+DATASETS_FILE = "datasets.json"
 EXAMPLE_ROWS = 5
 
 
@@ -128,12 +131,14 @@ def preprocess(params: DataParams, out_dir: Path) -> tuple[pd.DataFrame, pd.Data
     return train, test, profile_of(len(raw), frame, counts, params, train, test)
 
 
-def log_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, target: str) -> None:
-    """Record the splits as the active run's MLflow datasets (training and testing).
+def describe_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, target: str) -> list[dict]:
+    """The splits as MLflow dataset descriptions (name, digest, source, schema, profile) with their context.
 
     ``source`` is where the rows came from. MLflow 3.17 has no dataset source
     for ``runs:/``, ``mlflow-artifacts:/`` and a few other URIs; those are
-    logged without a source and keep the URI in the ``source_uri`` tag.
+    described without a source and keep the URI in the ``source_uri`` tag.
+    Computing a description reads every cell, so it is done once, here, and
+    stored with the splits for the train step to log again.
     """
     try:
         with warnings.catch_warnings():
@@ -143,9 +148,24 @@ def log_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, tar
             resolved = resolve_dataset_source(source)
     except MlflowException:
         resolved = None
-    for split, name, context in ((train, "train", "training"), (test, "test", "testing")):
-        dataset = mlflow.data.from_pandas(split, source=resolved, targets=target, name=name)
-        mlflow.log_input(dataset, context=context, tags={"source_uri": source})
+    return [
+        {"dataset": mlflow.data.from_pandas(split, source=resolved, targets=target, name=name).to_dict(),
+         "context": context, "source_uri": source}
+        for split, name, context in ((train, "train", "training"), (test, "test", "testing"))
+    ]
+
+
+def log_datasets(described: list[dict]) -> None:
+    """Record described datasets as inputs of the active run."""
+    run = mlflow.active_run()
+    assert run is not None, "log_datasets needs an active run"
+    inputs = [
+        DatasetInput(Dataset(**entry["dataset"]),
+                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, entry["context"]),
+                           InputTag("source_uri", entry["source_uri"])])
+        for entry in described
+    ]
+    mlflow.MlflowClient().log_inputs(run.info.run_id, datasets=inputs)
 
 
 def run_preprocess(params: DataParams) -> dict[str, Any]:
@@ -154,7 +174,9 @@ def run_preprocess(params: DataParams) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp) / SPLITS_DIR
         train, test, profile = preprocess(params, out_dir)
-        log_split_datasets(train, test, params.data_path, params.target)
+        described = describe_split_datasets(train, test, params.data_path, params.target)
+        (out_dir / DATASETS_FILE).write_text(json.dumps(described), encoding="utf-8")
+        log_datasets(described)
         mlflow.log_artifacts(str(out_dir), artifact_path=SPLITS_DIR)
     mlflow.log_dict(profile, "profile.json")
     mlflow.log_metrics({k: v for k, v in profile.items() if isinstance(v, int)})

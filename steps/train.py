@@ -39,7 +39,8 @@ from steps.preprocess import (
     TEST_FILE,
     TRAIN_FILE,
     SplitMeta,
-    log_split_datasets,
+    DATASETS_FILE,
+    log_datasets,
 )
 from steps.runs import log_params_once, step_run
 from steps.sources import fetch
@@ -57,11 +58,13 @@ class Splits:
     test: pd.DataFrame
     meta: SplitMeta
     example: pd.DataFrame
+    datasets: list[dict]  # as the preprocess step described and logged them
 
 
 def load_splits(splits_uri: str) -> Splits:
     folder = fetch(splits_uri, "splits_uri")
-    missing = [f for f in (TRAIN_FILE, TEST_FILE, META_FILE, EXAMPLE_FILE) if not (folder / f).is_file()]
+    missing = [f for f in (TRAIN_FILE, TEST_FILE, META_FILE, EXAMPLE_FILE, DATASETS_FILE)
+               if not (folder / f).is_file()]
     if missing:
         raise ParameterError("splits_uri", splits_uri, f"missing {', '.join(missing)}: run preprocess first")
     meta = SplitMeta(**json.loads((folder / META_FILE).read_text(encoding="utf-8")))
@@ -70,6 +73,7 @@ def load_splits(splits_uri: str) -> Splits:
         test=pd.read_parquet(folder / TEST_FILE),
         meta=meta,
         example=pd.DataFrame(json.loads((folder / EXAMPLE_FILE).read_text(encoding="utf-8")), dtype=object),
+        datasets=json.loads((folder / DATASETS_FILE).read_text(encoding="utf-8")),
     )
 
 
@@ -230,7 +234,7 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
     if split_params.target not in ("", target):
         raise ParameterError("target", split_params.target, f"the splits were made for target {target!r}")
     log_params_once({**to_arguments(split_params, model, forest), "target": target})
-    log_split_datasets(splits.train, splits.test, splits.meta.source, target)
+    log_datasets(splits.datasets)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
         reports = out_dir / "reports"
