@@ -124,6 +124,37 @@ def start_baseline(model_dir: Path, root: Path, env: dict[str, str]) -> tuple[su
     return process, url
 
 
+def median_ms(call, repeat: int) -> float:
+    call()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
+
+
+def in_process(model_dir: Path, raw: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """p50 of one predict call in this process, by entry point, for 1 and 64 raw rows."""
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    inner = model.unwrap_python_model()
+    schema, pipeline = inner._schema, inner._pipeline
+    out: dict[str, dict[str, float]] = {}
+    for rows in (1, 64):
+        text = raw.head(rows).reset_index(drop=True)  # pandas 3: text columns in Arrow
+        objects = text.astype(object)  # as from pd.DataFrame(records, dtype=object)
+        as_records = records(text)
+        out[f"{rows} row(s)"] = {
+            "python model, records": median_ms(lambda: inner.predict_records(as_records), 300),
+            "python model, object DataFrame": median_ms(lambda: inner.predict(None, objects), 300),
+            "python model, Arrow-text DataFrame": median_ms(lambda: inner.predict(None, text), 300),
+            "PyFuncModel.predict (MLflow schema checks)": median_ms(lambda: model.predict(text), 100),
+            "scikit-learn pipeline (reference)": median_ms(
+                lambda: pipeline.predict_proba(clean_raw_frame(text, schema)), 50),
+        }
+    return out
+
+
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))  # NaN -> null
 
@@ -162,6 +193,7 @@ def run(duration: int, out: Path) -> dict[str, Any]:
                                                          tracking_uri=stack.tracking_uri))
         schema = FeatureSchema.from_json((local / "artifacts" / "feature_schema.json").read_text())
         typed = clean_raw_frame(raw, schema)
+        results["in_process_p50_ms"] = in_process(local, raw)
         baseline_dir = baseline_model(stack, root, typed.head(5))
         baseline, baseline_url = start_baseline(baseline_dir, root, stack.env())
 
@@ -197,7 +229,7 @@ def run(duration: int, out: Path) -> dict[str, Any]:
         pids = {"a": baseline.pid, "b": stack.running_pid("model-server"), "c": stack.running_pid("gateway")}
         results["memory_mb"] = {key: process_tree_rss_mb(pid) for key, pid in pids.items() if pid}
         results["model_size_mb"] = {"a": folder_mb(baseline_dir), "b": folder_mb(local)}
-        results["targets"] = evaluate_targets(table, results["training"])
+        results["targets"] = evaluate_targets(table, results["training"], results["in_process_p50_ms"])
     finally:
         if baseline is not None:
             os.killpg(baseline.pid, signal.SIGTERM)
@@ -209,7 +241,7 @@ def run(duration: int, out: Path) -> dict[str, Any]:
     return results
 
 
-def evaluate_targets(table: list[dict], training: dict) -> list[dict[str, Any]]:
+def evaluate_targets(table: list[dict], training: dict, in_process: dict) -> list[dict[str, Any]]:
     cell = {(r["target"], r["scenario"]): r for r in table}
     checks = []
     for connections in (16, 64):
@@ -229,6 +261,11 @@ def evaluate_targets(table: list[dict], training: dict) -> list[dict[str, Any]]:
     checks.append({"target": "1000 rows: gateway >= 5x plain rows/s",
                    "value": big["rows_per_s"] / plain_big["rows_per_s"],
                    "met": big["rows_per_s"] >= 5 * plain_big["rows_per_s"]})
+    fast = in_process["1 row(s)"]["python model, records"], in_process["64 row(s)"]["python model, records"]
+    checks.append({"target": "in process: 1 row p50 <= 0.5 ms (records path)", "value": fast[0],
+                   "met": fast[0] <= 0.5})
+    checks.append({"target": "in process: 64 rows p50 <= 2 ms (records path)", "value": fast[1],
+                   "met": fast[1] <= 2.0})
     checks.append({"target": "training: mlflow run <= 1.3x plain + 15 s", "value": training["mlflow_run_s"],
                    "met": training["met"]})
     return checks
@@ -249,6 +286,11 @@ def report(results: dict[str, Any]) -> str:
     t = results["training"]
     lines.append(f"training: mlflow run {t['mlflow_run_s']:.1f}s, plain script {t['plain_script_s']:.1f}s "
                  f"(target <= {t['target_s']:.1f}s)")
+    lines.append("")
+    lines.append("in process, p50 ms per predict call:")
+    for rows, entries in results["in_process_p50_ms"].items():
+        for entry, value in entries.items():
+            lines.append(f"  {rows:9} {entry:45} {value:8.3f}")
     lines.append("")
     for check in results["targets"]:
         lines.append(f"[{'met' if check['met'] else 'NOT met':7}] {check['target']}: {check['value']:.2f}")

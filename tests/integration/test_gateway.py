@@ -144,6 +144,10 @@ def test_promoting_version_2_switches_serving_without_failed_requests(api, auth)
     [
         ("post", "/predict", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "json"),
         ("post", "/predict", {"json": {"records": []}}, 422, "records"),
+        ("post", "/predict", {"json": {"records": {"age": 1}}}, 422, "records"),
+        ("post", "/predict", {"json": {"records": ["age"]}}, 422, "records[0]"),
+        ("post", "/predict", {"content": b'{"records": [{"age": 1}]}', "headers": {"content-type": "text/plain"}},
+         415, "content-type"),
         ("post", "/predict", {"json": {"rows": RECORDS[:1]}}, 422, "records"),
         ("post", "/predict", {"json": {"records": [{"age": [1, 2]}]}}, 422, "age"),
         ("post", "/predict", {"json": {"records": [{k: v for k, v in RECORDS[0].items() if k != "sex"}]}}, 422, "'sex'"),
@@ -172,6 +176,7 @@ def test_promoting_version_2_switches_serving_without_failed_requests(api, auth)
 def test_bad_requests_get_a_4xx_naming_the_problem(api, auth, method, path, kwargs, status, names):
     before = api.get(f"/models/{MODEL}").json()
     jobs_before = len(api.get("/train").json())
+    kwargs = dict(kwargs)  # the parameters are shared by both model-server modes: do not consume them
     answer = api.request(method.upper(), path, headers={**auth, **kwargs.pop("headers", {})}, **kwargs)
     assert answer.status_code == status, answer.text
     assert names.lower() in answer.text.lower()
