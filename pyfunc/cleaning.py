@@ -25,7 +25,8 @@ DEFAULT_NA_VALUES: tuple[str, ...] = ("?",)
 # float32 is what the forest compares features in; a larger magnitude would
 # overflow inside scikit-learn instead of failing here with a clear message.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_MISSING = np.nan
+# The one object every missing value is cleaned to (identity checks are cheap).
+MISSING = _MISSING = np.nan
 
 
 class InvalidInputError(MlflowException):
@@ -159,37 +160,93 @@ def _missing_columns_error(missing: list[str]) -> InvalidInputError:
     return InvalidInputError(f"missing required column(s): {', '.join(map(repr, missing))}", missing)
 
 
+class _BadValue(ValueError):
+    pass
+
+
+def _number_column(values: Sequence[Any], markers: frozenset[str]) -> list[float]:
+    """Numbers of one column: :func:`parse_number` after :func:`clean_cell`, with the
+    common cases (text, int, float) inlined because this loop runs once per cell."""
+    out = []
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            text = value.strip()
+            if not text or text in markers:
+                out.append(_MISSING)
+                continue
+            try:
+                out.append(float(text))
+            except ValueError:
+                raise _BadValue(len(out)) from None
+        elif kind is float:
+            out.append(value)
+        elif kind is int:
+            try:
+                out.append(float(value))
+            except OverflowError:  # an int beyond any float
+                raise _BadValue(len(out)) from None
+        else:
+            try:
+                out.append(parse_number(clean_cell(value, markers)))
+            except (ValueError, OverflowError, TypeError):
+                raise _BadValue(len(out)) from None
+    return out
+
+
+def _category_column(values: Sequence[Any], markers: frozenset[str]) -> np.ndarray:
+    """Categories of one column: :func:`as_category` after :func:`clean_cell`, text inlined."""
+    out = []
+    for value in values:
+        if type(value) is str:
+            text = value.strip()
+            out.append(_MISSING if not text or text in markers else text)
+        elif isinstance(value, (list, dict, tuple, set)):
+            raise _BadValue(len(out))
+        else:
+            out.append(as_category(clean_cell(value, markers)))
+    return np.array(out, dtype=object)
+
+
 def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
     """Clean raw values given column by column, in ``schema.columns`` order.
 
     Returns the numeric columns as one float64 matrix (NaN = missing) and each
     categorical column as an object array of text (NaN = missing). Raises
     :class:`InvalidInputError` naming the columns when a numeric column holds a
-    value that is not a finite number, or any column holds a list or an object.
+    value that is not a finite number (within float32, what the forest compares
+    in), or any column holds a list or an object.
     """
     markers = frozenset(schema.na_values)
     n_rows = len(columns[0]) if columns else 0
     numeric = np.empty((n_rows, len(schema.numeric)), dtype=np.float64)
     problems: list[str] = []
     bad_columns: list[str] = []
+
+    def bad(name: str, row: int, value: Any, why: str) -> None:
+        bad_columns.append(name)
+        problems.append(f"column {name!r} row {row}: {value!r} {why}")
+
     for j, name in enumerate(schema.numeric):
-        for i, value in enumerate(columns[j]):
-            try:
-                numeric[i, j] = parse_number(clean_cell(value, markers))
-            except (ValueError, OverflowError, TypeError):
-                bad_columns.append(name)
-                problems.append(f"column {name!r} row {i}: {value!r} is not a number")
-                break
+        try:
+            numeric[:, j] = _number_column(columns[j], markers)
+        except _BadValue as err:
+            row = err.args[0]
+            bad(name, row, columns[j][row], "is not a number")
+            continue
+        # inf, -inf and magnitudes beyond float32 (NaN is missing: it passes)
+        out_of_range = np.flatnonzero(np.abs(numeric[:, j]) > _FLOAT32_MAX)
+        if len(out_of_range):
+            row = int(out_of_range[0])
+            bad(name, row, columns[j][row], "is not a finite number")
     first = len(schema.numeric)
     categorical = []
     for j, name in enumerate(schema.categorical):
-        values = columns[first + j]
-        nested = next((i for i, v in enumerate(values) if isinstance(v, (list, dict, tuple, set))), None)
-        if nested is not None:
-            bad_columns.append(name)
-            problems.append(f"column {name!r} row {nested}: {values[nested]!r} is not a single value")
-            continue
-        categorical.append(np.array([as_category(clean_cell(v, markers)) for v in values], dtype=object))
+        try:
+            categorical.append(_category_column(columns[first + j], markers))
+        except _BadValue as err:
+            row = err.args[0]
+            bad(name, row, columns[first + j][row], "is not a single value")
     if problems:
         raise InvalidInputError("invalid value(s): " + "; ".join(problems), bad_columns)
     return numeric, categorical

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from pyfunc.cleaning import FeatureSchema, clean_columns, clean_records
+from pyfunc.cleaning import MISSING, FeatureSchema, clean_columns, clean_records
 
 
 @numba.njit(nogil=True, cache=False)
@@ -75,10 +75,11 @@ class CompiledForest:
             values.append(leaf / total)
         return cls(
             roots=offsets,
-            feature=np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.int64),
+            # int32 indices: a third less memory to walk than int64
+            feature=np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.int32),
             threshold=np.concatenate([t.threshold for t in trees]).astype(np.float64),
-            left=np.concatenate([child(t.children_left, o) for t, o in zip(trees, offsets)]).astype(np.int64),
-            right=np.concatenate([child(t.children_right, o) for t, o in zip(trees, offsets)]).astype(np.int64),
+            left=np.concatenate([child(t.children_left, o) for t, o in zip(trees, offsets)]).astype(np.int32),
+            right=np.concatenate([child(t.children_right, o) for t, o in zip(trees, offsets)]).astype(np.int32),
             value=np.concatenate(values),
         )
 
@@ -145,12 +146,19 @@ class CompiledPipeline:
         if numeric.shape[1]:
             numeric = np.where(np.isnan(numeric), self.numeric_fill, numeric)
             X[:, : numeric.shape[1]] = (numeric - self.center) / self.scale
+        hit_rows: list[int] = []
+        hit_columns: list[int] = []
         for values, fill, index, offset in zip(categorical, self.categorical_fill, self.categorical_index,
                                                self.categorical_offset):
+            lookup = index.get
+            filled = lookup(fill, -1)
             for row, value in enumerate(values):
-                column = index.get(fill if value != value else value, -1)  # value != value: NaN, missing
-                if column >= 0:
-                    X[row, offset + column] = 1.0
+                # cleaning marks every missing value with the one MISSING object
+                column = filled if value is MISSING else lookup(value, -1)
+                if column >= 0:  # an unknown category sets no column, as handle_unknown="ignore"
+                    hit_rows.append(row)
+                    hit_columns.append(offset + column)
+        X[hit_rows, hit_columns] = 1.0
         return X.astype(np.float32)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:

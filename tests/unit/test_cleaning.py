@@ -74,7 +74,9 @@ def test_missing_columns_are_named():
     assert "'hours'" in str(err.value) and "'colour'" in str(err.value)
 
 
-@pytest.mark.parametrize("bad", ["abc", "1,5", "inf", "-Infinity", "1e400", True, [1], {"a": 1}])
+@pytest.mark.parametrize(
+    "bad", ["abc", "1,5", "inf", "-Infinity", "1e400", 10**400, float("inf"), 1e300, True, [1], {"a": 1}]
+)
 def test_a_value_that_is_not_a_finite_number_names_its_column(bad):
     raw = pd.DataFrame({"age": [30, bad], "hours": [1, 2], "colour": ["red", "red"]}, dtype=object)
     with pytest.raises(InvalidInputError) as err:
