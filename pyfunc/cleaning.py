@@ -260,7 +260,7 @@ def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarra
     # One conversion of the whole frame, then pick the columns: far cheaper than
     # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
     raw = frame.to_numpy(dtype=object)[:, frame.columns.get_indexer(schema.columns)]
-    return clean_values([raw[:, j] for j in range(raw.shape[1])], schema)
+    return clean_values([raw[:, j].tolist() for j in range(raw.shape[1])], schema)  # lists iterate faster
 
 
 def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
