@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -272,6 +273,7 @@ class ModelServerSupervisor:
             log.error(self.state.reason)
             return
         self._failed_version = None
+        gc.freeze()  # the newly loaded model's objects live as long as it is served
         old, self.state.current = self.state.current, backend
         self.state.switched_at = time.time()
         log.info("serving %s version %s (%s mode)", self.settings.model_name, desired,
@@ -332,6 +334,7 @@ def create_app(settings: Settings) -> FastAPI:
         mlflow.set_tracking_uri(settings.tracking_uri)
         mlflow.set_registry_uri(settings.tracking_uri)
         task = asyncio.create_task(supervisor.run())
+        gc.freeze()  # as in gateway/app.py: keep full GC passes off the request path
         try:
             yield
         finally:

@@ -197,6 +197,12 @@ class LocalStack:
         self.start_model_server()
         self.start_gateway()
 
+    def up_without_model(self) -> None:
+        """The three services with nothing trained or promoted (the model server waits for a version)."""
+        self.start_tracking()
+        self.start_model_server(wait_for_model=False)
+        self.start_gateway()
+
     def down(self) -> list[str]:
         return [service for service in SERVICES if self.stop(service)]
 

@@ -48,9 +48,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     settings = stack_settings(tmp_path_factory.mktemp("stack"), data_root, model_server_mode=request.param)
     local = LocalStack(settings)
     try:
-        local.start_tracking()
-        local.start_model_server(wait_for_model=False)
-        local.start_gateway()
+        local.up_without_model()
         yield local
     finally:
         local.down()

@@ -255,9 +255,7 @@ def test_openapi_lists_every_route_and_docs_render(api):
 def test_a_second_stack_with_its_own_dir_and_ports_is_independent(tmp_path, data_root, stack):
     other = LocalStack(stack_settings(tmp_path, data_root, model_name="other-model"))
     try:
-        other.start_tracking()
-        other.start_model_server(wait_for_model=False)
-        other.start_gateway()
+        other.up_without_model()
         with httpx.Client(base_url=other.settings.gateway_url) as client:
             assert client.get("/health").json() == {"status": "ok"}
             assert client.get("/models").json() == []

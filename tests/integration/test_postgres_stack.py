@@ -49,9 +49,7 @@ def test_postgres_backed_stack_loses_nothing_across_restarts(tmp_path, data_root
                               artifacts_destination=str(tmp_path / "mlartifacts"))
     stack = LocalStack(settings)
     try:
-        stack.start_tracking()
-        stack.start_model_server(wait_for_model=False)
-        stack.start_gateway()
+        stack.up_without_model()
         with httpx.Client(base_url=settings.gateway_url, timeout=30) as api:
             job = finished_job(api, start_training(api, AUTH, data_path="census-small.csv", target="income",
                                                    model_name=MODEL, n_estimators=10))
