@@ -122,7 +122,7 @@ def records_of(payload: Any) -> list[dict[str, Any]]:
         if not isinstance(columns, list) or not isinstance(data, list) or not all(
                 isinstance(row, list) and len(row) == len(columns) for row in data):
             raise ValueError("dataframe_split needs 'columns' and 'data' rows of the same length")
-        rows = [dict(zip(columns, row)) for row in data]
+        rows = [dict(zip(columns, row, strict=True)) for row in data]
     else:
         raise ValueError("expected a JSON object with 'dataframe_records' (a list of row objects)"
                          " or 'dataframe_split'")

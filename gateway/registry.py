@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from mlflow import MlflowClient
@@ -78,7 +78,7 @@ class Registry:
             "status": version.status,
             "run_id": version.run_id,
             "metrics": metrics,
-            "created_at": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(),
+            "created_at": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(),
         }
 
     def list_models(self) -> list[dict[str, Any]]:

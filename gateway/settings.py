@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
+from typing import Annotated
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 

@@ -278,5 +278,5 @@ def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     """
     numeric, categorical = clean_columns(frame, schema)
     columns = {name: numeric[:, j] for j, name in enumerate(schema.numeric)}
-    columns.update(zip(schema.categorical, categorical))
+    columns.update(zip(schema.categorical, categorical, strict=True))
     return pd.DataFrame(columns, index=frame.index, columns=schema.columns)

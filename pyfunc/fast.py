@@ -78,8 +78,8 @@ class CompiledForest:
             # int32 indices: a third less memory to walk than int64
             feature=np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.int32),
             threshold=np.concatenate([t.threshold for t in trees]).astype(np.float64),
-            left=np.concatenate([child(t.children_left, o) for t, o in zip(trees, offsets)]).astype(np.int32),
-            right=np.concatenate([child(t.children_right, o) for t, o in zip(trees, offsets)]).astype(np.int32),
+            left=np.concatenate([child(t.children_left, o) for t, o in zip(trees, offsets, strict=True)]).astype(np.int32),
+            right=np.concatenate([child(t.children_right, o) for t, o in zip(trees, offsets, strict=True)]).astype(np.int32),
             value=np.concatenate(values),
         )
 
@@ -149,7 +149,7 @@ class CompiledPipeline:
         hit_rows: list[int] = []
         hit_columns: list[int] = []
         for values, fill, index, offset in zip(categorical, self.categorical_fill, self.categorical_index,
-                                               self.categorical_offset):
+                                               self.categorical_offset, strict=True):
             lookup = index.get
             filled = lookup(fill, -1)
             for row, value in enumerate(values):

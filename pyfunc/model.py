@@ -39,7 +39,7 @@ def prediction_records(classes: np.ndarray, proba: np.ndarray) -> list[dict[str,
     for row in proba.tolist():
         best = max(range(len(row)), key=row.__getitem__)  # first maximum, like argmax
         record = {"label": labels[best], "probability": row[best]}
-        record.update(zip(names, row))
+        record.update(zip(names, row, strict=True))
         rows.append(record)
     return rows
 

@@ -206,7 +206,7 @@ def test_jobs_queue_one_at_a_time_and_cancel(api, auth, stack):
     first = train(api, auth)["job_id"]
     second = train(api, auth)["job_id"]
     assert api.get(f"/train/{second}").json()["status"] == "queued"
-    running = wait_for(lambda: (j := api.get(f"/train/{first}").json())["status"] == "running" and j, 60, "running")
+    wait_for(lambda: api.get(f"/train/{first}").json()["status"] == "running", 60, "first job running")
     assert api.get(f"/train/{second}").json()["status"] == "queued"  # one at a time
 
     cancelled = api.delete(f"/train/{second}", headers=auth).json()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from gateway.batching import MicroBatcher
 
@@ -47,7 +46,7 @@ def test_concurrent_callers_share_calls_and_get_their_own_rows_in_order():
         return callers, answers
 
     callers, answers = run(with_batcher(scorer, body))
-    for records, (status, payload, version) in zip(callers, answers):
+    for records, (status, payload, version) in zip(callers, answers, strict=True):
         assert status == 200 and version == "7"
         assert [p["label"] for p in payload["predictions"]] == [r["id"] for r in records]
     assert len(scorer.calls) < 20  # coalesced
