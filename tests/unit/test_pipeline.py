@@ -12,7 +12,7 @@ from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
 from pyfunc.pipeline import build_pipeline, input_column_importance, load_pipeline, save_pipeline
 from steps.params import StepError
-from steps.train import check_fast_path
+from steps.train import check_fast_path, reference_proba
 from tests.conftest import mixed_frame
 
 FEATURES = ["age", "hours", "colour", "city"]
@@ -99,8 +99,9 @@ def test_compiled_path_is_bit_identical_to_the_pipeline_on_raw_rows(fitted):
 def test_training_refuses_a_fast_path_that_disagrees(fitted, monkeypatch):
     pipeline, schema, _ = fitted
     test = mixed_frame(n=50, seed=6)
-    assert check_fast_path(pipeline, schema, test) == 0.0
+    reference = reference_proba(pipeline, schema, test)
+    assert check_fast_path(pipeline, schema, test, reference) == 0.0
     exact = CompiledPipeline.predict_proba
     monkeypatch.setattr(CompiledPipeline, "predict_proba", lambda self, frame: exact(self, frame) + 1e-5)
     with pytest.raises(StepError, match="fast inference path disagrees .* model not registered"):
-        check_fast_path(pipeline, schema, test)
+        check_fast_path(pipeline, schema, test, reference)
