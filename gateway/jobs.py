@@ -26,6 +26,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from gateway.processes import pid_alive
 from gateway.settings import PROJECT_DIR, Settings
 from steps.runs import ERROR_TAG
 
@@ -136,23 +137,6 @@ class JobStore:
             args += list(only_if)
         with self._connect() as db:
             return db.execute(query, args).rowcount == 1
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours has exited; reap it.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

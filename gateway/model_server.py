@@ -26,7 +26,6 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from fastapi.responses import JSONResponse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from gateway.processes import stop_process_group
 from gateway.settings import Settings, get_settings
 
 log = logging.getLogger("model_server")
@@ -71,20 +71,6 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @dataclass
 class SubprocessBackend:
     """One running ``mlflow models serve`` (mode ``mlflow``)."""
@@ -105,7 +91,8 @@ class SubprocessBackend:
         return answer.status_code, answer.content
 
     async def close(self) -> None:
-        await asyncio.to_thread(stop_process_group, self.process)
+        if self.alive:  # once reaped, its pid may belong to someone else
+            await asyncio.to_thread(stop_process_group, self.process.pid)
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, bytes]:

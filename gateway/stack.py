@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +22,9 @@ import httpx
 from mlflow import MlflowClient
 
 from gateway.model_server import promoted_version
+from gateway.processes import pid_alive, stop_process_group
 from gateway.registry import Registry
 from gateway.settings import PROJECT_DIR, Settings, get_settings
-from gateway.jobs import pid_alive
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = ("gateway", "model-server", "mlflow")  # stop order
@@ -117,14 +116,7 @@ class LocalStack:
         self.pid_file(service).unlink(missing_ok=True)
         if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        stop_process_group(pid, timeout)
         return True
 
     # --- services ---------------------------------------------------------------------

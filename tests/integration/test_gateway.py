@@ -15,7 +15,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from gateway.jobs import JobStore, pid_alive
+from gateway.jobs import JobStore
+from gateway.processes import pid_alive
 from gateway.stack import LocalStack
 from tests.conftest import census_rows
 from tests.integration.conftest import stack_settings
