@@ -7,25 +7,70 @@ import gc
 from collections.abc import AsyncIterator
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from gateway.jobs import JobStore, TrainingJobRunner
+from gateway.jobs import STATUSES, JobStore, TrainingJobRunner
 from gateway.model_client import ModelServerClient
+from gateway.observability import Admission, JobsCollector, Metrics, RequestContext, configure_logging
 from gateway.registry import Registry
 from gateway.routes import health, models, predict, train
-from gateway.settings import Settings, get_settings
+from gateway.settings import Settings, apply_mlflow_client_defaults, get_settings
+
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route answers at this path (Starlette's 405 lists only the first route's)."""
+    return [method for method in METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in app.router.routes)]
+
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_errors(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(app, request))
+            return JSONResponse({"detail": f"method {request.method} not allowed here; allowed: {allow}"},
+                                status_code=405, headers={"Allow": allow})
+        if exc.status_code == 404 and exc.detail == "Not Found":  # no route at all, not a missing resource
+            return JSONResponse({"detail": f"no route {request.method} {request.url.path}; the API is "
+                                           "listed at /docs"}, status_code=404)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body it cannot decode at all: the same 422 as for bad JSON
+            return JSONResponse({"detail": [{"loc": ["body"], "type": "json_invalid",
+                                             "msg": "body is not valid UTF-8 JSON"}]},
+                                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(MlflowException)
+    async def tracking_errors(request: Request, exc: MlflowException) -> Response:
+        # The routes turn the caller's mistakes (unknown model, illegal move) into 404/409
+        # first; what reaches here is the tracking server failing or gone.
+        reason = (str(exc.message).strip().splitlines() or [""])[0][:300]
+        return JSONResponse({"detail": f"tracking server at {settings.tracking_uri} failed: {reason}"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(settings.retry_after_seconds)})
 
 
 def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-        app.state.settings = settings
         app.state.registry = Registry(client)
         app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
+        metrics.add_collector(JobsCollector(app.state.jobs.store.count_by_status, STATUSES))
         # One pooled client for every call to the model server: connections are reused.
-        app.state.model_client = ModelServerClient(settings)
+        app.state.model_client = ModelServerClient(settings, metrics)
         app.state.model_client.start()
         app.state.jobs.start()
         # MLflow and pandas leave ~10^6 long-lived objects; a full GC pass over
@@ -43,6 +88,12 @@ def create_app(settings: Settings) -> FastAPI:
         "and move versions through stages and aliases.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.admission = Admission(settings.max_pending, metrics)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       access_log=settings.access_log)
+    install_error_handlers(app, settings)
     for module in (predict, train, models, health):
         app.include_router(module.router)
     return app
@@ -50,7 +101,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 def main() -> None:
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.gateway_port, log_level="info")
+    configure_logging(settings.log_level)
+    apply_mlflow_client_defaults()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.gateway_port,
+                log_config=None, access_log=False)
 
 
 if __name__ == "__main__":

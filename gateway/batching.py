@@ -35,8 +35,10 @@ class _Pending:
 
 
 class MicroBatcher:
-    def __init__(self, send: Send, max_rows: int, max_wait_ms: float, concurrency: int):
+    def __init__(self, send: Send, max_rows: int, max_wait_ms: float, concurrency: int,
+                 on_batch: Callable[[int], None] | None = None):
         self._send = send
+        self._on_batch = on_batch  # told how many callers share each batch
         self._max_rows = max_rows
         self._max_wait = max_wait_ms / 1000.0
         self._slots = asyncio.Semaphore(concurrency)
@@ -83,6 +85,8 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 rows += len(item.records)
+            if self._on_batch:
+                self._on_batch(len(batch))
             task = asyncio.create_task(self._run(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.jobs import TrainingJobRunner
 from gateway.model_client import ModelServerClient
+from gateway.observability import Admission, Metrics
 from gateway.registry import Registry
 from gateway.settings import Settings
 
@@ -35,11 +36,21 @@ def get_model_client(request: Request) -> ModelServerClient:
     return request.app.state.model_client
 
 
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 JobsDep = Annotated[TrainingJobRunner, Depends(get_jobs)]
 ModelHttpDep = Annotated[httpx.AsyncClient, Depends(get_model_http)]
 ModelClientDep = Annotated[ModelServerClient, Depends(get_model_client)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 _bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
 

@@ -125,6 +125,10 @@ class JobStore:
             rows = db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at", (status,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
+    def count_by_status(self) -> dict[str, int]:
+        with self._connect() as db:
+            return dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
     def update(self, job_id: str, *, only_if: tuple[str, ...] | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``only_if``, only while the job is in one of those statuses."""
         if "metrics" in fields and fields["metrics"] is not None:

@@ -8,18 +8,21 @@ import httpx
 import orjson
 
 from gateway.batching import Answer, MicroBatcher
+from gateway.observability import Metrics
 from gateway.settings import Settings
 
 
 class ModelServerClient:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.metrics = metrics
         self.url = f"{settings.model_server}/invocations"
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.model_server_timeout, connect=settings.model_server_connect_timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         )
         self.batcher = (
-            MicroBatcher(self.invoke, settings.batch_max_rows, settings.batch_max_wait_ms, settings.batch_concurrency)
+            MicroBatcher(self.invoke, settings.batch_max_rows, settings.batch_max_wait_ms, settings.batch_concurrency,
+                         on_batch=metrics.batch_requests.observe)
             if settings.batching else None
         )
 
@@ -34,6 +37,7 @@ class ModelServerClient:
 
     async def invoke(self, records: list[dict[str, Any]]) -> Answer:
         """One /invocations call: (status, JSON body, served version). Raises httpx errors."""
+        self.metrics.batch_rows.observe(len(records))
         answer = await self.http.post(
             self.url, content=orjson.dumps({"dataframe_records": records}),
             headers={"Content-Type": "application/json"},

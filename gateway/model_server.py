@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,9 @@ from fastapi.responses import JSONResponse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from gateway.observability import configure_logging
 from gateway.processes import stop_process_group
-from gateway.settings import Settings, get_settings
+from gateway.settings import Settings, apply_mlflow_client_defaults, get_settings
 
 log = logging.getLogger("model_server")
 VENV_BIN = Path(sys.executable).parent
@@ -79,6 +80,7 @@ class SubprocessBackend:
     process: subprocess.Popen
     url: str
     http: httpx.AsyncClient
+    on_close: Callable[[int], None]
     in_flight: int = 0
 
     @property
@@ -93,6 +95,7 @@ class SubprocessBackend:
     async def close(self) -> None:
         if self.alive:  # once reaped, its pid may belong to someone else
             await asyncio.to_thread(stop_process_group, self.process.pid)
+        self.on_close(self.process.pid)
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
@@ -164,6 +167,34 @@ class ModelServerSupervisor:
         self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.model_server_timeout, connect=2.0))
         self._failed_version: tuple[str, float] | None = None
+        # pids of the `mlflow models serve` we started: if this process is killed
+        # outright they outlive it, and its successor stops them (reap_orphans).
+        self._children_file = settings.stack_dir / "run" / f"scoring-servers-{settings.model_server_port}.pids"
+        self._children: set[int] = set()
+
+    def _record_children(self) -> None:
+        self._children_file.parent.mkdir(parents=True, exist_ok=True)
+        self._children_file.write_text("".join(f"{pid}\n" for pid in sorted(self._children)))
+
+    def reap_orphans(self) -> list[int]:
+        """Stop the scoring servers a previous supervisor on this port left running."""
+        try:
+            pids = [int(line) for line in self._children_file.read_text().split()]
+        except (FileNotFoundError, ValueError):
+            return []
+        reaped = []
+        for pid in pids:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"mlflow" in command and b"serve" in command:  # not a recycled pid
+                stop_process_group(pid, timeout=10)
+                reaped.append(pid)
+        self._children_file.unlink(missing_ok=True)
+        if reaped:
+            log.warning("stopped scoring servers left by a previous model server: %s", reaped)
+        return reaped
 
     # --- backends -----------------------------------------------------------------
     def _spawn(self, version: str) -> Backend:
@@ -184,7 +215,14 @@ class ModelServerSupervisor:
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         out.close()
-        return SubprocessBackend(version=version, process=process, url=f"http://{host}:{port}", http=self.http)
+        self._children.add(process.pid)
+        self._record_children()
+        return SubprocessBackend(version=version, process=process, url=f"http://{host}:{port}", http=self.http,
+                                 on_close=self._forget_child)
+
+    def _forget_child(self, pid: int) -> None:
+        self._children.discard(pid)
+        self._record_children()
 
     async def _start_backend(self, version: str) -> Backend:
         if self.settings.model_server_mode == "fast":
@@ -252,6 +290,8 @@ class ModelServerSupervisor:
             self.state.current = None
             self.state.reason = f"model server for version {current.version} died; restarting"
         log.info("starting model server for %s version %s", self.settings.model_name, desired)
+        if self.state.current is None:
+            self.state.reason = f"loading version {desired} of '{self.settings.model_name}'"
         try:
             backend = await self._start_backend(desired)
         except Exception as err:
@@ -269,6 +309,7 @@ class ModelServerSupervisor:
             asyncio.create_task(self._retire(old))
 
     async def run(self) -> None:
+        await asyncio.to_thread(self.reap_orphans)
         while True:
             await self.reconcile()
             await asyncio.sleep(self.settings.registry_poll_seconds)
@@ -352,9 +393,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level)
+    apply_mlflow_client_defaults()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.model_server_port,
-                log_level="warning")
+                log_config=None, access_log=False)
 
 
 if __name__ == "__main__":

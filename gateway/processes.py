@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -35,3 +36,12 @@ def stop_process_group(pid: int, timeout: float = 10.0) -> None:
     if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc), oldest first."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(found)

@@ -22,7 +22,9 @@ STAGE_ALIASES = {"Production": "champion", "Staging": "challenger"}
 STAGES = ("None", "Staging", "Production", "Archived")
 # Moves the registry refuses: a retired version comes back through Staging first.
 ILLEGAL_TRANSITIONS = {("Archived", "Production")}
-_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
+# MLflow's alias rule, less the names MLflow reserves: ``latest`` (any case) and ``v<digits>``.
+ALIAS_PATTERN = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)(?![vV][0-9]+$)[A-Za-z_][A-Za-z0-9_-]{0,254}$"
+_ALIAS = re.compile(ALIAS_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 class NotFound(LookupError):
@@ -38,8 +40,7 @@ def _not_found(err: MlflowException) -> bool:
 
 
 def valid_alias(alias: str) -> bool:
-    """MLflow's alias rule, plus: ``latest`` and ``v<digits>`` are reserved by MLflow."""
-    return bool(_ALIAS.fullmatch(alias)) and alias.lower() != "latest" and not re.fullmatch(r"[vV]\d+", alias)
+    return bool(_ALIAS.fullmatch(alias))
 
 
 class Registry:

@@ -51,9 +51,9 @@ class TrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data_path: str = Field(description="a file under GATEWAY_DATA_ROOTS (relative paths are "
+    data_path: str = Field(min_length=1, max_length=4096, description="a file under GATEWAY_DATA_ROOTS (relative paths are "
                            "looked up there) or a URI with an allowed scheme")
-    target: str
+    target: str = Field(min_length=1, max_length=256, description="the label column")
     model_name: str | None = Field(None, description="default: the gateway's MODEL_NAME")
     na_values: str | None = None
     drop_columns: str | None = Field(None, description="comma-separated")

@@ -6,6 +6,7 @@ Nothing else reads ``os.environ``; nothing is read at import time: call
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,13 @@ class Settings(BaseSettings):
     )
     experiment_name: str = Field("tabular-classifier", validation_alias="TRAIN_EXPERIMENT")
     max_predict_rows: int = Field(10_000, ge=1, validation_alias="GATEWAY_MAX_PREDICT_ROWS")
+    # Any request body above this is refused with 413 before or while it is read.
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
+    # Back-pressure: /predict requests waiting at once; beyond, 503 with Retry-After.
+    max_pending: int = Field(1024, ge=1, validation_alias="GATEWAY_MAX_PENDING")
+    retry_after_seconds: int = Field(1, ge=1, validation_alias="GATEWAY_RETRY_AFTER_SECONDS")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
+    access_log: bool = Field(True, validation_alias="GATEWAY_ACCESS_LOG")
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -106,3 +114,16 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# MLflow's REST client retries a failed call 7 times with backoff (minutes in
+# all). A service that must answer quickly, and a training job whose tracking
+# server is gone, should fail in seconds: these are the defaults of our
+# processes unless the environment sets them.
+MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def apply_mlflow_client_defaults() -> None:
+    """Set :data:`MLFLOW_CLIENT_DEFAULTS` where the environment does not; MLflow reads them per call."""
+    for name, value in MLFLOW_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)

@@ -15,14 +15,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
 from mlflow import MlflowClient
 
 from gateway.model_server import promoted_version
-from gateway.processes import pid_alive, stop_process_group
+from gateway.processes import children, pid_alive, stop_process_group
 from gateway.registry import Registry
 from gateway.settings import PROJECT_DIR, Settings, get_settings
 
@@ -58,33 +58,45 @@ def http_ok(url: str) -> Callable[[], bool]:
     return lambda: httpx.get(url, timeout=2.0).status_code == 200
 
 
+def settings_env(settings: Settings, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
+    """``settings`` as the environment variables that would read back to them."""
+    env = {}
+    for name, field in Settings.model_fields.items():
+        alias, value = field.validation_alias, getattr(settings, name)
+        if not isinstance(alias, str) or alias in exclude or value is None:
+            continue
+        if isinstance(value, list):
+            value = (":" if name == "data_roots" else ",").join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[alias] = str(value)
+    return env
+
+
+# Read by the stack itself (the tracking server's stores go on its command line).
+STACK_ONLY_SETTINGS = frozenset({"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"})
+
+
 class LocalStack:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, extra_env: Mapping[str, str] | None = None):
         self.settings = settings
+        # For tests: environment for every service beyond the settings (MLflow's own variables).
+        self.extra_env = dict(extra_env or {})
         self.run_dir = settings.stack_dir / "run"
         self.tracking_uri = f"http://{settings.host}:{settings.mlflow_port}"
 
     # --- processes --------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        """The environment of every service: the settings, and the local tracking server."""
-        s = self.settings
-        values = {
-            "STACK_DIR": str(s.stack_dir), "STACK_HOST": s.host, "GATEWAY_PORT": str(s.gateway_port),
-            "MLFLOW_PORT": str(s.mlflow_port), "MODEL_SERVER_PORT": str(s.model_server_port),
+        """The environment of every service: every setting, pointed at this stack's own services."""
+        values = settings_env(self.settings, exclude=STACK_ONLY_SETTINGS)
+        values.update({
             "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "MODEL_SERVER_URL": f"http://{s.host}:{s.model_server_port}",
-            "MODEL_NAME": s.model_name, "MODEL_SERVER_MODE": s.model_server_mode, "SERVE_FOLLOWS": s.serve_follows, "SERVE_ALIAS": s.serve_alias,
-            "SERVE_STAGE": s.serve_stage, "REGISTRY_POLL_SECONDS": str(s.registry_poll_seconds),
-            "MODEL_SERVER_DRAIN_SECONDS": str(s.drain_seconds),
-            "MODEL_SERVER_TIMEOUT": str(s.model_server_timeout),
-            "GATEWAY_DATA_ROOTS": ":".join(str(p) for p in s.data_roots),
-            "GATEWAY_ALLOWED_URI_SCHEMES": ",".join(s.allowed_uri_schemes),
-            "TRAIN_EXPERIMENT": s.experiment_name,
+            "MODEL_SERVER_URL": f"http://{self.settings.host}:{self.settings.model_server_port}",
+            # Always set, so a token in a stray .env file cannot leak into a stack without one.
+            "GATEWAY_API_TOKEN": self.settings.api_token or "",
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        # Always set, so a token in a stray .env file cannot leak into a stack without one.
-        values["GATEWAY_API_TOKEN"] = s.api_token or ""
-        return {**os.environ, **values}
+        })
+        return {**os.environ, **self.extra_env, **values}
 
     def pid_file(self, service: str) -> Path:
         return self.run_dir / f"{service}.pid"
@@ -99,13 +111,21 @@ class LocalStack:
     def log_file(self, service: str) -> Path:
         return self.settings.logs_dir / f"{service}.log"
 
+    def service_pid(self, service: str) -> int | None:
+        """The service's own process (the watchdog's child), if it runs."""
+        pid = self.running_pid(service)
+        kids = children(pid) if pid else []
+        return kids[0] if kids else None
+
     def spawn(self, service: str, command: list[str], port: int) -> subprocess.Popen:
+        """Start ``command`` under the watchdog, which restarts it if it dies."""
         if port_in_use(self.settings.host, port):
             raise StackError(f"{service}: port {port} on {self.settings.host} is already in use")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file(service), "ab") as out:
-            process = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env(), stdout=out,
+            process = subprocess.Popen([str(VENV_BIN / "python"), "-m", "gateway.watchdog", "--", *command],
+                                       cwd=PROJECT_DIR, env=self.env(), stdout=out,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         self.pid_file(service).write_text(str(process.pid))

@@ -35,15 +35,14 @@ def fetch(location: str, name: str) -> Path:
         raise ParameterError(name, location, f"cannot fetch: {reason}") from None
 
 
-def read_raw_csv(location: str, name: str = "data_path") -> pd.DataFrame:
-    """Every cell of the CSV as the text it holds: nothing parsed, nothing guessed yet."""
-    path = fetch(location, name)
+def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.DataFrame:
+    """``pd.read_csv`` of every cell as text, its failures as one-line DataErrors."""
     if path.is_dir():
         raise ParameterError(name, location, "is a directory, expected a .csv or .csv.gz file")
     if not path.name.lower().endswith(CSV_SUFFIXES):
         raise ParameterError(name, location, "expected a .csv or .csv.gz file")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **options)
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: {location} is empty") from None
     except UnicodeDecodeError as err:
@@ -51,7 +50,18 @@ def read_raw_csv(location: str, name: str = "data_path") -> pd.DataFrame:
     except (pd.errors.ParserError, gzip.BadGzipFile, zlib.error, EOFError) as err:
         reason = str(err).strip().splitlines()[0]
         raise DataError(f"{name}: {location} is not a readable CSV: {reason}") from None
-    if frame.empty:
-        raise DataError(f"{name}: {location} has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def read_raw_csv(location: str, name: str = "data_path") -> pd.DataFrame:
+    """Every cell of the CSV as the text it holds: nothing parsed, nothing guessed yet."""
+    frame = _read_csv(fetch(location, name), location, name)
+    if frame.empty:
+        raise DataError(f"{name}: {location} has a header but no rows")
+    return frame
+
+
+def csv_columns(path: Path, name: str = "data_path") -> list[str]:
+    """The column names of a local CSV file, read from its header only (a cheap check before a run)."""
+    return list(_read_csv(path, str(path), name, nrows=0).columns)

@@ -1,13 +1,17 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.deps import ModelHttpDep, SettingsDep
+from gateway.deps import MetricsDep, ModelHttpDep, SettingsDep
 from gateway.schemas import Health, ModelRef, Readiness
+from gateway.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -18,18 +22,39 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-async def ready(settings: SettingsDep, http: ModelHttpDep) -> JSONResponse:
-    """The model server answers, and which version it serves; 503 with the reason otherwise."""
+async def model_server_status(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any] | str:
+    """The model server's /status body, or why there is none."""
     try:
         answer = await http.get(f"{settings.model_server}/status", timeout=settings.model_server_connect_timeout)
         body = answer.json()
     except (httpx.HTTPError, ValueError) as err:
-        reason = f"model server unreachable at {settings.model_server}: {type(err).__name__}"
-        return JSONResponse(Readiness(status="unavailable", reason=reason).model_dump(), status_code=503)
+        return f"model server unreachable at {settings.model_server}: {type(err).__name__}"
+    return body if isinstance(body, dict) else f"model server at {settings.model_server} answered {body!r}"
+
+
+@router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+async def ready(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) -> JSONResponse:
+    """The model server answers, and which version it serves; 503 with the reason otherwise."""
+    body = await model_server_status(settings, http)
+    if isinstance(body, str):
+        metrics.set_served(None, None)
+        return JSONResponse(Readiness(status="unavailable", reason=body).model_dump(), status_code=503)
     if body.get("status") != "serving":
+        metrics.set_served(None, None)
         readiness = Readiness(status="unavailable", follows=body.get("follows"), reason=body.get("reason"))
         return JSONResponse(readiness.model_dump(), status_code=503)
+    metrics.set_served(body["model_name"], body["version"])
     readiness = Readiness(status="ready", follows=body.get("follows"),
                           model=ModelRef(name=body["model_name"], version=body["version"]))
     return JSONResponse(readiness.model_dump())
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text exposition format"}})
+async def prometheus_metrics(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) -> Response:
+    """Requests by route and status, latencies, model-server errors, batch sizes, jobs, served version."""
+    body = await model_server_status(settings, http)
+    serving = isinstance(body, dict) and body.get("status") == "serving"
+    metrics.set_served(body["model_name"] if serving else None, body["version"] if serving else None)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import Response
 
 from gateway.deps import Authorized, RegistryDep
-from gateway.registry import Conflict, NotFound, valid_alias
+from gateway.registry import ALIAS_PATTERN, Conflict, NotFound, valid_alias
 from gateway.schemas import (
     AliasRequest,
     ModelVersionOut,
@@ -21,7 +21,8 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 VersionNumber = Annotated[str, Path(pattern=r"^[1-9][0-9]{0,9}$")]
-AliasName = Annotated[str, Path(min_length=1, max_length=255)]
+# The pattern is documented in the schema and checked by checked_alias, whose message says it in words.
+AliasName = Annotated[str, Path(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN})]
 ERRORS = {404: {"description": "unknown model, version or alias"}}
 CHANGES = {**ERRORS, 401: {"description": "token required"}, 409: {"description": "illegal transition"}}
 

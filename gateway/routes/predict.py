@@ -8,8 +8,11 @@ import httpx
 import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from gateway.deps import ModelClientDep, SettingsDep
+from gateway.deps import AdmissionDep, MetricsDep, ModelClientDep, SettingsDep
+from gateway.model_client import ModelServerClient
+from gateway.observability import Metrics
 from gateway.schemas import PredictRequest, PredictResponse
+from gateway.settings import Settings
 
 router = APIRouter(tags=["predict"])
 PROBA_PREFIX = "proba_"
@@ -82,31 +85,51 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": PredictRequest.model_json_schema()}}}},
     responses={
-        413: {"description": "more rows than GATEWAY_MAX_PREDICT_ROWS"},
+        413: {"description": "more rows than GATEWAY_MAX_PREDICT_ROWS, or a body above GATEWAY_MAX_BODY_BYTES"},
         415: {"description": "the body is not sent as application/json"},
         422: {"description": "a body, record or column the model cannot score; the message names it"},
-        503: {"description": "no model server answers, or no version is promoted"},
+        503: {"description": "no model server answers, no version is promoted, or GATEWAY_MAX_PENDING "
+                     "requests are waiting already (with Retry-After)"},
     },
 )
-async def predict(request: Request, settings: SettingsDep, model: ModelClientDep) -> Response:
+async def predict(request: Request, settings: SettingsDep, model: ModelClientDep,
+                  admission: AdmissionDep, metrics: MetricsDep) -> Response:
     """Score raw rows with the promoted model version; predictions come back in input order.
 
     Body: ``{"records": [{column: value, ...}, ...]}`` (see PredictRequest).
     """
+    if not admission.enter():  # refused before its body is even read
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"gateway overloaded: {admission.limit} /predict requests are already waiting "
+                   "(GATEWAY_MAX_PENDING); retry later",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+    try:
+        return await answer_predict(request, settings, model, metrics)
+    finally:
+        admission.leave()
+
+
+async def answer_predict(request: Request, settings: Settings, model: ModelServerClient,
+                         metrics: Metrics) -> Response:
     records = parse_predict_body(await request.body(), request.headers.get("content-type", ""),
                                  settings.max_predict_rows)
     try:
         status_code, payload, version = await model.predict(records)
     except httpx.HTTPError as err:
+        metrics.model_server_errors.labels("unreachable").inc()
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"model server unreachable at {settings.model_server}: {type(err).__name__}",
         ) from None
     if status_code == 503:
+        metrics.model_server_errors.labels("unavailable").inc()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=model_error_message(payload))
     if status_code == 400 and payload.get("error_code") == "INVALID_PARAMETER_VALUE":
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=model_error_message(payload))
     if status_code != 200:
+        metrics.model_server_errors.labels("bad_gateway").inc()
         raise HTTPException(status.HTTP_502_BAD_GATEWAY,
                             detail=f"model server answered {status_code}: {model_error_message(payload)}")
     # Serialised here with orjson: the shape is PredictResponse's, without a

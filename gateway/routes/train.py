@@ -12,7 +12,8 @@ from gateway.deps import Authorized, JobsDep, SettingsDep
 from gateway.jobs import Job
 from gateway.schemas import JobOut, TrainAccepted, TrainRequest
 from gateway.settings import Settings
-from steps.sources import CSV_SUFFIXES
+from steps.params import DataError, ParameterError
+from steps.sources import CSV_SUFFIXES, csv_columns
 
 router = APIRouter(prefix="/train", tags=["train"])
 
@@ -49,6 +50,25 @@ def resolve_data_path(raw: str, settings: Settings) -> str:
     raise invalid("data_path", "not a file under the data roots (GATEWAY_DATA_ROOTS)")
 
 
+def check_target(data_path: str, target: str) -> None:
+    """For a local file: the target must be one of its columns (its header is all that is read).
+
+    Caught here, a typo or a broken file costs the caller a 422 instead of a job
+    that fails a few seconds later. Data behind a URI is checked by the run.
+    """
+    path = Path(data_path)
+    if not path.is_absolute():
+        return
+    try:
+        columns = csv_columns(path)
+    except (DataError, ParameterError) as err:
+        # named as the caller knows it: the file name, not where the gateway keeps it
+        raise invalid("data_path", str(err).removeprefix("data_path: ").replace(str(path), path.name)) from None
+    if target.strip() not in columns:
+        shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
+        raise invalid("target", f"{target!r} is not a column of {path.name} (columns: {shown})")
+
+
 def job_out(job: Job) -> JobOut:
     return JobOut(job_id=job.id, status=job.status, model_name=job.model_name, parameters=job.parameters,
                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -68,6 +88,7 @@ def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> 
     """Queue ``mlflow run`` of this project with these parameters; poll the returned job."""
     parameters = body.mlproject_parameters()
     parameters["data_path"] = resolve_data_path(body.data_path, settings)
+    check_target(parameters["data_path"], body.target)
     parameters["model_name"] = body.model_name or settings.model_name
     job = jobs.submit(parameters, parameters["model_name"])
     location = f"/train/{job.id}"
@@ -87,7 +108,8 @@ def get_job(job_id: str, jobs: JobsDep) -> JobOut:
 
 
 @router.delete("/{job_id}", response_model=JobOut, dependencies=[Authorized],
-               responses={404: {"description": "unknown job"}, 409: {"description": "job already ended"}})
+               responses={401: {"description": "token required"}, 404: {"description": "unknown job"},
+                          409: {"description": "job already ended"}})
 def cancel_job(job_id: str, jobs: JobsDep) -> JobOut:
     """Cancel a queued or running job (its ``mlflow run`` process group is stopped)."""
     job = found(jobs.store.get(job_id), job_id)

@@ -1,0 +1,265 @@
+"""Request ids, structured logs, Prometheus metrics and request admission for the gateway.
+
+One pure-ASGI middleware (:class:`RequestContext`) does the per-request work,
+so a request pays for it once and in microseconds:
+
+- ``X-Request-ID``: kept from the request when it is a sane token, made up
+  otherwise, set on every response and on every log line written meanwhile;
+- the body size limit (``GATEWAY_MAX_BODY_BYTES``, 413), checked from
+  ``Content-Length`` before the body is read and again while it streams in;
+- one access-log line and the request metrics, labelled by route template
+  (not the raw path, so random paths cannot blow up the label set);
+- a JSON 500 naming the request id for anything unexpected, logged with its
+  traceback on the same line.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from datetime import datetime, UTC
+from typing import Any
+
+from fastapi import HTTPException
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUEST_ID_HEADER = "x-request-id"
+_SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# --- logs ------------------------------------------------------------------------------
+
+# Attributes every record has, and uvicorn's ANSI-coloured copy of its message: not extra fields.
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr for our loggers and uvicorn's (whose access log we replace)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call to the model server otherwise
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000)
+
+
+class Metrics:
+    """The gateway's metrics, in a registry of their own (one per app, so tests can build many)."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series double the output and nobody reads them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("gateway_requests", "HTTP requests answered, by route and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("gateway_request_duration_seconds", "Time to answer a request",
+                                 ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_server_errors = Counter(
+            "gateway_model_server_errors", "Calls to the model server that did not give an answer, by kind "
+            "(unreachable: no connection or no reply; unavailable: it answered 503; bad_gateway: other 5xx)",
+            ["kind"], registry=r)
+        self.batch_rows = Histogram("gateway_batch_rows", "Rows per call to the model server",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_requests = Histogram("gateway_batch_requests", "/predict requests sharing one call",
+                                        buckets=BATCH_BUCKETS, registry=r)
+        self.predict_pending = Gauge("gateway_predict_pending", "/predict requests admitted and not answered",
+                                     registry=r)
+        self.predict_rejected = Counter("gateway_predict_rejected",
+                                        "/predict requests refused because GATEWAY_MAX_PENDING were waiting",
+                                        registry=r)
+        self.served_model = Gauge("gateway_served_model_info",
+                                  "1 for the model version the model server said it serves (last /status)",
+                                  ["name", "version"], registry=r)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def set_served(self, name: str | None, version: str | None) -> None:
+        self.served_model.clear()
+        if name and version:
+            self.served_model.labels(name=name, version=version).set(1)
+
+
+class JobsCollector(Collector):
+    """Training jobs by status, read from the job store at scrape time (it outlives the process)."""
+
+    def __init__(self, count_by_status: Callable[[], dict[str, int]], statuses: Iterable[str]):
+        self._count = count_by_status
+        self._statuses = tuple(statuses)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("gateway_training_jobs", "Training jobs in the job store, by status",
+                                   labels=["status"])
+        counts = self._count()
+        for status in self._statuses:
+            family.add_metric([status], counts.get(status, 0))
+        yield family
+
+
+# --- admission -------------------------------------------------------------------------
+
+
+class Admission:
+    """At most ``limit`` /predict requests waiting at once; the rest are told to come back.
+
+    The limit bounds the gateway's memory and latency under overload: beyond it
+    a request costs a 503 with ``Retry-After`` instead of a place in a queue
+    that only grows.
+    """
+
+    def __init__(self, limit: int, metrics: Metrics):
+        self.limit = limit
+        self.pending = 0
+        self._metrics = metrics
+
+    def enter(self) -> bool:
+        if self.pending >= self.limit:
+            self._metrics.predict_rejected.inc()
+            return False
+        self.pending += 1
+        self._metrics.predict_pending.set(self.pending)
+        return True
+
+    def leave(self) -> None:
+        self.pending -= 1
+        self._metrics.predict_pending.set(self.pending)
+
+
+# --- the middleware --------------------------------------------------------------------
+
+
+def too_large(limit: int) -> HTTPException:
+    # An HTTPException, so FastAPI's own body parsing passes it on as it is.
+    return HTTPException(413, detail=f"request body larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES)")
+
+
+def _json_response(status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> list[Message]:
+    content = json.dumps(body).encode()
+    return [
+        {"type": "http.response.start", "status": status,
+         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
+                     *headers]},
+        {"type": "http.response.body", "body": content},
+    ]
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, access_log: bool = True):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+        self.log = logging.getLogger("gateway.access")
+        self.errors = logging.getLogger("gateway.error")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = None
+        declared_length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                request_id = candidate if _SANE_ID.fullmatch(candidate) else None
+            elif name == b"content-length":
+                declared_length = value
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large(self.max_body_bytes)
+            return message
+
+        try:
+            if declared_length is not None and declared_length.isdigit() and int(declared_length) > self.max_body_bytes:
+                # refused before reading a byte of it
+                status = 413
+                for message in _json_response(413, {"detail": too_large(self.max_body_bytes).detail}, [id_header]):
+                    await send(message)
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        except Exception:
+            self.errors.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if not response_started:
+                status = 500
+                for message in _json_response(500, {"detail": "internal error; the gateway's log has it under "
+                                                     f"this request id", "request_id": request_id}, [id_header]):
+                    await send(message)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            labels = (scope["method"], template, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(elapsed)
+            if self.access_log:
+                self.log.info("%s %s %d", scope["method"], scope["path"], status,
+                              extra={"method": scope["method"], "path": scope["path"], "route": template,
+                                     "status": status, "duration_ms": round(elapsed * 1000, 3)})
+            request_id_var.reset(token)

@@ -1,0 +1,71 @@
+"""Keep a service running: ``python -m gateway.watchdog -- <command ...>``.
+
+The local stack's stand-in for compose's ``restart: unless-stopped``: when the
+service dies (a crash, the OOM killer, ``kill -9``), it is started again after
+a short backoff. A service that keeps dying young (``GIVE_UP_AFTER`` quick
+failures in a row) is left dead and the watchdog exits with its status, so
+``make up`` reports a broken service instead of waiting on it.
+
+Stopping is by process group (``gateway.processes.stop_process_group``): the
+watchdog and its service get SIGTERM together, and the watchdog, told to stop,
+does not restart anything.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+QUICK_FAILURE_SECONDS = 10.0
+GIVE_UP_AFTER = 5
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def log(message: str) -> None:
+    print(f"watchdog: {message}", file=sys.stderr, flush=True)
+
+
+def run(command: list[str]) -> int:
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    quick_failures = 0
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(command)
+        code = child.wait()
+        # The group's SIGTERM reaches us and the child together; give ours a moment to land.
+        backoff = min(MAX_BACKOFF_SECONDS, 0.5 * 2**quick_failures)
+        deadline = time.monotonic() + backoff
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if stopping:
+            return code
+        lived = time.monotonic() - started
+        quick_failures = quick_failures + 1 if lived < QUICK_FAILURE_SECONDS else 0
+        if quick_failures >= GIVE_UP_AFTER:
+            log(f"{command[0]} failed {quick_failures} times within {QUICK_FAILURE_SECONDS:.0f}s of starting; "
+                f"giving up (last status {code})")
+            return code if code else 1
+        log(f"{' '.join(command[:4])} exited with status {code} after {lived:.1f}s; restarted")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        print("usage: python -m gateway.watchdog -- <command ...>", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
