@@ -161,7 +161,22 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))  # NaN -> null
 
 
-def run(duration: int, out: Path) -> dict[str, Any]:
+def rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def soak(url: str, body: Path, pid: int, seconds: int, connections: int = 32) -> dict[str, float]:
+    """``seconds`` of single-row requests at ``connections``: failures, and the process's memory drift."""
+    wrk(url, body, connections, 10)  # warm-up
+    warm = rss_mb(pid)
+    measured = wrk(url, body, connections, seconds)
+    end = rss_mb(pid)
+    return {**measured, "seconds": seconds, "connections": connections, "rss_warm_mb": warm, "rss_end_mb": end,
+            "rss_growth_pct": 100 * (end - warm) / warm}
+
+
+def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("error: wrk not found: install it (apt-get install wrk) or run `make bench`")
     root = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -231,10 +246,14 @@ def run(duration: int, out: Path) -> dict[str, Any]:
                 table.append({"scenario": label, "rows": rows, "connections": connections, "target": key,
                               "name": name, **measured})
         results["load"] = table
-        pids = {"a": baseline.pid, "b": stack.running_pid("model-server"), "c": stack.running_pid("gateway")}
+        if soak_seconds:
+            print(f"  soak: gateway /predict, 1 row, c=32, {soak_seconds}s ...", flush=True)
+            results["soak"] = soak(targets["c"][1], bodies["c", 1], stack.service_pid("gateway"), soak_seconds)
+        pids = {"a": baseline.pid, "b": stack.service_pid("model-server"), "c": stack.service_pid("gateway")}
         results["memory_mb"] = {key: process_tree_rss_mb(pid) for key, pid in pids.items() if pid}
         results["model_size_mb"] = {"a": folder_mb(baseline_dir), "b": folder_mb(local)}
-        results["targets"] = evaluate_targets(table, results["training"], results["in_process_p50_ms"])
+        results["targets"] = evaluate_targets(table, results["training"], results["in_process_p50_ms"],
+                                              results.get("soak"))
     finally:
         if baseline is not None:
             os.killpg(baseline.pid, signal.SIGTERM)
@@ -246,7 +265,8 @@ def run(duration: int, out: Path) -> dict[str, Any]:
     return results
 
 
-def evaluate_targets(table: list[dict], training: dict, in_process: dict) -> list[dict[str, Any]]:
+def evaluate_targets(table: list[dict], training: dict, in_process: dict,
+                     soaked: dict | None = None) -> list[dict[str, Any]]:
     cell = {(r["target"], r["scenario"]): r for r in table}
     checks = []
     for connections in (16, 64):
@@ -273,6 +293,10 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict) -> lis
                    "met": fast[1] <= 2.0})
     checks.append({"target": "training: mlflow run <= 1.3x plain + 15 s", "value": training["mlflow_run_s"],
                    "met": training["met"]})
+    if soaked:
+        checks.append({"target": "soak: no failed request", "value": soaked["errors"], "met": soaked["errors"] == 0})
+        checks.append({"target": "soak: gateway memory within 10% of warm-up (%)", "value": soaked["rss_growth_pct"],
+                       "met": abs(soaked["rss_growth_pct"]) <= 10})
     return checks
 
 
@@ -291,6 +315,12 @@ def report(results: dict[str, Any]) -> str:
     t = results["training"]
     lines.append(f"training: mlflow run {t['mlflow_run_s']:.1f}s, plain script {t['plain_script_s']:.1f}s "
                  f"(target <= {t['target_s']:.1f}s)")
+    if "soak" in results:
+        k = results["soak"]
+        lines.append(f"soak: {k['requests']} requests in {k['seconds']}s at c={k['connections']} "
+                     f"({k['rps']:.0f} req/s, p99 {k['p99_ms']:.1f} ms), {k['errors']} failed; gateway RSS "
+                     f"{k['rss_warm_mb']:.1f} MB after warm-up, {k['rss_end_mb']:.1f} MB at the end "
+                     f"({k['rss_growth_pct']:+.1f}%)")
     lines.append("")
     lines.append("in process, p50 ms per predict call:")
     for rows, entries in results["in_process_p50_ms"].items():
@@ -306,8 +336,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per measurement (default 8)")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench" / "results" / "latest.json")
+    parser.add_argument("--soak", type=int, default=60,
+                        help="seconds of the gateway soak at c=32 (default 60; 0 skips it)")
     args = parser.parse_args()
-    results = run(args.duration, args.out)
+    results = run(args.duration, args.out, args.soak)
     print(report(results))
     print(f"\nJSON: {args.out}")
 

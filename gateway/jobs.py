@@ -263,6 +263,9 @@ class TrainingJobRunner:
             return
         if exit_code is None:
             reason = "the gateway stopped while this job ran and its process is gone"
+            if run and run.info.status == "RUNNING":  # nobody else will end it
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         else:
             reason = tags.get(ERROR_TAG) or self._error_line(tail) or f"mlflow run exited with status {exit_code}"
         self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(),

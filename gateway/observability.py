@@ -249,7 +249,7 @@ class RequestContext:
             if not response_started:
                 status = 500
                 for message in _json_response(500, {"detail": "internal error; the gateway's log has it under "
-                                                     f"this request id", "request_id": request_id}, [id_header]):
+                                                     "this request id", "request_id": request_id}, [id_header]):
                     await send(message)
         finally:
             elapsed = time.perf_counter() - started

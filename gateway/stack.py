@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -78,10 +78,8 @@ STACK_ONLY_SETTINGS = frozenset({"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_D
 
 
 class LocalStack:
-    def __init__(self, settings: Settings, extra_env: Mapping[str, str] | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        # For tests: environment for every service beyond the settings (MLflow's own variables).
-        self.extra_env = dict(extra_env or {})
         self.run_dir = settings.stack_dir / "run"
         self.tracking_uri = f"http://{settings.host}:{settings.mlflow_port}"
 
@@ -96,7 +94,7 @@ class LocalStack:
             "GATEWAY_API_TOKEN": self.settings.api_token or "",
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         })
-        return {**os.environ, **self.extra_env, **values}
+        return {**os.environ, **values}
 
     def pid_file(self, service: str) -> Path:
         return self.run_dir / f"{service}.pid"

@@ -13,6 +13,7 @@ does not restart anything.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def log(message: str) -> None:
     print(f"watchdog: {message}", file=sys.stderr, flush=True)
 
 
-def run(command: list[str]) -> int:
+def run(command: list[str], first_backoff: float = 0.5, give_up_after: int = GIVE_UP_AFTER) -> int:
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -42,7 +43,7 @@ def run(command: list[str]) -> int:
         child = subprocess.Popen(command)
         code = child.wait()
         # The group's SIGTERM reaches us and the child together; give ours a moment to land.
-        backoff = min(MAX_BACKOFF_SECONDS, 0.5 * 2**quick_failures)
+        backoff = min(MAX_BACKOFF_SECONDS, first_backoff * 2**quick_failures)
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -50,7 +51,7 @@ def run(command: list[str]) -> int:
             return code
         lived = time.monotonic() - started
         quick_failures = quick_failures + 1 if lived < QUICK_FAILURE_SECONDS else 0
-        if quick_failures >= GIVE_UP_AFTER:
+        if quick_failures >= give_up_after:
             log(f"{command[0]} failed {quick_failures} times within {QUICK_FAILURE_SECONDS:.0f}s of starting; "
                 f"giving up (last status {code})")
             return code if code else 1
@@ -58,13 +59,16 @@ def run(command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--"]:
-        args = args[1:]
-    if not args:
-        print("usage: python -m gateway.watchdog -- <command ...>", file=sys.stderr)
-        return 2
-    return run(args)
+    parser = argparse.ArgumentParser(prog="python -m gateway.watchdog", description=__doc__.splitlines()[0])
+    parser.add_argument("--first-backoff", type=float, default=0.5, help="seconds before the first restart")
+    parser.add_argument("--give-up-after", type=int, default=GIVE_UP_AFTER,
+                        help="quick failures in a row after which the service is left dead")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the service's command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given: python -m gateway.watchdog -- <command ...>")
+    return run(command, args.first_backoff, args.give_up_after)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,10 @@ async def predict(request: Request, settings: SettingsDep, model: ModelClientDep
 
     Body: ``{"records": [{column: value, ...}, ...]}`` (see PredictRequest).
     """
-    if not admission.enter():  # refused before its body is even read
+    if not admission.enter():
+        # Drained, not parsed or kept: a client still sending gets a clean 503, not a reset.
+        async for _ in request.stream():
+            pass
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"gateway overloaded: {admission.limit} /predict requests are already waiting "

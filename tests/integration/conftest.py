@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -41,17 +42,23 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["fast", "mlflow"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-          data_root: Path) -> Iterator[LocalStack]:
-    """Tracking server, model server (in each MODEL_SERVER_MODE) and gateway as real processes."""
-    settings = stack_settings(tmp_path_factory.mktemp("stack"), data_root, model_server_mode=request.param)
-    local = LocalStack(settings)
+@contextlib.contextmanager
+def running_stack(root: Path, data_root: Path, **overrides: object) -> Iterator[LocalStack]:
+    """Tracking server, model server and gateway as real processes, nothing promoted; stopped after."""
+    local = LocalStack(stack_settings(root, data_root, **overrides))
     try:
         local.up_without_model()
         yield local
     finally:
         local.down()
+
+
+@pytest.fixture(scope="module", params=["fast", "mlflow"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          data_root: Path) -> Iterator[LocalStack]:
+    """The stack in each MODEL_SERVER_MODE."""
+    with running_stack(tmp_path_factory.mktemp("stack"), data_root, model_server_mode=request.param) as local:
+        yield local
 
 
 @pytest.fixture(scope="module")
