@@ -122,7 +122,9 @@ class Registry:
             # Deprecated since MLflow 2.9 and still supported: we offer stages on purpose.
             warnings.simplefilter("ignore", FutureWarning)
             self.client.transition_model_version_stage(
-                name, version, stage, archive_existing_versions=archive_existing
+                # MLflow answers 500 to archive_existing for Archived/None: it only means something
+                # for the active stages, so it is ignored for the others.
+                name, version, stage, archive_existing_versions=archive_existing and stage in STAGE_ALIASES
             )
         left = STAGE_ALIASES.get(current)
         if left and aliases.get(left) == version:

@@ -123,7 +123,8 @@ Stage = Literal["Staging", "Production", "Archived", "None"]
 class StageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: Stage
-    archive_existing: bool = Field(False, description="archive other versions in the target stage")
+    archive_existing: bool = Field(False, description="archive the other versions in the target stage "
+                                   "(Staging or Production; ignored for Archived and None)")
 
 
 class AliasRequest(BaseModel):

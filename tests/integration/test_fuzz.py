@@ -37,8 +37,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator
         yield local
 
 
+def answered(url: str) -> dict[tuple[str, str, str], float]:
+    """The gateway's own count of answers by (method, route, status)."""
+    metrics = httpx.get(f"{url}/metrics").text
+    return {(s.labels["method"], s.labels["route"], s.labels["status"]): s.value
+            for family in text_string_to_metric_families(metrics) for s in family.samples
+            if s.name == "gateway_requests_total"}
+
+
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack, tmp_path):
     url = stack.settings.gateway_url
+    before = answered(url)
     command = [
         str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(CONFIG), "--no-color",
         "run", f"{url}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
@@ -55,9 +64,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack, tmp_p
     assert f"Tested: {operations}" in output, output[-3000:]  # every route, none skipped
 
     # the gateway's own count agrees: no 5xx answered to anything the fuzzer sent
-    metrics = httpx.get(f"{url}/metrics").text
-    answered = {(s.labels["route"], s.labels["status"]): s.value
-                for family in text_string_to_metric_families(metrics) for s in family.samples
-                if s.name == "gateway_requests_total"}
-    assert sum(answered.values()) >= generated
-    assert not {k: v for k, v in answered.items() if k[1].startswith("5")}, answered
+    during = {key: count - before.get(key, 0) for key, count in answered(url).items()}
+    print(f"gateway answered {sum(during.values()):.0f} requests")
+    # a case is one request (a stateful scenario several); the margin is for cases the HTTP
+    # client cannot send as generated (schemathesis probes e.g. NUL bytes in headers)
+    assert sum(during.values()) >= 0.9 * generated
+    assert not {key: count for key, count in during.items() if key[2].startswith("5") and count}, during
