@@ -72,14 +72,16 @@ def create_app(settings: Settings) -> FastAPI:
         # One pooled client for every call to the model server: connections are reused.
         app.state.model_client = ModelServerClient(settings, metrics)
         app.state.model_client.start()
-        app.state.jobs.start()
+        if settings.training_enabled:
+            app.state.jobs.start()
         # MLflow and pandas leave ~10^6 long-lived objects; a full GC pass over
         # them stalls every request for tens of ms. Park them out of the GC's way.
         gc.freeze()
         try:
             yield
         finally:
-            app.state.jobs.stop()
+            if settings.training_enabled:
+                app.state.jobs.stop()
             await app.state.model_client.close()
 
     app = FastAPI(

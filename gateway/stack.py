@@ -73,6 +73,10 @@ def settings_env(settings: Settings, exclude: frozenset[str] = frozenset()) -> d
     return env
 
 
+# MLflow 3's server also starts a job runner with seven huey worker processes (for its GenAI
+# features, unused here) that keep a core of a small machine busy: off.
+TRACKING_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 # Read by the stack itself (the tracking server's stores go on its command line).
 STACK_ONLY_SETTINGS = frozenset({"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"})
 
@@ -115,7 +119,8 @@ class LocalStack:
         kids = children(pid) if pid else []
         return kids[0] if kids else None
 
-    def spawn(self, service: str, command: list[str], port: int) -> subprocess.Popen:
+    def spawn(self, service: str, command: list[str], port: int,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start ``command`` under the watchdog, which restarts it if it dies."""
         if port_in_use(self.settings.host, port):
             raise StackError(f"{service}: port {port} on {self.settings.host} is already in use")
@@ -123,7 +128,7 @@ class LocalStack:
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file(service), "ab") as out:
             process = subprocess.Popen([str(VENV_BIN / "python"), "-m", "gateway.watchdog", "--", *command],
-                                       cwd=PROJECT_DIR, env=self.env(), stdout=out,
+                                       cwd=PROJECT_DIR, env={**self.env(), **(env or {})}, stdout=out,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         self.pid_file(service).write_text(str(process.pid))
@@ -149,7 +154,7 @@ class LocalStack:
             "--artifacts-destination", s.artifacts_destination or str(store / "artifacts"),
             "--serve-artifacts",
             "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
-        ], s.mlflow_port)
+        ], s.mlflow_port, env=TRACKING_SERVER_ENV)
         wait_until(http_ok(f"{self.tracking_uri}/health"), 120, "mlflow server", process, self.log_file("mlflow"))
 
     def start_model_server(self, wait_for_model: bool = True) -> None:

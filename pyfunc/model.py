@@ -10,13 +10,17 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from pyfunc.cleaning import FeatureSchema
+from pyfunc.cleaning import FeatureSchema, InvalidInputError
 from pyfunc.fast import CompiledPipeline
 from pyfunc.pipeline import load_pipeline
 
 # Names of the artifacts logged with the model (see steps/train.py).
 PIPELINE_ARTIFACT = "pipeline"
 SCHEMA_ARTIFACT = "feature_schema"
+# predict(..., params={"on_invalid": "report"}): rows that cannot be scored get their reason in
+# ERROR_COLUMN instead of failing the call ("raise", the default, as /predict does).
+ON_INVALID_PARAM = "on_invalid"
+ERROR_COLUMN = "error"
 
 
 def proba_column(label: Any) -> str:
@@ -78,8 +82,40 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if (params or {}).get(ON_INVALID_PARAM, "raise") == "report":
+            return self._predict_reporting_errors(frame)
         proba = self._compiled.predict_proba(frame)
         return format_predictions(self._compiled.classes, proba, frame.index)
+
+    def _predict_reporting_errors(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`predict` plus an ``error`` column: a row that cannot be scored gets its reason
+        there and empty predictions, instead of failing the rows around it (batch scoring)."""
+        try:
+            scored = self.predict(None, frame)
+        except InvalidInputError:
+            if any(column not in frame.columns for column in self._schema.columns):
+                raise  # a missing column fails every row alike: the caller's whole input is wrong
+            return self._score_rows_one_by_one(frame)
+        scored[ERROR_COLUMN] = None
+        return scored
+
+    def _score_rows_one_by_one(self, frame: pd.DataFrame) -> pd.DataFrame:
+        # the records path is the frame path, bit for bit (tests/unit/test_pyfunc_contract.py)
+        classes = self._compiled.classes
+        proba = np.full((len(frame), len(classes)), np.nan)
+        errors: list[str | None] = []
+        for i, record in enumerate(frame[self._schema.columns].to_dict(orient="records")):
+            try:
+                proba[i] = self._compiled.predict_proba_records([record])[0]
+                errors.append(None)
+            except InvalidInputError as err:
+                errors.append(err.message.replace(" row 0:", ":"))
+        scored = format_predictions(classes, np.nan_to_num(proba), frame.index)
+        failed = np.array([e is not None for e in errors])
+        scored = scored.astype({"label": object})
+        scored.loc[failed, :] = None
+        scored[ERROR_COLUMN] = errors
+        return scored
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`predict` for JSON-style records, returning JSON-ready rows; no pandas on the way.

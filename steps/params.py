@@ -196,6 +196,27 @@ class SplitParams:
     target: str = param("", optional_text, "label column; empty = the one preprocess split on")
 
 
+# Spark master URLs: local, local[N], local[*], local[N,F], spark://, yarn, k8s://, mesos://
+_SPARK_MASTER = re.compile(r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?|yarn|(spark|k8s|mesos)://\S+")
+
+
+def spark_master(raw: str) -> str:
+    if not _SPARK_MASTER.fullmatch(raw.strip()):
+        raise ValueError("expected local[*], local[N], spark://host:port, yarn or k8s://https://host:port")
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """Batch scoring on Spark (the ``score`` step)."""
+
+    model_uri: str = param("", optional_text, f"model to score with; empty = models:/{DEFAULT_MODEL_NAME}@champion")
+    input_path: str = param(DEFAULT_DATA_PATH, required_text,
+                            "CSV (.csv/.csv.gz) or Parquet, a file or a folder, a path or a URI Spark reads")
+    output_path: str = param("scores.parquet", required_text, "Parquet folder written (replaced if it exists)")
+    spark_master: str = param("local[*]", spark_master, "Spark master URL")
+
+
 def format_value(value: Any) -> str:
     """The MLproject string form of a parsed value (parsing it again gives ``value``)."""
     if value is None:

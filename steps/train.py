@@ -15,12 +15,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 from sklearn.pipeline import Pipeline
 
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
-from pyfunc.model import PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
+from pyfunc.model import ON_INVALID_PARAM, PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
 from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
 from steps import evaluate
 from steps.params import (
@@ -121,6 +121,8 @@ def model_signature(schema: FeatureSchema, classes: np.ndarray) -> ModelSignatur
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), name, required=False) for name in schema.columns]),
         outputs=Schema(outputs),
+        # "report": rows that cannot be scored get an `error` column instead of failing the batch
+        params=ParamSchema([ParamSpec(ON_INVALID_PARAM, "string", "raise")]),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import JSONResponse
 
 from gateway.deps import Authorized, JobsDep, SettingsDep
@@ -15,7 +15,15 @@ from gateway.settings import Settings
 from steps.params import DataError, ParameterError
 from steps.sources import CSV_SUFFIXES, csv_columns
 
-router = APIRouter(prefix="/train", tags=["train"])
+async def training_enabled(settings: SettingsDep) -> None:
+    if not settings.training_enabled:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="training is off on this gateway (GATEWAY_TRAINING=false); "
+                                   "send /train to the trainer service")
+
+
+router = APIRouter(prefix="/train", tags=["train"], dependencies=[Depends(training_enabled)],
+                   responses={503: {"description": "training is off on this instance (GATEWAY_TRAINING=false)"}})
 
 
 def invalid(field: str, message: str) -> HTTPException:

@@ -1,12 +1,18 @@
-"""Polling helpers for tests that drive real services: wait on a condition, never a fixed sleep."""
+"""Helpers for tests that drive real processes: wait on a condition (never a fixed sleep), run steps."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.conftest import PROJECT_DIR, Tracking
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -37,3 +43,29 @@ def start_training(api: httpx.Client, headers: dict, **body: Any) -> str:
 def served_version(api: httpx.Client) -> str | None:
     answer = api.get("/ready")
     return answer.json()["model"]["version"] if answer.status_code == 200 else None
+
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def child_env(tracking: Tracking) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.uri}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def mlflow_run(tracking: Tracking, *params: str, entry_point: str = "main") -> subprocess.CompletedProcess:
+    args = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "-e", entry_point,
+            "--env-manager", "local", "--experiment-id", tracking.experiment_id]
+    for param in params:
+        args += ["-P", param]
+    return subprocess.run(args, env=child_env(tracking), capture_output=True, text=True, timeout=600)
+
+
+def run_step(tracking: Tracking, module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_DIR,
+                          env=child_env(tracking), capture_output=True, text=True, timeout=300)
+
+
+def assert_succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,35 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
-from tests.conftest import PROJECT_DIR, Tracking, census_rows
+from tests.conftest import Tracking, census_rows
+from tests.integration.helpers import assert_succeeded, mlflow_run, run_step
 
 pytestmark = pytest.mark.integration
-
-VENV_BIN = Path(sys.executable).parent
-
-
-def child_env(tracking: Tracking) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.uri}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def mlflow_run(tracking: Tracking, *params: str, entry_point: str = "main") -> subprocess.CompletedProcess:
-    args = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "-e", entry_point,
-            "--env-manager", "local", "--experiment-id", tracking.experiment_id]
-    for param in params:
-        args += ["-P", param]
-    return subprocess.run(args, env=child_env(tracking), capture_output=True, text=True, timeout=600)
-
-
-def run_step(tracking: Tracking, module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_DIR,
-                          env=child_env(tracking), capture_output=True, text=True, timeout=300)
-
-
-def assert_succeeded(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
-
 
 def runs_by_name(tracking: Tracking) -> dict[str, mlflow.entities.Run]:
     runs = mlflow.MlflowClient().search_runs([tracking.experiment_id])

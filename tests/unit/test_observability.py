@@ -110,3 +110,4 @@ def test_admission_refuses_beyond_the_limit_and_counts_it():
     assert sample(metrics, "gateway_predict_pending") == 2
     admission.leave()
     assert admission.enter()
+

@@ -9,6 +9,7 @@ from steps.params import (
     DataParams,
     ForestParams,
     ModelParams,
+    ScoreParams,
     ParameterError,
     SplitParams,
     parse_cli,
@@ -21,6 +22,7 @@ ENTRY_POINT_GROUPS = {
     "main": (DataParams, ForestParams, ModelParams),
     "preprocess": (DataParams,),
     "train": (SplitParams, ModelParams, ForestParams),
+    "score": (ScoreParams,),
 }
 
 

@@ -109,6 +109,26 @@ def test_text_in_a_numeric_column_is_named(models):
         models["binary"].predict(bad)
 
 
+def test_on_invalid_report_puts_the_reason_in_an_error_column_and_scores_the_rest(models):
+    bad = RAW_ROWS.copy()
+    bad.loc[1, "hours"] = "forty"
+    bad.loc[3, "age"] = 1e300
+    reported = models["binary"].predict(bad, params={"on_invalid": "report"})
+    assert [e if isinstance(e, str) else None for e in reported["error"]] == [
+        None, "invalid value(s): column 'hours': 'forty' is not a number", None,
+        "invalid value(s): column 'age': 1e+300 is not a finite number"]
+    assert reported.loc[[1, 3], ["label", "probability", "proba_no", "proba_yes"]].isna().all().all()
+    good = models["binary"].predict(bad.loc[[0, 2]])
+    pd.testing.assert_frame_equal(reported.loc[[0, 2], good.columns].astype(good.dtypes), good)
+    # a clean batch takes the normal path: same predictions, no error anywhere
+    clean = models["binary"].predict(RAW_ROWS, params={"on_invalid": "report"})
+    pd.testing.assert_frame_equal(clean.drop(columns="error"), models["binary"].predict(RAW_ROWS))
+    assert clean["error"].isna().all()
+    # a missing column is the whole input's problem: still raised
+    with pytest.raises(InvalidInputError, match="'city'"):
+        models["binary"].predict(bad.drop(columns=["city"]), params={"on_invalid": "report"})
+
+
 def test_the_logged_model_carries_signature_example_and_skops_pipeline(models):
     model = models["binary"]
     inputs = model.metadata.get_input_schema()
@@ -116,6 +136,8 @@ def test_the_logged_model_carries_signature_example_and_skops_pipeline(models):
     assert model.metadata.get_output_schema().input_names() == [
         "label", "probability", "proba_no", "proba_yes"
     ]
+    assert model.metadata.get_params_schema().to_dict() == [
+        {"name": "on_invalid", "type": "string", "default": "raise", "shape": None}]
     local = Path(models["local_binary"])
     example = json.loads((local / "input_example.json").read_text())
     assert example["columns"] == inputs.input_names()

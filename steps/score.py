@@ -1,0 +1,159 @@
+"""The ``score`` step: batch scoring of a registered model on Apache Spark.
+
+Reads CSV (``.csv``/``.csv.gz``) or Parquet, a file or a folder, from a local
+path or any URI Spark can read; scores every row with the registered pyfunc
+through ``mlflow.pyfunc.spark_udf`` (the same model and the same cleaning as
+``/predict``); writes Parquet with every input column plus ``label``,
+``probability``, ``proba_<class>`` and ``error``. A row that cannot be scored
+(text in a numeric column, say) keeps empty predictions and the reason in
+``error``; it does not fail the job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import mlflow.pyfunc
+
+from pyfunc.model import ERROR_COLUMN, ON_INVALID_PARAM
+from steps.params import DEFAULT_MODEL_NAME, ParameterError, ScoreParams, parse_cli
+from steps.runs import log_params_once, step_run
+
+SPARK_TYPES = {"string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
+               "boolean": "boolean"}
+
+
+def model_uri_of(params: ScoreParams) -> str:
+    return params.model_uri or f"models:/{DEFAULT_MODEL_NAME}@champion"
+
+
+def is_local(location: str) -> bool:
+    scheme = urlparse(location).scheme
+    return scheme in ("", "file") or len(scheme) == 1
+
+
+def input_format(location: str) -> str:
+    """``parquet`` or ``csv``, from the name or, for a local folder, from the files in it."""
+    name = location.rstrip("/").lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith(".parquet"):
+        return "parquet"
+    path = Path(urlparse(location).path if location.startswith("file:") else location)
+    if is_local(location) and path.is_dir():
+        names = [p.name.lower() for p in path.rglob("*") if p.is_file()]
+        if any(n.endswith(".parquet") for n in names):
+            return "parquet"
+        if any(n.endswith((".csv", ".csv.gz")) for n in names):
+            return "csv"
+        raise ParameterError("input_path", location, "folder holds no .csv, .csv.gz or .parquet file")
+    raise ParameterError("input_path", location, "expected .csv, .csv.gz or .parquet (a file or a folder of them)")
+
+
+def check_input_path(location: str) -> None:
+    if is_local(location):
+        path = Path(urlparse(location).path if location.startswith("file:") else location)
+        if not path.exists():
+            raise ParameterError("input_path", location, "no such file or directory")
+    input_format(location)
+
+
+def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as err:  # any store's failure becomes the caller's one-line message
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ParameterError("model_uri", uri, f"cannot load: {reason[:300]}") from None
+
+
+def result_type(model: mlflow.pyfunc.PyFuncModel) -> str:
+    """The Spark struct of the model's outputs (its signature) plus ``error``."""
+    outputs = model.metadata.get_output_schema()
+    if outputs is None:
+        raise ParameterError("model_uri", "", "the model has no output signature: train it with this project")
+    fields = [f"`{spec.name}` {SPARK_TYPES.get(spec.type.name, 'string')}" for spec in outputs.inputs]
+    return ", ".join([*fields, f"`{ERROR_COLUMN}` string"])
+
+
+def start_spark(master: str):  # noqa: ANN201 (pyspark is imported late: it is slow to import)
+    # Spark's Python workers must be this interpreter (with pandas, mlflow, our code), not the system's.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    return (SparkSession.builder.master(master).appName("tabular-classifier score")
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.sql.session.timeZone", "UTC")
+            .getOrCreate())
+
+
+def read_input(spark, location: str):  # noqa: ANN001, ANN201
+    # In a folder, only the data files (not a README or a _SUCCESS marker beside them).
+    if input_format(location) == "parquet":
+        return spark.read.option("pathGlobFilter", "*.parquet").parquet(location)
+    # Every cell as text, as the CSV holds it (the model's cleaning reads numbers itself);
+    # RFC 4180 quoting, as pandas and the preprocess step read it.
+    return spark.read.option("pathGlobFilter", "*.{csv,csv.gz,CSV,CSV.GZ}").csv(
+        location, header=True, inferSchema=False, escape='"', multiLine=True)
+
+
+def run_score(params: ScoreParams) -> dict[str, float]:
+    check_input_path(params.input_path)
+    uri = model_uri_of(params)
+    model = load_model(uri)
+    needed = model.metadata.get_input_schema().input_names()
+    outputs = result_type(model)
+    output_names = [spec.name for spec in model.metadata.get_output_schema().inputs] + [ERROR_COLUMN]
+
+    from pyspark.sql import functions as F  # noqa: N812
+
+    spark = start_spark(params.spark_master)
+    try:
+        frame = read_input(spark, params.input_path)
+        frame = frame.toDF(*[c.strip() for c in frame.columns])
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise ParameterError("input_path", params.input_path,
+                                 f"lacks column(s) the model needs: {', '.join(map(repr, missing))}")
+        clashing = [c for c in output_names if c in frame.columns]
+        if clashing:
+            raise ParameterError("input_path", params.input_path,
+                                 f"has column(s) named like the output: {', '.join(map(repr, clashing))}; rename them")
+        udf = mlflow.pyfunc.spark_udf(spark, uri, result_type=outputs, env_manager="local",
+                                      params={ON_INVALID_PARAM: "report"})
+        # Columns reach the model by name only inside a struct.
+        scored = frame.withColumn("_prediction", udf(F.struct(*[F.col(f"`{c}`") for c in needed])))
+        scored = scored.select(*[F.col(f"`{c}`") for c in frame.columns],
+                               *[F.col(f"_prediction.`{c}`").alias(c) for c in output_names])
+        started = time.perf_counter()
+        scored.write.mode("overwrite").parquet(params.output_path)
+        seconds = time.perf_counter() - started
+        written = spark.read.parquet(params.output_path)
+        rows = written.count()
+        failed = written.filter(F.col(f"`{ERROR_COLUMN}`").isNotNull()).count()
+    finally:
+        spark.stop()
+    return {"rows": rows, "rows_with_error": failed, "score_seconds": seconds,
+            "rows_per_second": rows / seconds if seconds else 0.0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    (params,) = parse_cli(argv, ScoreParams)
+    with step_run("score"):
+        log_params_once({"model_uri": model_uri_of(params), "input_path": params.input_path,
+                         "output_path": params.output_path, "spark_master": params.spark_master})
+        figures = run_score(params)
+        mlflow.log_metrics(figures)
+        mlflow.set_tag("output_path", params.output_path)
+    print(f"scored {figures['rows']:.0f} rows ({figures['rows_with_error']:.0f} with an error) into "
+          f"{params.output_path} at {figures['rows_per_second']:.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()
