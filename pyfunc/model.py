@@ -96,7 +96,7 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
             if any(column not in frame.columns for column in self._schema.columns):
                 raise  # a missing column fails every row alike: the caller's whole input is wrong
             return self._score_rows_one_by_one(frame)
-        scored[ERROR_COLUMN] = None
+        scored[ERROR_COLUMN] = pd.Series(None, index=scored.index, dtype=object)  # null, not "nan", in Spark
         return scored
 
     def _score_rows_one_by_one(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -112,9 +112,8 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
                 errors.append(err.message.replace(" row 0:", ":"))
         scored = format_predictions(classes, np.nan_to_num(proba), frame.index)
         failed = np.array([e is not None for e in errors])
-        scored = scored.astype({"label": object})
-        scored.loc[failed, :] = None
-        scored[ERROR_COLUMN] = errors
+        scored.loc[failed, :] = None  # missing, in each column's own type
+        scored[ERROR_COLUMN] = pd.Series(errors, index=scored.index, dtype=object)
         return scored
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -129,8 +129,15 @@ def run_score(params: ScoreParams) -> dict[str, float]:
                                       params={ON_INVALID_PARAM: "report"})
         # Columns reach the model by name only inside a struct.
         scored = frame.withColumn("_prediction", udf(F.struct(*[F.col(f"`{c}`") for c in needed])))
-        scored = scored.select(*[F.col(f"`{c}`") for c in frame.columns],
-                               *[F.col(f"_prediction.`{c}`").alias(c) for c in output_names])
+        # spark_udf casts a string field holding any text with astype(str), so a missing value
+        # in a mixed batch arrives as "None" or "nan": made null again here, and a row with an
+        # error gets no prediction at all.
+        raw_error = F.col(f"_prediction.`{ERROR_COLUMN}`")
+        error = F.when(raw_error.isin("None", "nan", ""), None).otherwise(raw_error)
+        scored = scored.select(
+            *[F.col(f"`{c}`") for c in frame.columns],
+            *[F.when(error.isNull(), F.col(f"_prediction.`{c}`")).alias(c) for c in output_names[:-1]],
+            error.alias(ERROR_COLUMN))
         started = time.perf_counter()
         scored.write.mode("overwrite").parquet(params.output_path)
         seconds = time.perf_counter() - started
@@ -144,15 +151,15 @@ def run_score(params: ScoreParams) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    (params,) = parse_cli(argv, ScoreParams)
     with step_run("score"):
+        (params,) = parse_cli(argv, ScoreParams)
         log_params_once({"model_uri": model_uri_of(params), "input_path": params.input_path,
                          "output_path": params.output_path, "spark_master": params.spark_master})
         figures = run_score(params)
         mlflow.log_metrics(figures)
         mlflow.set_tag("output_path", params.output_path)
-    print(f"scored {figures['rows']:.0f} rows ({figures['rows_with_error']:.0f} with an error) into "
-          f"{params.output_path} at {figures['rows_per_second']:.0f} rows/s")
+        print(f"scored {figures['rows']:.0f} rows ({figures['rows_with_error']:.0f} with an error) into "
+              f"{params.output_path} at {figures['rows_per_second']:.0f} rows/s")
 
 
 if __name__ == "__main__":
