@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: help setup run test up down status bench clean
+.PHONY: help setup run test up down status bench bench-spark clean
 
 help:
 	@echo "make setup  - create $(VENV) and install the pinned requirements"
@@ -17,6 +17,7 @@ help:
 	@echo "make up     - start tracking server, model server and gateway (trains the default model if needed)"
 	@echo "make down   - stop what make up started"
 	@echo "make bench  - serving and training benchmark (needs wrk; installs it with apt-get if missing)"
+	@echo "make bench-spark - batch scoring: Spark local[*] against pyfunc.predict in one process"
 	@echo "make clean  - remove the local tracking store ($(MLFLOW_TRACKING_URI), mlruns/)"
 
 setup: $(VENV)/.installed
@@ -46,6 +47,9 @@ status:
 bench: setup
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	python -m bench.run
+
+bench-spark: setup
+	python -m bench.spark_score
 
 clean:
 	rm -rf mlflow.db mlruns

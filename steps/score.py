@@ -117,6 +117,10 @@ def run_score(params: ScoreParams) -> dict[str, float]:
     try:
         frame = read_input(spark, params.input_path)
         frame = frame.toDF(*[c.strip() for c in frame.columns])
+        # A gzipped CSV is one partition, so one core: spread the rows over all of them.
+        cores = spark.sparkContext.defaultParallelism
+        if frame.rdd.getNumPartitions() < cores:
+            frame = frame.repartition(cores)
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ParameterError("input_path", params.input_path,

@@ -108,3 +108,15 @@ def test_parse_cli_shares_a_parameter_between_groups():
     data, forest = parse_cli(["--random_state", "7", "--n_estimators", "3"], DataParams, ForestParams)
     assert data.random_state == forest.random_state == 7
     assert forest.n_estimators == 3
+
+
+@pytest.mark.parametrize("value", ["local", "local[*]", "local[4]", "local[2,3]", "spark://host:7077", "yarn",
+                                   "k8s://https://10.0.0.1:6443"])
+def test_good_spark_masters_parse(value):
+    assert parse_params(ScoreParams, {"spark_master": value}).spark_master == value
+
+
+@pytest.mark.parametrize("value", ["", "nonsense", "local[0]", "local[x]", "spark://", "http://host"])
+def test_bad_spark_masters_are_refused_by_name(value):
+    with pytest.raises(ParameterError, match="spark_master"):
+        parse_params(ScoreParams, {"spark_master": value})
