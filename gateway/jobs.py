@@ -28,6 +28,7 @@ from mlflow.entities import RunStatus
 
 from gateway.processes import pid_alive
 from gateway.settings import PROJECT_DIR, Settings
+from steps.promotion import TAG_PREFIX as PROMOTION_TAG_PREFIX
 from steps.runs import ERROR_TAG
 
 VENV_BIN = Path(sys.executable).parent
@@ -48,9 +49,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     metrics TEXT,
     error TEXT,
     log_tail TEXT,
-    pid INTEGER
+    pid INTEGER,
+    entry_point TEXT NOT NULL DEFAULT 'main',
+    promotion TEXT
 )
 """
+# Columns added since the first release, for job stores created before them.
+_ADDED_COLUMNS = {"entry_point": "TEXT NOT NULL DEFAULT 'main'", "promotion": "TEXT"}
 
 
 def _now() -> str:
@@ -72,12 +77,15 @@ class Job:
     error: str | None
     log_tail: str | None
     pid: int | None
+    entry_point: str
+    promotion: dict[str, str] | None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         data = dict(row)
         data["parameters"] = json.loads(data["parameters"])
-        data["metrics"] = json.loads(data["metrics"]) if data["metrics"] else None
+        for name in ("metrics", "promotion"):
+            data[name] = json.loads(data[name]) if data[name] else None
         return cls(**data)
 
 
@@ -90,6 +98,10 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -101,12 +113,13 @@ class JobStore:
         finally:
             db.close()
 
-    def add(self, parameters: Mapping[str, str], model_name: str) -> Job:
+    def add(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main") -> Job:
         job_id = uuid.uuid4().hex[:12]
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, status, created_at, parameters, model_name) VALUES (?, 'queued', ?, ?, ?)",
-                (job_id, _now(), json.dumps(dict(parameters)), model_name),
+                "INSERT INTO jobs (id, status, created_at, parameters, model_name, entry_point)"
+                " VALUES (?, 'queued', ?, ?, ?, ?)",
+                (job_id, _now(), json.dumps(dict(parameters)), model_name, entry_point),
             )
         return self.get(job_id)
 
@@ -131,8 +144,9 @@ class JobStore:
 
     def update(self, job_id: str, *, only_if: tuple[str, ...] | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``only_if``, only while the job is in one of those statuses."""
-        if "metrics" in fields and fields["metrics"] is not None:
-            fields["metrics"] = json.dumps(fields["metrics"])
+        for name in ("metrics", "promotion"):
+            if fields.get(name) is not None:
+                fields[name] = json.dumps(fields[name])
         assignments = ", ".join(f"{k} = ?" for k in fields)
         query = f"UPDATE jobs SET {assignments} WHERE id = ?"
         args: list[Any] = [*fields.values(), job_id]
@@ -172,8 +186,8 @@ class TrainingJobRunner:
         self._wake.set()
         self._thread.join(timeout=5)
 
-    def submit(self, parameters: Mapping[str, str], model_name: str) -> Job:
-        job = self.store.add(parameters, model_name)
+    def submit(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main") -> Job:
+        job = self.store.add(parameters, model_name, entry_point)
         self._wake.set()
         return job
 
@@ -213,8 +227,8 @@ class TrainingJobRunner:
             self._settle(job, exit_code=None)
 
     def _command(self, job: Job, run_id: str) -> list[str]:
-        command = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local",
-                   "--run-id", run_id]
+        command = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "-e", job.entry_point,
+                   "--env-manager", "local", "--run-id", run_id]
         for name, value in job.parameters.items():
             command += ["-P", f"{name}={value}"]
         return command
@@ -258,8 +272,11 @@ class TrainingJobRunner:
             return
         tags = run.data.tags if run else {}
         if run and run.info.status == "FINISHED" and tags.get("model_version"):
+            promotion = {k.removeprefix(PROMOTION_TAG_PREFIX): v for k, v in tags.items()
+                         if k.startswith(PROMOTION_TAG_PREFIX)}
             self.store.update(job.id, only_if=("running",), status="succeeded", finished_at=_now(),
-                              model_version=tags["model_version"], metrics=run.data.metrics, log_tail=tail)
+                              model_version=tags["model_version"], metrics=run.data.metrics, log_tail=tail,
+                              promotion=promotion or None)
             return
         if exit_code is None:
             reason = "the gateway stopped while this job ran and its process is gone"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from steps.params import DataParams, ForestParams, ModelParams
+from steps.params import METRICS, PROMOTE, DataParams, ForestParams, ModelParams, TuneParams
 
 # --- /predict ---------------------------------------------------------------------------
 
@@ -43,7 +43,10 @@ class PredictResponse(BaseModel):
 
 # --- /train -----------------------------------------------------------------------------
 
-_PARSERS = {f.name: f.metadata["parse"] for g in (DataParams, ForestParams, ModelParams) for f in fields(g)}
+_PARSERS = {f.name: f.metadata["parse"] for g in (DataParams, ForestParams, ModelParams, TuneParams)
+            for f in fields(g)}
+FOREST_FIELDS = {f.name for f in fields(ForestParams)} - {"random_state"}
+TUNE_FIELDS = {f.name for f in fields(TuneParams)}
 
 
 class TrainRequest(BaseModel):
@@ -66,6 +69,22 @@ class TrainRequest(BaseModel):
     max_features: str | int | float | None = Field(None, description="sqrt, log2, none, N or a fraction")
     class_weight: Literal["balanced", "balanced_subsample", "none"] | None = None
     n_jobs: int | None = Field(None, ge=-1, le=64)
+    mode: Literal["train", "tune"] = Field("train", description="tune: search the forest's hyperparameters "
+                                           "(max_trials, timeout_s, cv_folds) instead of taking them")
+    max_trials: int | None = Field(None, ge=1, le=500, description="mode tune: candidates to try")
+    timeout_s: int | None = Field(None, ge=0, le=86_400, description="mode tune: no new trial after this")
+    cv_folds: int | None = Field(None, ge=2, le=20, description="mode tune: cross-validation folds")
+    metric: Literal[METRICS] | None = Field(None, description="what tuning maximises and promotion compares")
+    promote: Literal[PROMOTE] | None = Field(
+        None, description="if_better: the new version becomes champion only if it beats the champion "
+        "on its test split (default never)")
+
+    @model_validator(mode="after")
+    def _parameters_of_the_mode(self) -> TrainRequest:
+        wrong = sorted((self.model_fields_set & (FOREST_FIELDS if self.mode == "tune" else TUNE_FIELDS)))
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: not a parameter of mode {self.mode!r}")
+        return self
 
     @field_validator("*", mode="before")
     @classmethod
@@ -88,7 +107,7 @@ class TrainRequest(BaseModel):
     def mlproject_parameters(self) -> dict[str, str]:
         """The set parameters in MLproject string form (``none`` for an explicit null)."""
         out = {}
-        for name in self.model_fields_set:
+        for name in self.model_fields_set - {"mode"}:
             value = getattr(self, name)
             out[name] = "none" if value is None else str(value)
         return out
@@ -113,6 +132,10 @@ class JobOut(BaseModel):
     metrics: dict[str, float] | None
     error: str | None
     log_tail: str | None
+    mode: Literal["train", "tune"] = "train"
+    promotion: dict[str, str] | None = Field(
+        None, description="with promote=if_better: decision (promoted/kept), metric, new_score, champion_version, "
+        "champion_score, reason")
 
 
 # --- registry ---------------------------------------------------------------------------

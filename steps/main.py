@@ -18,6 +18,7 @@ from mlflow.projects import ExecutionException
 
 from steps.params import DataParams, ForestParams, ModelParams, StepError, parse_cli, to_arguments
 from steps.preprocess import SPLITS_DIR
+from steps.promotion import TAG_PREFIX as PROMOTION_TAG_PREFIX
 from steps.runs import ERROR_TAG, log_params_once, step_run
 from steps.sources import fetch
 
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         version = trained.data.tags.get("model_version", "")
         mlflow.set_tags(
             {
+                **{k: v for k, v in trained.data.tags.items() if k.startswith(PROMOTION_TAG_PREFIX)},
                 "preprocess_run_id": prepared.info.run_id,
                 "train_run_id": trained.info.run_id,
                 "model_name": model.model_name,

@@ -119,6 +119,17 @@ def na_markers(raw: str) -> tuple[str, ...]:
     return column_list(raw)
 
 
+def non_negative_int(raw: str) -> int:
+    return _int(raw, minimum=0)
+
+
+def cv_folds(raw: str) -> int:
+    value = any_int(raw)
+    if not 2 <= value <= 20:
+        raise ValueError("expected a whole number from 2 to 20")
+    return value
+
+
 def required_text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -178,14 +189,39 @@ class ForestParams:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
+PROMOTE = ("never", "if_better")
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.strip() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return raw.strip()
+
+    return parse
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """How the trained model is evaluated and registered."""
+    """How the trained model is evaluated, registered and promoted."""
 
     model_name: str = param(DEFAULT_MODEL_NAME, model_name, "registered model name")
     positive_class: str = param(
         "", optional_text, "class scored as positive in binary metrics; empty = the rarest class"
     )
+    metric: str = param("f1", choice(METRICS), "metric that tuning maximises and promotion compares")
+    promote: str = param("never", choice(PROMOTE),
+                         "if_better: make the new version champion if it beats the champion on the test split")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """The hyperparameter search of the ``tune`` step."""
+
+    max_trials: int = param(20, positive_int, "number of candidate forests to try")
+    timeout_s: int = param(0, non_negative_int, "stop starting trials after this many seconds; 0 = no limit")
+    cv_folds: int = param(3, cv_folds, "stratified folds of the training split each trial is scored on")
 
 
 @dataclass(frozen=True)

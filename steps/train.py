@@ -42,6 +42,7 @@ from steps.preprocess import (
     DATASETS_FILE,
     log_datasets,
 )
+from steps.promotion import decide_and_promote
 from steps.runs import log_params_once, step_run
 from steps.sources import fetch
 
@@ -257,6 +258,12 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
     client = mlflow.MlflowClient()
     client.set_model_version_tag(model.model_name, version, "target", target)
     client.set_model_version_tag(model.model_name, version, "train_run_id", run.info.run_id)
+    if model.promote == "if_better":
+        y_train = typed_labels(splits.train[target])
+        classes = np.unique(y_train)
+        decide_and_promote(model.model_name, version, model.metric, metrics, splits.test,
+                           typed_labels(splits.test[target]).astype(y_train.dtype), classes,
+                           choose_positive(classes, y_train, model.positive_class))
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"train: registered {model.model_name} version {version} ({summary})")
     return version

@@ -81,7 +81,8 @@ def job_out(job: Job) -> JobOut:
     return JobOut(job_id=job.id, status=job.status, model_name=job.model_name, parameters=job.parameters,
                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                   run_id=job.run_id, model_version=job.model_version, metrics=job.metrics,
-                  error=job.error, log_tail=job.log_tail)
+                  error=job.error, log_tail=job.log_tail, mode="tune" if job.entry_point == "tune" else "train",
+                  promotion=job.promotion)
 
 
 def found(job: Job | None, job_id: str) -> Job:
@@ -98,7 +99,7 @@ def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> 
     parameters["data_path"] = resolve_data_path(body.data_path, settings)
     check_target(parameters["data_path"], body.target)
     parameters["model_name"] = body.model_name or settings.model_name
-    job = jobs.submit(parameters, parameters["model_name"])
+    job = jobs.submit(parameters, parameters["model_name"], entry_point="tune" if body.mode == "tune" else "main")
     location = f"/train/{job.id}"
     accepted = TrainAccepted(job_id=job.id, status=job.status, location=location)
     return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": location})

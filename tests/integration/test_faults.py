@@ -167,6 +167,23 @@ def test_concurrent_trainings_and_a_promotion_lose_nothing(api, auth):
     wait_for(lambda: served_version(api) == "2", 60, "version 2 served")
 
 
+def test_a_tune_job_with_promote_if_better_records_its_decision(api, auth):
+    champion_before = api.get(f"/models/{MODEL}").json()["aliases"]["champion"]
+    body = {"data_path": "census-small.csv", "target": "income", "model_name": MODEL, "mode": "tune",
+            "max_trials": 2, "cv_folds": 2, "promote": "if_better", "metric": "f1"}
+    job = finished_job(api, start_training(api, auth, **body))
+    assert job["status"] == "succeeded" and job["mode"] == "tune", job
+    promotion = job["promotion"]
+    assert promotion["decision"] in ("promoted", "kept") and promotion["metric"] == "f1"
+    assert promotion["champion_version"] == champion_before
+    better = float(promotion["new_score"]) > float(promotion["champion_score"])
+    assert (promotion["decision"] == "promoted") == better
+    aliases = api.get(f"/models/{MODEL}").json()["aliases"]
+    assert aliases["champion"] == (job["model_version"] if better else champion_before)
+    if better:  # put the champion back for the tests that follow
+        api.put(f"/models/{MODEL}/aliases/champion", json={"version": champion_before}, headers=auth)
+
+
 BROKEN = {
     "empty.csv": b"",
     "header-only.csv": b"age,income\n",

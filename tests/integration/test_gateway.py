@@ -197,6 +197,11 @@ BAD_REQUESTS = [
     ("post", "/train", training(n_jobs=999), 422, "n_jobs"),
     ("post", "/train", training(max_features="cube"), 422, "max_features"),
     ("post", "/train", training(class_weight="heavy"), 422, "class_weight"),
+    ("post", "/train", training(max_trials=5), 422, "max_trials"),
+    ("post", "/train", training(mode="tune", n_estimators=5), 422, "n_estimators"),
+    ("post", "/train", training(mode="search"), 422, "mode"),
+    ("post", "/train", training(promote="always"), 422, "promote"),
+    ("post", "/train", training(mode="tune", cv_folds=1), 422, "cv_folds"),
     # /train: paths, names and shell metacharacters (nothing is run, nothing is read outside the roots)
     ("post", "/train", training(data_path="../../../etc/passwd"), 422, "data_path"),
     ("post", "/train", training(data_path="/etc/passwd"), 422, "data_path"),

@@ -10,6 +10,7 @@ from steps.params import (
     ForestParams,
     ModelParams,
     ScoreParams,
+    TuneParams,
     ParameterError,
     SplitParams,
     parse_cli,
@@ -23,6 +24,7 @@ ENTRY_POINT_GROUPS = {
     "preprocess": (DataParams,),
     "train": (SplitParams, ModelParams, ForestParams),
     "score": (ScoreParams,),
+    "tune": (DataParams, ModelParams, TuneParams),
 }
 
 

@@ -1,0 +1,165 @@
+"""``tune`` step: search the forest's hyperparameters, then train and register the best candidate.
+
+``preprocess`` runs first as a child run. Each candidate is scored by
+stratified cross-validation on the training split only (the test split stays
+untouched) and logged as a child run of this one. Optuna's TPE sampler picks
+the candidates; trials run in parallel threads, one per core, each forest on
+one core, so the machine is never oversubscribed. The best candidate then goes
+through the ``train`` step, unchanged: refit on the whole training split,
+scored once on the test split, logged, registered and (with ``promote``)
+compared with the champion, exactly like any trained version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.entities import Metric, Param, RunStatus
+from sklearn.model_selection import StratifiedKFold
+
+from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
+from pyfunc.pipeline import build_pipeline
+from steps import evaluate
+from steps.main import run_child
+from steps.params import (
+    DataParams,
+    ForestParams,
+    ModelParams,
+    StepError,
+    TuneParams,
+    parse_cli,
+    parse_params,
+    to_arguments,
+)
+from steps.preprocess import SPLITS_DIR
+from steps.promotion import TAG_PREFIX as PROMOTION_TAG_PREFIX
+from steps.runs import log_params_once, step_run
+from steps.train import Splits, choose_positive, load_splits, typed_labels
+
+# The search space, as MLproject strings parsed by ForestParams' own parsers.
+SPACE = {
+    "max_depth": ("none", "8", "16", "32"),
+    "max_features": ("sqrt", "log2", "0.3", "0.5"),
+    "class_weight": ("none", "balanced", "balanced_subsample"),
+}
+
+
+TRAIN_DEFAULTS = {"n_estimators": 100, "min_samples_leaf": 1, "max_depth": "none", "max_features": "sqrt",
+                  "class_weight": "none"}
+
+
+def candidate(trial: optuna.Trial, random_state: int) -> ForestParams:
+    raw = {
+        "n_estimators": str(trial.suggest_int("n_estimators", 50, 300, step=50)),
+        "min_samples_leaf": str(trial.suggest_int("min_samples_leaf", 1, 20, log=True)),
+        **{name: trial.suggest_categorical(name, options) for name, options in SPACE.items()},
+        "random_state": str(random_state),
+        "n_jobs": "1",  # one core a trial; trials run side by side
+    }
+    return parse_params(ForestParams, raw)
+
+
+class CrossValidation:
+    """Scores a candidate on stratified folds of the training split."""
+
+    def __init__(self, splits: Splits, target: str, model: ModelParams, folds: int, random_state: int):
+        features = splits.meta.features
+        self.schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
+        self.x = clean_raw_frame(splits.train, self.schema)
+        self.y = typed_labels(splits.train[target])
+        self.classes = np.unique(self.y)
+        if len(self.classes) < 2:
+            raise StepError(f"target {target!r} has one class only in the training split")
+        self.positive = choose_positive(self.classes, self.y, model.positive_class)
+        smallest = min(int(np.sum(self.y == c)) for c in self.classes)
+        if smallest < folds:
+            raise StepError(f"cv_folds={folds}: the rarest class has {smallest} training rows; use fewer folds")
+        self.folds = list(StratifiedKFold(folds, shuffle=True, random_state=random_state).split(self.x, self.y))
+
+    def score(self, forest: ForestParams) -> dict[str, list[float]]:
+        scores: dict[str, list[float]] = {}
+        for fit_rows, held_out in self.folds:
+            pipeline = build_pipeline(self.schema, forest.sklearn_kwargs())
+            pipeline.fit(self.x.iloc[fit_rows], self.y[fit_rows])
+            proba = pipeline.predict_proba(self.x.iloc[held_out])
+            metrics = evaluate.classification_metrics(self.y[held_out], proba, pipeline.classes_, self.positive)
+            for name, value in metrics.items():
+                scores.setdefault(name, []).append(value)
+        return scores
+
+
+def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int, parent_run_id: str,
+           experiment_id: str) -> optuna.Study:
+    client = mlflow.MlflowClient()
+
+    def objective(trial: optuna.Trial) -> float:
+        forest = candidate(trial, random_state)
+        # MlflowClient, not the fluent API: trials run in threads, each logs its own child run
+        run = client.create_run(experiment_id, run_name=f"trial-{trial.number}",
+                                tags={"mlflow.parentRunId": parent_run_id, "trial": str(trial.number)})
+        try:
+            scores = cv.score(forest)
+        except Exception:
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        means = {f"cv_{name}": float(np.mean(values)) for name, values in scores.items()}
+        means[f"cv_{metric}_std"] = float(np.std(scores[metric]))
+        client.log_batch(run.info.run_id,
+                         params=[Param(k, str(v)) for k, v in trial.params.items()],
+                         metrics=[Metric(k, v, 0, 0) for k, v in means.items()])
+        client.set_terminated(run.info.run_id)
+        return means[f"cv_{metric}"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=random_state))
+    study.enqueue_trial(TRAIN_DEFAULTS)  # the first candidate is what `train` would fit: tuning starts from it
+    parallel = max(1, min(os.cpu_count() or 1, tune.max_trials))
+    study.optimize(objective, n_trials=tune.max_trials, timeout=tune.timeout_s or None, n_jobs=parallel)
+    return study
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with step_run("tune") as tuning:
+        data, model, tune = parse_cli(argv, DataParams, ModelParams, TuneParams)
+        log_params_once(to_arguments(data, model, tune))
+        experiment_id = tuning.info.experiment_id
+
+        prepared = run_child("preprocess", to_arguments(data), experiment_id)
+        splits_uri = f"{prepared.info.artifact_uri}/{SPLITS_DIR}"
+        splits = load_splits(splits_uri)
+        cv = CrossValidation(splits, splits.meta.target, model, tune.cv_folds, data.random_state)
+        study = search(cv, model.metric, tune, data.random_state, tuning.info.run_id, experiment_id)
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not completed:
+            raise StepError("no trial finished within timeout_s; raise it or lower max_trials")
+        best = study.best_trial
+        mlflow.log_metrics({f"best_cv_{model.metric}": best.value, "trials": len(completed)})
+
+        # the winner, trained on all cores by the train step like any other version
+        forest = replace(candidate(optuna.trial.FixedTrial(best.params), data.random_state), n_jobs=-1)
+        trained = run_child("train", {**to_arguments(forest, model), "splits_uri": splits_uri,
+                                      "target": data.target}, experiment_id)
+        version = trained.data.tags.get("model_version", "")
+        client = mlflow.MlflowClient()
+        tuned = json.dumps(best.params, sort_keys=True)
+        for key, value in {"tuning_run_id": tuning.info.run_id, "tuned_params": tuned,
+                           f"best_cv_{model.metric}": f"{best.value:.6f}"}.items():
+            client.set_model_version_tag(model.model_name, version, key, value)
+        mlflow.log_metrics(trained.data.metrics)
+        mlflow.set_tags({
+            **{k: v for k, v in trained.data.tags.items() if k.startswith(PROMOTION_TAG_PREFIX)},
+            "preprocess_run_id": prepared.info.run_id, "train_run_id": trained.info.run_id,
+            "model_name": model.model_name, "model_version": version, "tuned_params": tuned,
+        })
+        print(f"tune: {len(completed)} trials, best cv {model.metric} {best.value:.4f} with {tuned}; "
+              f"{model.model_name} version {version} registered by run {trained.info.run_id}")
+
+
+if __name__ == "__main__":
+    main()
