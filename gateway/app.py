@@ -6,7 +6,6 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
@@ -17,10 +16,12 @@ from starlette.routing import Match
 
 from gateway.jobs import STATUSES, JobStore, TrainingJobRunner
 from gateway.model_client import ModelServerClient
-from gateway.observability import Admission, JobsCollector, Metrics, RequestContext, configure_logging
+from gateway.observability import Admission, JobsCollector, Metrics, RequestContext, run_service
 from gateway.registry import Registry
+from gateway.schemas import unprocessable
 from gateway.routes import health, models, predict, train
-from gateway.settings import Settings, apply_mlflow_client_defaults, get_settings
+from gateway.settings import Settings, get_settings
+from steps.runs import first_line
 
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -45,17 +46,15 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
                                            "listed at /docs"}, status_code=404)
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body it cannot decode at all: the same 422 as for bad JSON
-            return JSONResponse({"detail": [{"loc": ["body"], "type": "json_invalid",
-                                             "msg": "body is not valid UTF-8 JSON"}]},
-                                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+            exc = unprocessable(["body"], "body is not valid UTF-8 JSON", "json_invalid")
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(MlflowException)
     async def tracking_errors(request: Request, exc: MlflowException) -> Response:
         # The routes turn the caller's mistakes (unknown model, illegal move) into 404/409
         # first; what reaches here is the tracking server failing or gone.
-        reason = (str(exc.message).strip().splitlines() or [""])[0][:300]
-        return JSONResponse({"detail": f"tracking server at {settings.tracking_uri} failed: {reason}"},
+        return JSONResponse({"detail": f"tracking server at {settings.tracking_uri} failed: "
+                                       f"{first_line(exc, 300)}"},
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": str(settings.retry_after_seconds)})
 
@@ -103,10 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
-    apply_mlflow_client_defaults()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.gateway_port,
-                log_config=None, access_log=False)
+    run_service(create_app, settings, settings.gateway_port)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, HTTPException, Request, status
@@ -18,41 +19,26 @@ from gateway.registry import Registry
 from gateway.settings import Settings
 
 
-async def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency answering the object the app keeps as ``app.state.<name>``."""
 
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-async def get_registry(request: Request) -> Registry:
-    return request.app.state.registry
-
-
-async def get_jobs(request: Request) -> TrainingJobRunner:
-    return request.app.state.jobs
+    return dependency
 
 
 async def get_model_http(request: Request) -> httpx.AsyncClient:
     return request.app.state.model_client.http
 
 
-async def get_model_client(request: Request) -> ModelServerClient:
-    return request.app.state.model_client
-
-
-async def get_admission(request: Request) -> Admission:
-    return request.app.state.admission
-
-
-async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-JobsDep = Annotated[TrainingJobRunner, Depends(get_jobs)]
+SettingsDep = Annotated[Settings, Depends(app_state("settings"))]
+RegistryDep = Annotated[Registry, Depends(app_state("registry"))]
+JobsDep = Annotated[TrainingJobRunner, Depends(app_state("jobs"))]
 ModelHttpDep = Annotated[httpx.AsyncClient, Depends(get_model_http)]
-ModelClientDep = Annotated[ModelServerClient, Depends(get_model_client)]
-AdmissionDep = Annotated[Admission, Depends(get_admission)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ModelClientDep = Annotated[ModelServerClient, Depends(app_state("model_client"))]
+AdmissionDep = Annotated[Admission, Depends(app_state("admission"))]
+MetricsDep = Annotated[Metrics, Depends(app_state("metrics"))]
 
 _bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
 

@@ -29,7 +29,7 @@ from mlflow.entities import RunStatus
 from gateway.processes import pid_alive
 from gateway.settings import PROJECT_DIR, Settings
 from steps.promotion import TAG_PREFIX as PROMOTION_TAG_PREFIX
-from steps.runs import ERROR_TAG
+from steps.runs import ERROR_TAG, first_line
 
 VENV_BIN = Path(sys.executable).parent
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -243,7 +243,7 @@ class TrainingJobRunner:
             run = self.client.create_run(experiment_id, tags={"job_id": job.id}, run_name=f"job-{job.id}")
         except Exception as err:  # tracking server down: the job fails, the gateway carries on
             self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
-                              error=f"tracking server unavailable: {str(err).splitlines()[0][:300]}")
+                              error=f"tracking server unavailable: {first_line(err, 300)}")
             return
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
                "MLFLOW_EXPERIMENT_ID": experiment_id,
@@ -268,7 +268,7 @@ class TrainingJobRunner:
             run = self.client.get_run(job.run_id) if job.run_id else None
         except Exception as err:
             self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(), log_tail=tail,
-                              error=f"outcome unknown, tracking server unavailable: {str(err).splitlines()[0][:300]}")
+                              error=f"outcome unknown, tracking server unavailable: {first_line(err, 300)}")
             return
         tags = run.data.tags if run else {}
         if run and run.info.status == "FINISHED" and tags.get("model_version"):

@@ -38,15 +38,15 @@ from typing import Any
 import httpx
 import mlflow.pyfunc
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from gateway.observability import configure_logging
+from gateway.observability import run_service
 from gateway.processes import stop_process_group
-from gateway.settings import Settings, apply_mlflow_client_defaults, get_settings
+from gateway.settings import Settings, get_settings
+from steps.runs import first_line
 
 log = logging.getLogger("model_server")
 VENV_BIN = Path(sys.executable).parent
@@ -269,7 +269,7 @@ class ModelServerSupervisor:
         try:
             desired = await asyncio.to_thread(promoted_version, self.client, self.settings)
         except Exception as err:  # registry unreachable: keep serving what we serve
-            self.state.reason = f"registry unreachable: {str(err).splitlines()[0][:200]}"
+            self.state.reason = f"registry unreachable: {first_line(err, 200)}"
             log.warning(self.state.reason)
             if self.state.current is None:
                 return
@@ -393,10 +393,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
-    apply_mlflow_client_defaults()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.model_server_port,
-                log_config=None, access_log=False)
+    run_service(create_app, settings, settings.model_server_port)
 
 
 if __name__ == "__main__":

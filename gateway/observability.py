@@ -27,10 +27,13 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import datetime, UTC
 from typing import Any
 
+import uvicorn
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from gateway.settings import Settings, apply_mlflow_client_defaults
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -81,6 +84,14 @@ def configure_logging(level: str) -> None:
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call to the model server otherwise
+
+
+def run_service(create_app: Callable[[Settings], Any], settings: Settings, port: int) -> None:
+    """Start one of our services (gateway, model server): JSON logs, MLflow's client defaults,
+    uvicorn without its own access log."""
+    configure_logging(settings.log_level)
+    apply_mlflow_client_defaults()
+    uvicorn.run(create_app(settings), host=settings.host, port=port, log_config=None, access_log=False)
 
 
 # --- metrics ---------------------------------------------------------------------------

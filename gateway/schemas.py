@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Literal
 
+from fastapi import HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from steps.params import METRICS, PROMOTE, DataParams, ForestParams, ModelParams, TuneParams
+
+def unprocessable(loc: list[Any], message: str, kind: str = "value_error") -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, for the checks the routes make by hand."""
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         detail=[{"loc": loc, "msg": message, "type": kind}])
+
 
 # --- /predict ---------------------------------------------------------------------------
 

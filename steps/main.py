@@ -50,6 +50,24 @@ def run_child(entry_point: str, parameters: Mapping[str, str], experiment_id: st
     return mlflow.get_run(submitted.run_id)
 
 
+def record_outcome(prepared: Run, trained: Run, model_name: str) -> str:
+    """Copy the train step's outcome onto the active driver run; return the registered version.
+
+    The driver run (``main`` or ``tune``) carries metrics, version and promotion
+    decision, so one run answers "what came out?" (the gateway's jobs read it).
+    """
+    mlflow.log_metrics(trained.data.metrics)
+    version = trained.data.tags.get("model_version", "")
+    mlflow.set_tags({
+        **{k: v for k, v in trained.data.tags.items() if k.startswith(PROMOTION_TAG_PREFIX)},
+        "preprocess_run_id": prepared.info.run_id,
+        "train_run_id": trained.info.run_id,
+        "model_name": model_name,
+        "model_version": version,
+    })
+    return version
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     with step_run("main") as driver:
         data, forest, model = parse_cli(argv, DataParams, ForestParams, ModelParams)
@@ -66,18 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             experiment_id,
         )
 
-        # The driver run carries the outcome, so one run answers "what came out?".
-        mlflow.log_metrics(trained.data.metrics)
-        version = trained.data.tags.get("model_version", "")
-        mlflow.set_tags(
-            {
-                **{k: v for k, v in trained.data.tags.items() if k.startswith(PROMOTION_TAG_PREFIX)},
-                "preprocess_run_id": prepared.info.run_id,
-                "train_run_id": trained.info.run_id,
-                "model_name": model.model_name,
-                "model_version": version,
-            }
-        )
+        version = record_outcome(prepared, trained, model.model_name)
         print(
             f"main: {model.model_name} version {version} registered by run {trained.info.run_id}"
             f" (f1={trained.data.metrics.get('f1', float('nan')):.4f},"

@@ -34,6 +34,13 @@ def step_run(run_name: str) -> Iterator[ActiveRun]:
         raise SystemExit(2) from None
 
 
+def first_line(err: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an error's message (its type's name if it has none), for one-line reports."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line[:limit] if limit else line
+
+
 def log_params_once(params: dict[str, object]) -> None:
     """Log params the active run does not have yet.
 

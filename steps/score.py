@@ -14,15 +14,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 import mlflow.pyfunc
 
 from pyfunc.model import ERROR_COLUMN, ON_INVALID_PARAM
 from steps.params import DEFAULT_MODEL_NAME, ParameterError, ScoreParams, parse_cli
-from steps.runs import log_params_once, step_run
+from steps.runs import first_line, log_params_once, step_run
+from steps.sources import local_path
 
 SPARK_TYPES = {"string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
                "boolean": "boolean"}
@@ -32,11 +31,6 @@ def model_uri_of(params: ScoreParams) -> str:
     return params.model_uri or f"models:/{DEFAULT_MODEL_NAME}@champion"
 
 
-def is_local(location: str) -> bool:
-    scheme = urlparse(location).scheme
-    return scheme in ("", "file") or len(scheme) == 1
-
-
 def input_format(location: str) -> str:
     """``parquet`` or ``csv``, from the name or, for a local folder, from the files in it."""
     name = location.rstrip("/").lower()
@@ -44,8 +38,8 @@ def input_format(location: str) -> str:
         return "csv"
     if name.endswith(".parquet"):
         return "parquet"
-    path = Path(urlparse(location).path if location.startswith("file:") else location)
-    if is_local(location) and path.is_dir():
+    path = local_path(location)
+    if path is not None and path.is_dir():
         names = [p.name.lower() for p in path.rglob("*") if p.is_file()]
         if any(n.endswith(".parquet") for n in names):
             return "parquet"
@@ -56,10 +50,9 @@ def input_format(location: str) -> str:
 
 
 def check_input_path(location: str) -> None:
-    if is_local(location):
-        path = Path(urlparse(location).path if location.startswith("file:") else location)
-        if not path.exists():
-            raise ParameterError("input_path", location, "no such file or directory")
+    path = local_path(location)
+    if path is not None and not path.exists():
+        raise ParameterError("input_path", location, "no such file or directory")
     input_format(location)
 
 
@@ -67,8 +60,7 @@ def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
     try:
         return mlflow.pyfunc.load_model(uri)
     except Exception as err:  # any store's failure becomes the caller's one-line message
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ParameterError("model_uri", uri, f"cannot load: {reason[:300]}") from None
+        raise ParameterError("model_uri", uri, f"cannot load: {first_line(err, 300)}") from None
 
 
 def result_type(model: mlflow.pyfunc.PyFuncModel) -> str:

@@ -11,8 +11,18 @@ import mlflow.artifacts
 import pandas as pd
 
 from steps.params import DataError, ParameterError
+from steps.runs import first_line
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
+
+
+def local_path(location: str) -> Path | None:
+    """The file system path ``location`` names (a path or a ``file:`` URI), or None for other URIs."""
+    parsed = urlparse(location)
+    # One-letter "schemes" are Windows drive letters, not URIs.
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:
+        return Path(parsed.path if parsed.scheme == "file" else location).expanduser()
+    return None
 
 
 def fetch(location: str, name: str) -> Path:
@@ -21,18 +31,15 @@ def fetch(location: str, name: str) -> Path:
     Relative paths are taken from the working directory, which is the project
     folder when the step runs under ``mlflow run``.
     """
-    parsed = urlparse(location)
-    # One-letter "schemes" are Windows drive letters, not URIs.
-    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:
-        path = Path(parsed.path if parsed.scheme == "file" else location).expanduser()
+    path = local_path(location)
+    if path is not None:
         if not path.exists():
             raise ParameterError(name, location, "no such file or directory")
         return path
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
     except Exception as err:  # any store's failure becomes the caller's one-line message
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ParameterError(name, location, f"cannot fetch: {reason}") from None
+        raise ParameterError(name, location, f"cannot fetch: {first_line(err)}") from None
 
 
 def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.DataFrame:
@@ -48,8 +55,7 @@ def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.Dat
     except UnicodeDecodeError as err:
         raise DataError(f"{name}: {location} is not UTF-8 text (byte {err.start})") from None
     except (pd.errors.ParserError, gzip.BadGzipFile, zlib.error, EOFError) as err:
-        reason = str(err).strip().splitlines()[0]
-        raise DataError(f"{name}: {location} is not a readable CSV: {reason}") from None
+        raise DataError(f"{name}: {location} is not a readable CSV: {first_line(err)}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.pipeline import build_pipeline
 from steps import evaluate
-from steps.main import run_child
+from steps.main import record_outcome, run_child
 from steps.params import (
     DataParams,
     ForestParams,
@@ -38,7 +38,6 @@ from steps.params import (
     to_arguments,
 )
 from steps.preprocess import SPLITS_DIR
-from steps.promotion import TAG_PREFIX as PROMOTION_TAG_PREFIX
 from steps.runs import log_params_once, step_run
 from steps.train import Splits, choose_positive, load_splits, typed_labels
 
@@ -145,18 +144,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         forest = replace(candidate(optuna.trial.FixedTrial(best.params), data.random_state), n_jobs=-1)
         trained = run_child("train", {**to_arguments(forest, model), "splits_uri": splits_uri,
                                       "target": data.target}, experiment_id)
-        version = trained.data.tags.get("model_version", "")
+        version = record_outcome(prepared, trained, model.model_name)
         client = mlflow.MlflowClient()
         tuned = json.dumps(best.params, sort_keys=True)
         for key, value in {"tuning_run_id": tuning.info.run_id, "tuned_params": tuned,
                            f"best_cv_{model.metric}": f"{best.value:.6f}"}.items():
             client.set_model_version_tag(model.model_name, version, key, value)
-        mlflow.log_metrics(trained.data.metrics)
-        mlflow.set_tags({
-            **{k: v for k, v in trained.data.tags.items() if k.startswith(PROMOTION_TAG_PREFIX)},
-            "preprocess_run_id": prepared.info.run_id, "train_run_id": trained.info.run_id,
-            "model_name": model.model_name, "model_version": version, "tuned_params": tuned,
-        })
+        mlflow.set_tag("tuned_params", tuned)
         print(f"tune: {len(completed)} trials, best cv {model.metric} {best.value:.4f} with {tuned}; "
               f"{model.model_name} version {version} registered by run {trained.info.run_id}")
 

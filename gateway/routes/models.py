@@ -15,6 +15,7 @@ from gateway.schemas import (
     RegisteredModelOut,
     RegisteredModelSummary,
     StageRequest,
+    unprocessable,
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -39,12 +40,8 @@ def registry_errors(call):  # type: ignore[no-untyped-def]
 
 def checked_alias(alias: str) -> str:
     if not valid_alias(alias):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["path", "alias"], "type": "value_error",
-                     "msg": "letters, digits, '_' and '-', starting with a letter or '_';"
-                            " 'latest' and 'v<number>' are reserved"}],
-        )
+        raise unprocessable(["path", "alias"], "letters, digits, '_' and '-', starting with a letter or '_';"
+                                               " 'latest' and 'v<number>' are reserved")
     return alias
 
 

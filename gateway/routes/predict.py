@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from gateway.deps import AdmissionDep, MetricsDep, ModelClientDep, SettingsDep
 from gateway.model_client import ModelServerClient
 from gateway.observability import Metrics
-from gateway.schemas import PredictRequest, PredictResponse
+from gateway.schemas import PredictRequest, PredictResponse, unprocessable
 from gateway.settings import Settings
 
 router = APIRouter(tags=["predict"])
@@ -34,12 +34,6 @@ def to_prediction(row: dict[str, Any]) -> dict[str, Any]:
     return {"label": row["label"], "probability": row["probability"], "probabilities": probabilities}
 
 
-def invalid(loc: list[Any], message: str, kind: str = "value_error") -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors."""
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                         detail=[{"loc": ["body", *loc], "msg": message, "type": kind}])
-
-
 def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[dict[str, Any]]:
     """The ``records`` of a /predict body, checked as :class:`PredictRequest` describes.
 
@@ -52,28 +46,28 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as err:
-        raise invalid([], f"body is not valid JSON: {err}", "json_invalid") from None
+        raise unprocessable(["body"], f"body is not valid JSON: {err}", "json_invalid") from None
     if not isinstance(payload, dict):
-        raise invalid([], "expected a JSON object with a 'records' list", "model_type")
+        raise unprocessable(["body"], "expected a JSON object with a 'records' list", "model_type")
     extra = sorted(set(payload) - {"records"})
     if extra:
-        raise invalid([extra[0]], f"unknown field {extra[0]!r}; the body holds only 'records'", "extra_forbidden")
+        raise unprocessable(["body", extra[0]], f"unknown field {extra[0]!r}; the body holds only 'records'", "extra_forbidden")
     if "records" not in payload:
-        raise invalid(["records"], "field required: a list of row objects", "missing")
+        raise unprocessable(["body", "records"], "field required: a list of row objects", "missing")
     records = payload["records"]
     if not isinstance(records, list):
-        raise invalid(["records"], "records must be a list of row objects", "list_type")
+        raise unprocessable(["body", "records"], "records must be a list of row objects", "list_type")
     if not records:
-        raise invalid(["records"], "records must hold at least one row", "too_short")
+        raise unprocessable(["body", "records"], "records must hold at least one row", "too_short")
     if len(records) > max_rows:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             detail=f"records: {len(records)} rows, at most {max_rows} per request")
     for i, row in enumerate(records):
         if not isinstance(row, dict):
-            raise invalid(["records", i], f"records[{i}] must be an object of column: value", "dict_type")
+            raise unprocessable(["body", "records", i], f"records[{i}] must be an object of column: value", "dict_type")
         for column, value in row.items():
             if isinstance(value, (list, dict)):
-                raise invalid(["records", i, column],
+                raise unprocessable(["body", "records", i, column],
                               f"column {column!r} of records[{i}]: expected one value (text, number, "
                               "boolean or null), got a list or object")
     return records

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.deps import Authorized, JobsDep, SettingsDep
 from gateway.jobs import Job
-from gateway.schemas import JobOut, TrainAccepted, TrainRequest
+from gateway.schemas import JobOut, TrainAccepted, TrainRequest, unprocessable
 from gateway.settings import Settings
 from steps.params import DataError, ParameterError
 from steps.sources import CSV_SUFFIXES, csv_columns
@@ -26,14 +26,6 @@ router = APIRouter(prefix="/train", tags=["train"], dependencies=[Depends(traini
                    responses={503: {"description": "training is off on this instance (GATEWAY_TRAINING=false)"}})
 
 
-def invalid(field: str, message: str) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, naming the field."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
-    )
-
-
 def resolve_data_path(raw: str, settings: Settings) -> str:
     """An allowed URI as given, or the real path of a CSV file inside one of the data roots.
 
@@ -41,21 +33,21 @@ def resolve_data_path(raw: str, settings: Settings) -> str:
     roots can be reached through them.
     """
     if "\x00" in raw:
-        raise invalid("data_path", "must not contain NUL characters")
+        raise unprocessable(["body", "data_path"], "must not contain NUL characters")
     scheme = urlparse(raw).scheme.lower()
     if scheme and len(scheme) > 1:
         if scheme not in settings.allowed_uri_schemes:
             allowed = ", ".join(settings.allowed_uri_schemes) or "none"
-            raise invalid("data_path", f"URI scheme '{scheme}' is not allowed (allowed: {allowed})")
+            raise unprocessable(["body", "data_path"], f"URI scheme '{scheme}' is not allowed (allowed: {allowed})")
         return raw
     roots = [root.resolve() for root in settings.data_roots]
     candidates = [Path(raw).resolve()] if Path(raw).is_absolute() else [(r / raw).resolve() for r in roots]
     for path in candidates:
         if any(path.is_relative_to(root) for root in roots) and path.is_file():
             if not path.name.lower().endswith(CSV_SUFFIXES):
-                raise invalid("data_path", "expected a .csv or .csv.gz file")
+                raise unprocessable(["body", "data_path"], "expected a .csv or .csv.gz file")
             return str(path)
-    raise invalid("data_path", "not a file under the data roots (GATEWAY_DATA_ROOTS)")
+    raise unprocessable(["body", "data_path"], "not a file under the data roots (GATEWAY_DATA_ROOTS)")
 
 
 def check_target(data_path: str, target: str) -> None:
@@ -71,10 +63,10 @@ def check_target(data_path: str, target: str) -> None:
         columns = csv_columns(path)
     except (DataError, ParameterError) as err:
         # named as the caller knows it: the file name, not where the gateway keeps it
-        raise invalid("data_path", str(err).removeprefix("data_path: ").replace(str(path), path.name)) from None
+        raise unprocessable(["body", "data_path"], str(err).removeprefix("data_path: ").replace(str(path), path.name)) from None
     if target.strip() not in columns:
         shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
-        raise invalid("target", f"{target!r} is not a column of {path.name} (columns: {shown})")
+        raise unprocessable(["body", "target"], f"{target!r} is not a column of {path.name} (columns: {shown})")
 
 
 def job_out(job: Job) -> JobOut:

@@ -122,3 +122,11 @@ def test_good_spark_masters_parse(value):
 def test_bad_spark_masters_are_refused_by_name(value):
     with pytest.raises(ParameterError, match="spark_master"):
         parse_params(ScoreParams, {"spark_master": value})
+
+
+def test_first_line_of_an_error_is_one_bounded_line_or_its_type():
+    from steps.runs import first_line
+
+    assert first_line(ValueError("  bad thing\ntraceback-ish detail")) == "bad thing"
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(OSError("x" * 500), 300) == "x" * 300
