@@ -13,7 +13,7 @@ export MLFLOW_TRACKING_URI
 help:
 	@echo "make setup  - create $(VENV) and install the pinned requirements"
 	@echo "make run    - setup, then train and register the default model (mlflow run .)"
-	@echo "make test   - setup, then run the unit and integration tests"
+	@echo "make test   - setup, then check the import rules (.importlinter) and run the unit and integration tests"
 	@echo "make up     - start tracking server, model server and gateway (trains the default model if needed)"
 	@echo "make down   - stop what make up started"
 	@echo "make bench  - serving and training benchmark (needs wrk; installs it with apt-get if missing)"
@@ -33,16 +33,17 @@ run: setup
 	mlflow run . --env-manager local
 
 test: setup
+	lint-imports
 	pytest
 
 up: setup
-	python -m gateway.stack up
+	python -m stack up
 
 down:
-	python -m gateway.stack down
+	python -m stack down
 
 status:
-	python -m gateway.stack status
+	python -m stack status
 
 bench: setup
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

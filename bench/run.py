@@ -31,10 +31,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from gateway.model_server import free_port
-from gateway.registry import Registry
-from gateway.settings import PROJECT_DIR, Settings
-from gateway.stack import LocalStack, http_ok, wait_until
+from contract.settings import PROJECT_DIR, Settings
+from runtime.processes import free_port
+from stack.local import LocalStack, http_ok, wait_until
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame
 from pyfunc.pipeline import TRUSTED_TYPES, load_pipeline
 
@@ -211,7 +210,7 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         # log an "extra inputs" warning on every PyFuncModel.predict call.
         results["in_process_p50_ms"] = in_process(local, raw[schema.columns])
 
-        Registry(client).transition(MODEL, "1", "Production", archive_existing=False)
+        stack.registry().serve(MODEL, "1")
         stack.start_model_server()
         stack.start_gateway()
         baseline_dir = baseline_model(stack, root, typed.head(5))

@@ -22,8 +22,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from gateway.settings import PROJECT_DIR
-from steps.params import DataParams, ForestParams, ModelParams, ScoreParams, SplitParams
+from contract.settings import PROJECT_DIR
+from contract.params import DataParams, ForestParams, ModelParams, ScoreParams, SplitParams
 from steps.preprocess import run_preprocess
 from steps.score import run_score
 from steps.train import train_and_register

@@ -14,14 +14,15 @@ from mlflow.exceptions import MlflowException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from contract.errors import first_line
+from contract.registry import Registry
+from contract.settings import Settings, get_settings
 from gateway.jobs import STATUSES, JobStore, TrainingJobRunner
 from gateway.model_client import ModelServerClient
-from gateway.observability import Admission, JobsCollector, Metrics, RequestContext, run_service
-from gateway.registry import Registry
-from gateway.schemas import unprocessable
+from gateway.observability import Admission, JobsCollector, Metrics, RequestContext
 from gateway.routes import health, models, predict, train
-from gateway.settings import Settings, get_settings
-from steps.runs import first_line
+from gateway.schemas import unprocessable
+from runtime.logs import run_service
 
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -65,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-        app.state.registry = Registry(client)
+        app.state.registry = Registry(client, settings.serve_alias)
         app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
         metrics.add_collector(JobsCollector(app.state.jobs.store.count_by_status, STATUSES))
         # One pooled client for every call to the model server: connections are reused.
@@ -104,6 +105,3 @@ def main() -> None:
     settings = get_settings()
     run_service(create_app, settings, settings.gateway_port)
 
-
-if __name__ == "__main__":
-    main()

@@ -12,11 +12,11 @@ import httpx
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from contract.registry import Registry
+from contract.settings import Settings
 from gateway.jobs import TrainingJobRunner
 from gateway.model_client import ModelServerClient
 from gateway.observability import Admission, Metrics
-from gateway.registry import Registry
-from gateway.settings import Settings
 
 
 def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:

@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,12 +25,10 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from gateway.processes import pid_alive
-from gateway.settings import PROJECT_DIR, Settings
-from steps.promotion import TAG_PREFIX as PROMOTION_TAG_PREFIX
-from steps.runs import ERROR_TAG, first_line
-
-VENV_BIN = Path(sys.executable).parent
+from contract.errors import first_line
+from contract.names import PROMOTION_TAG_PREFIX, TAG_ERROR, TAG_JOB_ID, TAG_MODEL_VERSION
+from contract.settings import PROJECT_DIR, Settings
+from runtime.processes import VENV_BIN, pid_alive, tool_env
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
 
@@ -240,14 +237,12 @@ class TrainingJobRunner:
             experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
             experiment_id = (experiment.experiment_id if experiment
                              else self.client.create_experiment(self.settings.experiment_name))
-            run = self.client.create_run(experiment_id, tags={"job_id": job.id}, run_name=f"job-{job.id}")
+            run = self.client.create_run(experiment_id, tags={TAG_JOB_ID: job.id}, run_name=f"job-{job.id}")
         except Exception as err:  # tracking server down: the job fails, the gateway carries on
             self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
                               error=f"tracking server unavailable: {first_line(err, 300)}")
             return
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri,
-               "MLFLOW_EXPERIMENT_ID": experiment_id,
-               "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = tool_env(MLFLOW_TRACKING_URI=self.settings.tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id)
         with open(log_path, "ab") as out:
             process = subprocess.Popen(self._command(job, run.info.run_id), cwd=PROJECT_DIR, env=env,
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -271,11 +266,11 @@ class TrainingJobRunner:
                               error=f"outcome unknown, tracking server unavailable: {first_line(err, 300)}")
             return
         tags = run.data.tags if run else {}
-        if run and run.info.status == "FINISHED" and tags.get("model_version"):
+        if run and run.info.status == "FINISHED" and tags.get(TAG_MODEL_VERSION):
             promotion = {k.removeprefix(PROMOTION_TAG_PREFIX): v for k, v in tags.items()
                          if k.startswith(PROMOTION_TAG_PREFIX)}
             self.store.update(job.id, only_if=("running",), status="succeeded", finished_at=_now(),
-                              model_version=tags["model_version"], metrics=run.data.metrics, log_tail=tail,
+                              model_version=tags[TAG_MODEL_VERSION], metrics=run.data.metrics, log_tail=tail,
                               promotion=promotion or None)
             return
         if exit_code is None:
@@ -284,7 +279,7 @@ class TrainingJobRunner:
                 with contextlib.suppress(Exception):
                     self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         else:
-            reason = tags.get(ERROR_TAG) or self._error_line(tail) or f"mlflow run exited with status {exit_code}"
+            reason = tags.get(TAG_ERROR) or self._error_line(tail) or f"mlflow run exited with status {exit_code}"
         self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(),
                           error=reason, log_tail=tail)
 

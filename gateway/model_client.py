@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import orjson
 
+from contract.settings import Settings
 from gateway.batching import Answer, MicroBatcher
 from gateway.observability import Metrics
-from gateway.settings import Settings
 
 
 class ModelServerClient:

@@ -1,4 +1,4 @@
-"""Request ids, structured logs, Prometheus metrics and request admission for the gateway.
+"""Request ids, access logs, Prometheus metrics and request admission for the gateway.
 
 One pure-ASGI middleware (:class:`RequestContext`) does the per-request work,
 so a request pays for it once and in microseconds:
@@ -15,83 +15,28 @@ so a request pays for it once and in microseconds:
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
-import sys
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from datetime import datetime, UTC
 from typing import Any
 
-import uvicorn
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.settings import Settings, apply_mlflow_client_defaults
+from runtime.logs import request_id_var
 
-REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-# --- logs ------------------------------------------------------------------------------
-
-# Attributes every record has, and uvicorn's ANSI-coloured copy of its message: not extra fields.
-_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, and any ``extra=`` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
-        if record.exc_info:
-            entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-def configure_logging(level: str) -> None:
-    """JSON lines on stderr for our loggers and uvicorn's (whose access log we replace)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = []
-        logger.propagate = True
-    logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per call to the model server otherwise
-
-
-def run_service(create_app: Callable[[Settings], Any], settings: Settings, port: int) -> None:
-    """Start one of our services (gateway, model server): JSON logs, MLflow's client defaults,
-    uvicorn without its own access log."""
-    configure_logging(settings.log_level)
-    apply_mlflow_client_defaults()
-    uvicorn.run(create_app(settings), host=settings.host, port=port, log_config=None, access_log=False)
 
 
 # --- metrics ---------------------------------------------------------------------------

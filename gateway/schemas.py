@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import Field as Field_
 from dataclasses import fields
 from typing import Any, Literal
 
 from fastapi import HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from steps.params import METRICS, PROMOTE, DataParams, ForestParams, ModelParams, TuneParams
+from contract.names import VERSION_PATTERN
+from contract.registry import Stage
+from contract.params import DataParams, ForestParams, ModelParams, TuneParams
+
 
 def unprocessable(loc: list[Any], message: str, kind: str = "value_error") -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors, for the checks the routes make by hand."""
@@ -50,45 +54,45 @@ class PredictResponse(BaseModel):
 
 # --- /train -----------------------------------------------------------------------------
 
-_PARSERS = {f.name: f.metadata["parse"] for g in (DataParams, ForestParams, ModelParams, TuneParams)
-            for f in fields(g)}
+# Every parameter of these groups is a field of POST /train, typed and bounded as the group says
+# (contract.params.Api) and checked by the same parser the step runs.
+TRAIN_GROUPS = (DataParams, ModelParams, ForestParams, TuneParams)
+_PARAMETERS = {f.name: f for group in TRAIN_GROUPS for f in fields(group)}
 FOREST_FIELDS = {f.name for f in fields(ForestParams)} - {"random_state"}
 TUNE_FIELDS = {f.name for f in fields(TuneParams)}
+REQUIRED = ("data_path", "target")
+DESCRIPTIONS = {
+    "data_path": "a file under GATEWAY_DATA_ROOTS (relative paths are looked up there) or a URI with an allowed "
+                 "scheme",
+    "model_name": "default: the gateway's MODEL_NAME",
+    "max_depth": "null or omitted: unlimited",
+}
 
 
-class TrainRequest(BaseModel):
+def _train_field(name: str, spec: Field_) -> tuple[Any, Any]:
+    api = spec.metadata["api"]
+    description = DESCRIPTIONS.get(name, spec.metadata["help"])
+    if name in TUNE_FIELDS:
+        description = f"mode tune: {description}"
+    elif name in FOREST_FIELDS:
+        description = f"mode train: {description}"
+    if name in REQUIRED:
+        return api.type, Field(description=description, **api.bounds)
+    return api.type | None, Field(None, description=description, **api.bounds)
+
+
+class _TrainBase(BaseModel):
     """The MLproject's parameters; values are checked by the same parsers as the steps."""
 
     model_config = ConfigDict(extra="forbid")
 
-    data_path: str = Field(min_length=1, max_length=4096, description="a file under GATEWAY_DATA_ROOTS (relative paths are "
-                           "looked up there) or a URI with an allowed scheme")
-    target: str = Field(min_length=1, max_length=256, description="the label column")
-    model_name: str | None = Field(None, description="default: the gateway's MODEL_NAME")
-    na_values: str | None = None
-    drop_columns: str | None = Field(None, description="comma-separated")
-    test_size: float | None = Field(None, gt=0, lt=1)
-    random_state: int | None = Field(None, ge=0, le=2**32 - 1)
-    positive_class: str | None = None
-    n_estimators: int | None = Field(None, ge=1, le=2000)
-    max_depth: int | None = Field(None, ge=1, le=1000, description="omit for unlimited")
-    min_samples_leaf: int | None = Field(None, ge=1, le=100_000)
-    max_features: str | int | float | None = Field(None, description="sqrt, log2, none, N or a fraction")
-    class_weight: Literal["balanced", "balanced_subsample", "none"] | None = None
-    n_jobs: int | None = Field(None, ge=-1, le=64)
-    mode: Literal["train", "tune"] = Field("train", description="tune: search the forest's hyperparameters "
-                                           "(max_trials, timeout_s, cv_folds) instead of taking them")
-    max_trials: int | None = Field(None, ge=1, le=500, description="mode tune: candidates to try")
-    timeout_s: int | None = Field(None, ge=0, le=86_400, description="mode tune: no new trial after this")
-    cv_folds: int | None = Field(None, ge=2, le=20, description="mode tune: cross-validation folds")
-    metric: Literal[METRICS] | None = Field(None, description="what tuning maximises and promotion compares")
-    promote: Literal[PROMOTE] | None = Field(
-        None, description="if_better: the new version becomes champion only if it beats the champion "
-        "on its test split (default never)")
+    mode: Literal["train", "tune"] = Field(
+        "train", description="tune: search the model's hyperparameters (max_trials, timeout_s, cv_folds) "
+                             "instead of taking them")
 
     @model_validator(mode="after")
-    def _parameters_of_the_mode(self) -> TrainRequest:
-        wrong = sorted((self.model_fields_set & (FOREST_FIELDS if self.mode == "tune" else TUNE_FIELDS)))
+    def _parameters_of_the_mode(self) -> _TrainBase:
+        wrong = sorted(self.model_fields_set & (FOREST_FIELDS if self.mode == "tune" else TUNE_FIELDS))
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: not a parameter of mode {self.mode!r}")
         return self
@@ -96,16 +100,13 @@ class TrainRequest(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _scalar_and_valid(cls, value: Any, info: Any) -> Any:
-        if value is None:
-            return None
+        if value is None or info.field_name == "mode":
+            return value
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError("expected a single text or number value")
-        parse = _PARSERS.get(info.field_name)
-        if parse is None:
-            return value
         text = str(value)
         try:
-            parsed = parse(text)
+            parsed = _PARAMETERS[info.field_name].metadata["parse"](text)
         except ValueError as err:
             raise ValueError(str(err)) from None
         # keep the caller's text for list-like parameters; the parsers check them
@@ -113,11 +114,14 @@ class TrainRequest(BaseModel):
 
     def mlproject_parameters(self) -> dict[str, str]:
         """The set parameters in MLproject string form (``none`` for an explicit null)."""
-        out = {}
-        for name in self.model_fields_set - {"mode"}:
-            value = getattr(self, name)
-            out[name] = "none" if value is None else str(value)
-        return out
+        return {name: "none" if getattr(self, name) is None else str(getattr(self, name))
+                for name in self.model_fields_set - {"mode"}}
+
+
+TrainRequest = create_model(
+    "TrainRequest", __base__=_TrainBase,
+    **{name: _train_field(name, spec) for name, spec in _PARAMETERS.items()},
+)
 
 
 class TrainAccepted(BaseModel):
@@ -147,19 +151,16 @@ class JobOut(BaseModel):
 
 # --- registry ---------------------------------------------------------------------------
 
-Stage = Literal["Staging", "Production", "Archived", "None"]
-
-
 class StageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: Stage
-    archive_existing: bool = Field(False, description="archive the other versions in the target stage "
-                                   "(Staging or Production; ignored for Archived and None)")
+    archive_existing: bool = Field(False, description="Staging: archive the version that leaves Staging instead "
+                                   "of returning it to None. Production always archives the version it replaces.")
 
 
 class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str = Field(pattern=r"^[1-9][0-9]{0,9}$", description="the version number")
+    version: str = Field(pattern=VERSION_PATTERN, description="the version number")
 
     @field_validator("version", mode="before")
     @classmethod

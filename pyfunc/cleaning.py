@@ -2,9 +2,13 @@
 
 Raw input is what a CSV file or a JSON client gives us: text with stray
 whitespace, missing-value markers such as ``?``, empty cells, numbers sent as
-strings and strings sent as numbers. Training (``steps/``) and the served model
-(``pyfunc/model.py``) both go through :func:`clean_raw_frame`, so the model sees
-the same values in both places.
+strings and strings sent as numbers. Every path goes through :func:`clean_values`:
+training fits on :func:`clean_raw_frame` (``steps/train.py``), and the served
+model's compiled path (``pyfunc/fast.py``) cleans DataFrames with
+:func:`clean_columns` and JSON rows with :func:`clean_records`, so the model sees
+the same values in training and serving. The one exception is
+:func:`normalize_missing`, which the preprocess step runs on whole files before
+any column kind is known (the same text rules, vectorised).
 """
 
 from __future__ import annotations
@@ -12,15 +16,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-DEFAULT_NA_VALUES: tuple[str, ...] = ("?",)
 
 # float32 is what the forest compares features in; a larger magnitude would
 # overflow inside scikit-learn instead of failing here with a clear message.
@@ -47,7 +49,7 @@ class FeatureSchema:
 
     numeric: list[str]
     categorical: list[str]
-    na_values: list[str] = field(default_factory=lambda: list(DEFAULT_NA_VALUES))
+    na_values: list[str]  # markers of missing cells besides blank ones, as training was told
 
     @property
     def columns(self) -> list[str]:

@@ -96,7 +96,8 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
             if any(column not in frame.columns for column in self._schema.columns):
                 raise  # a missing column fails every row alike: the caller's whole input is wrong
             return self._score_rows_one_by_one(frame)
-        scored[ERROR_COLUMN] = pd.Series(None, index=scored.index, dtype=object)  # null, not "nan", in Spark
+        # a None per row: pandas 3 turns pd.Series(None, dtype=object) into NaN, a bare NaN in JSON
+        scored[ERROR_COLUMN] = pd.Series([None] * len(scored), index=scored.index, dtype=object)
         return scored
 
     def _score_rows_one_by_one(self, frame: pd.DataFrame) -> pd.DataFrame:

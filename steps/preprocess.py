@@ -25,8 +25,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from contract.errors import DataError, ParameterError
+from contract.params import DataParams, parse_cli, to_arguments
 from pyfunc.cleaning import normalize_missing
-from steps.params import DataError, DataParams, ParameterError, parse_cli, to_arguments
 from steps.runs import log_params_once, step_run
 from steps.sources import read_raw_csv
 

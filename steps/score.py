@@ -18,9 +18,12 @@ import time
 import mlflow
 import mlflow.pyfunc
 
+from contract.errors import ParameterError, first_line
+from contract.names import DEFAULT_MODEL_NAME
+from contract.params import ScoreParams, parse_cli
+from contract.settings import get_settings
 from pyfunc.model import ERROR_COLUMN, ON_INVALID_PARAM
-from steps.params import DEFAULT_MODEL_NAME, ParameterError, ScoreParams, parse_cli
-from steps.runs import first_line, log_params_once, step_run
+from steps.runs import log_params_once, step_run
 from steps.sources import local_path
 
 SPARK_TYPES = {"string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
@@ -28,7 +31,7 @@ SPARK_TYPES = {"string": "string", "long": "bigint", "integer": "int", "double":
 
 
 def model_uri_of(params: ScoreParams) -> str:
-    return params.model_uri or f"models:/{DEFAULT_MODEL_NAME}@champion"
+    return params.model_uri or f"models:/{DEFAULT_MODEL_NAME}@{get_settings().serve_alias}"
 
 
 def input_format(location: str) -> str:

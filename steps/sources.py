@@ -10,10 +10,8 @@ from urllib.parse import urlparse
 import mlflow.artifacts
 import pandas as pd
 
-from steps.params import DataError, ParameterError
-from steps.runs import first_line
-
-CSV_SUFFIXES = (".csv", ".csv.gz")
+from contract.errors import DataError, ParameterError, first_line
+from contract.tables import check_csv_path, column_name
 
 
 def local_path(location: str) -> Path | None:
@@ -44,10 +42,7 @@ def fetch(location: str, name: str) -> Path:
 
 def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.DataFrame:
     """``pd.read_csv`` of every cell as text, its failures as one-line DataErrors."""
-    if path.is_dir():
-        raise ParameterError(name, location, "is a directory, expected a .csv or .csv.gz file")
-    if not path.name.lower().endswith(CSV_SUFFIXES):
-        raise ParameterError(name, location, "expected a .csv or .csv.gz file")
+    check_csv_path(path, location, name)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **options)
     except pd.errors.EmptyDataError:
@@ -56,7 +51,7 @@ def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.Dat
         raise DataError(f"{name}: {location} is not UTF-8 text (byte {err.start})") from None
     except (pd.errors.ParserError, gzip.BadGzipFile, zlib.error, EOFError) as err:
         raise DataError(f"{name}: {location} is not a readable CSV: {first_line(err)}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [column_name(c) for c in frame.columns]
     return frame
 
 
@@ -66,8 +61,3 @@ def read_raw_csv(location: str, name: str = "data_path") -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{name}: {location} has a header but no rows")
     return frame
-
-
-def csv_columns(path: Path, name: str = "data_path") -> list[str]:
-    """The column names of a local CSV file, read from its header only (a cheap check before a run)."""
-    return list(_read_csv(path, str(path), name, nrows=0).columns)

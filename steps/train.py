@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -18,94 +15,23 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 from sklearn.pipeline import Pipeline
 
+from contract.errors import DataError, ParameterError, ProjectError
+from contract.names import TAG_MODEL_NAME, TAG_MODEL_VERSION, TAG_TARGET, TAG_TRAIN_RUN_ID
+from contract.params import ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
 from pyfunc.model import ON_INVALID_PARAM, PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
 from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
 from steps import evaluate
-from steps.params import (
-    DataError,
-    ForestParams,
-    ModelParams,
-    ParameterError,
-    SplitParams,
-    StepError,
-    parse_cli,
-    to_arguments,
-)
-from steps.preprocess import (
-    EXAMPLE_FILE,
-    META_FILE,
-    TEST_FILE,
-    TRAIN_FILE,
-    SplitMeta,
-    DATASETS_FILE,
-    log_datasets,
-)
-from steps.promotion import decide_and_promote
-from steps.runs import log_params_once, step_run
-from steps.sources import fetch
+from steps.preprocess import log_datasets
+from steps.promotion import promote_if_better
+from steps.runs import PROJECT_DIR, log_params_once, step_run
+from steps.splits import Labels, Splits, load_splits, prepare_labels
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 MODEL_ARTIFACT_PATH = "model"
 # Packages the served model imports, pinned as in requirements.txt.
 MODEL_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "numba", "llvmlite")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: pd.DataFrame
-    test: pd.DataFrame
-    meta: SplitMeta
-    example: pd.DataFrame
-    datasets: list[dict]  # as the preprocess step described and logged them
-
-
-def load_splits(splits_uri: str) -> Splits:
-    folder = fetch(splits_uri, "splits_uri")
-    missing = [f for f in (TRAIN_FILE, TEST_FILE, META_FILE, EXAMPLE_FILE, DATASETS_FILE)
-               if not (folder / f).is_file()]
-    if missing:
-        raise ParameterError("splits_uri", splits_uri, f"missing {', '.join(missing)}: run preprocess first")
-    meta = SplitMeta(**json.loads((folder / META_FILE).read_text(encoding="utf-8")))
-    return Splits(
-        train=pd.read_parquet(folder / TRAIN_FILE),
-        test=pd.read_parquet(folder / TEST_FILE),
-        meta=meta,
-        example=pd.DataFrame(json.loads((folder / EXAMPLE_FILE).read_text(encoding="utf-8")), dtype=object),
-        datasets=json.loads((folder / DATASETS_FILE).read_text(encoding="utf-8")),
-    )
-
-
-def typed_labels(labels: pd.Series) -> np.ndarray:
-    """Labels in their natural type: integers, else floats, else text.
-
-    CSV labels arrive as text; a data set labelled 0/1 should get 0/1 back from
-    the model, not "0"/"1".
-    """
-    text = labels.astype(str).to_numpy(dtype=object)
-    for kind in (int, float):
-        try:
-            return np.array([kind(v) for v in text])
-        except ValueError:
-            continue
-    return text
-
-
-def choose_positive(classes: np.ndarray, y_train: np.ndarray, requested: str) -> Any:
-    """The class binary metrics score: the one asked for, else the rarest in training."""
-    if len(classes) != 2:
-        if requested:
-            raise ParameterError("positive_class", requested, f"only for binary targets; this one has {len(classes)} classes")
-        return None
-    if requested:
-        matches = [c for c in classes if str(c) == requested]
-        if not matches:
-            raise ParameterError("positive_class", requested, f"not a class (classes: {', '.join(map(str, classes))})")
-        return matches[0]
-    counts = {c: int(np.sum(y_train == c)) for c in classes}
-    return min(reversed(classes), key=lambda c: counts[c])
 
 
 def model_signature(schema: FeatureSchema, classes: np.ndarray) -> ModelSignature:
@@ -141,7 +67,7 @@ def _param_text(columns: list[str]) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
-def fit_and_report(splits: Splits, target: str, model: ModelParams, forest: ForestParams,
+def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams,
                    out_dir: Path) -> tuple[Pipeline, FeatureSchema, dict[str, float]]:
     """Fit the pipeline, score the test split once (metrics, figures, the compiled-path check),
     write report artifacts to ``out_dir``; return pipeline, schema, metrics."""
@@ -149,12 +75,7 @@ def fit_and_report(splits: Splits, target: str, model: ModelParams, forest: Fore
     schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
     if not schema.columns:
         raise DataError("every feature column is empty in the training split")
-    y_train = typed_labels(splits.train[target])
-    y_test = typed_labels(splits.test[target]).astype(y_train.dtype)
-    classes = np.unique(y_train)
-    if len(classes) < 2:
-        raise DataError(f"target {target!r} has one class only in the training split")
-    positive = choose_positive(classes, y_train, model.positive_class)
+    classes, positive, y_test = labels.classes, labels.positive, labels.test
     mlflow.log_params(
         {
             "numeric_columns": _param_text(schema.numeric),
@@ -169,7 +90,7 @@ def fit_and_report(splits: Splits, target: str, model: ModelParams, forest: Fore
 
     pipeline = build_pipeline(schema, forest.sklearn_kwargs())
     started = time.perf_counter()
-    pipeline.fit(clean_raw_frame(splits.train, schema), y_train)
+    pipeline.fit(clean_raw_frame(splits.train, schema), labels.train)
     fit_seconds = time.perf_counter() - started
 
     proba = reference_proba(pipeline, schema, splits.test)
@@ -210,7 +131,7 @@ def check_fast_path(pipeline: Pipeline, schema: FeatureSchema, test: pd.DataFram
     labels_differ = int(np.sum(fast.argmax(axis=1) != reference.argmax(axis=1)))
     largest = float(np.max(np.abs(fast - reference)))
     if labels_differ or not largest <= PARITY_TOLERANCE:
-        raise StepError(
+        raise ProjectError(
             f"fast inference path disagrees with the scikit-learn pipeline on the test split"
             f" ({labels_differ} labels differ, max |dp| = {largest:.3g}); model not registered"
         )
@@ -245,25 +166,22 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
         raise ParameterError("target", split_params.target, f"the splits were made for target {target!r}")
     log_params_once({**to_arguments(split_params, model, forest), "target": target})
     log_datasets(splits.datasets)
+    labels = prepare_labels(splits, target, model.positive_class)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
         reports = out_dir / "reports"
         reports.mkdir()
-        pipeline, schema, metrics = fit_and_report(splits, target, model, forest, reports)
+        pipeline, schema, metrics = fit_and_report(splits, labels, forest, reports)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(reports))
         info = log_model(pipeline, schema, splits, model.model_name, out_dir)
     version = str(info.registered_model_version)
-    mlflow.set_tags({"model_name": model.model_name, "model_version": version})
+    mlflow.set_tags({TAG_MODEL_NAME: model.model_name, TAG_MODEL_VERSION: version})
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(model.model_name, version, "target", target)
-    client.set_model_version_tag(model.model_name, version, "train_run_id", run.info.run_id)
+    client.set_model_version_tag(model.model_name, version, TAG_TARGET, target)
+    client.set_model_version_tag(model.model_name, version, TAG_TRAIN_RUN_ID, run.info.run_id)
     if model.promote == "if_better":
-        y_train = typed_labels(splits.train[target])
-        classes = np.unique(y_train)
-        decide_and_promote(model.model_name, version, model.metric, metrics, splits.test,
-                           typed_labels(splits.test[target]).astype(y_train.dtype), classes,
-                           choose_positive(classes, y_train, model.positive_class))
+        promote_if_better(model.model_name, version, model.metric, metrics, splits.test, labels)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"train: registered {model.model_name} version {version} ({summary})")
     return version

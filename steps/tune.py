@@ -23,23 +23,15 @@ import optuna
 from mlflow.entities import Metric, Param, RunStatus
 from sklearn.model_selection import StratifiedKFold
 
+from contract.errors import DataError, ProjectError
+from contract.names import TAG_TUNED_PARAMS, TAG_TUNING_RUN_ID
+from contract.params import DataParams, ForestParams, ModelParams, TuneParams, parse_cli, parse_params, to_arguments
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.pipeline import build_pipeline
 from steps import evaluate
-from steps.main import record_outcome, run_child
-from steps.params import (
-    DataParams,
-    ForestParams,
-    ModelParams,
-    StepError,
-    TuneParams,
-    parse_cli,
-    parse_params,
-    to_arguments,
-)
 from steps.preprocess import SPLITS_DIR
-from steps.runs import log_params_once, step_run
-from steps.train import Splits, choose_positive, load_splits, typed_labels
+from steps.runs import log_params_once, record_outcome, run_child, step_run
+from steps.splits import Splits, load_splits, prepare_labels
 
 # The search space, as MLproject strings parsed by ForestParams' own parsers.
 SPACE = {
@@ -71,14 +63,11 @@ class CrossValidation:
         features = splits.meta.features
         self.schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
         self.x = clean_raw_frame(splits.train, self.schema)
-        self.y = typed_labels(splits.train[target])
-        self.classes = np.unique(self.y)
-        if len(self.classes) < 2:
-            raise StepError(f"target {target!r} has one class only in the training split")
-        self.positive = choose_positive(self.classes, self.y, model.positive_class)
+        labels = prepare_labels(splits, target, model.positive_class)
+        self.y, self.classes, self.positive = labels.train, labels.classes, labels.positive
         smallest = min(int(np.sum(self.y == c)) for c in self.classes)
         if smallest < folds:
-            raise StepError(f"cv_folds={folds}: the rarest class has {smallest} training rows; use fewer folds")
+            raise DataError(f"cv_folds={folds}: the rarest class has {smallest} training rows; use fewer folds")
         self.folds = list(StratifiedKFold(folds, shuffle=True, random_state=random_state).split(self.x, self.y))
 
     def score(self, forest: ForestParams) -> dict[str, list[float]]:
@@ -136,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         study = search(cv, model.metric, tune, data.random_state, tuning.info.run_id, experiment_id)
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not completed:
-            raise StepError("no trial finished within timeout_s; raise it or lower max_trials")
+            raise ProjectError("no trial finished within timeout_s; raise it or lower max_trials")
         best = study.best_trial
         mlflow.log_metrics({f"best_cv_{model.metric}": best.value, "trials": len(completed)})
 
@@ -147,10 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         version = record_outcome(prepared, trained, model.model_name)
         client = mlflow.MlflowClient()
         tuned = json.dumps(best.params, sort_keys=True)
-        for key, value in {"tuning_run_id": tuning.info.run_id, "tuned_params": tuned,
+        for key, value in {TAG_TUNING_RUN_ID: tuning.info.run_id, TAG_TUNED_PARAMS: tuned,
                            f"best_cv_{model.metric}": f"{best.value:.6f}"}.items():
             client.set_model_version_tag(model.model_name, version, key, value)
-        mlflow.set_tag("tuned_params", tuned)
+        mlflow.set_tag(TAG_TUNED_PARAMS, tuned)
         print(f"tune: {len(completed)} trials, best cv {model.metric} {best.value:.4f} with {tuned}; "
               f"{model.model_name} version {version} registered by run {trained.info.run_id}")
 

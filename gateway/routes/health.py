@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contract.settings import Settings
 from gateway.deps import MetricsDep, ModelHttpDep, SettingsDep
 from gateway.schemas import Health, ModelRef, Readiness
-from gateway.settings import Settings
 
 router = APIRouter(tags=["health"])
 

@@ -8,11 +8,11 @@ import httpx
 import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
+from contract.settings import Settings
 from gateway.deps import AdmissionDep, MetricsDep, ModelClientDep, SettingsDep
 from gateway.model_client import ModelServerClient
 from gateway.observability import Metrics
 from gateway.schemas import PredictRequest, PredictResponse, unprocessable
-from gateway.settings import Settings
 
 router = APIRouter(tags=["predict"])
 PROBA_PREFIX = "proba_"

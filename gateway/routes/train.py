@@ -8,12 +8,12 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import JSONResponse
 
+from contract.errors import DataError, ParameterError
+from contract.settings import Settings
+from contract.tables import CSV_SUFFIXES, column_name, csv_header
 from gateway.deps import Authorized, JobsDep, SettingsDep
 from gateway.jobs import Job
 from gateway.schemas import JobOut, TrainAccepted, TrainRequest, unprocessable
-from gateway.settings import Settings
-from steps.params import DataError, ParameterError
-from steps.sources import CSV_SUFFIXES, csv_columns
 
 async def training_enabled(settings: SettingsDep) -> None:
     if not settings.training_enabled:
@@ -60,11 +60,11 @@ def check_target(data_path: str, target: str) -> None:
     if not path.is_absolute():
         return
     try:
-        columns = csv_columns(path)
+        columns = csv_header(path)
     except (DataError, ParameterError) as err:
         # named as the caller knows it: the file name, not where the gateway keeps it
         raise unprocessable(["body", "data_path"], str(err).removeprefix("data_path: ").replace(str(path), path.name)) from None
-    if target.strip() not in columns:
+    if column_name(target) not in columns:
         shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
         raise unprocessable(["body", "target"], f"{target!r} is not a column of {path.name} (columns: {shown})")
 

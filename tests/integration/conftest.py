@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.model_server import free_port
-from gateway.settings import Settings
-from gateway.stack import LocalStack
+from runtime.processes import free_port
+from contract.settings import Settings
+from stack.local import LocalStack
 from tests.conftest import census_rows
 
 TOKEN = "test-token"

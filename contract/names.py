@@ -1,0 +1,58 @@
+"""Names the packages must agree on: defaults, tag names, the patterns of registry names.
+
+A name written here is written nowhere else. The alias the model server
+follows is a setting (``SERVE_ALIAS``, :mod:`contract.settings`), not a name.
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_MODEL_NAME = "census-income-classifier"
+DEFAULT_DATA_PATH = "data/census-income-sample.csv.gz"
+DEFAULT_TARGET = "income"
+DEFAULT_EXPERIMENT = "tabular-classifier"
+
+# The alias of a version being tried beside the served one (the Staging stage's alias).
+CHALLENGER_ALIAS = "challenger"
+
+# Run and model-version tags written by the steps and read by the gateway.
+TAG_ERROR = "error"  # a failed step's one-line reason
+TAG_MODEL_NAME = "model_name"
+TAG_MODEL_VERSION = "model_version"
+TAG_TRAIN_RUN_ID = "train_run_id"
+TAG_PREPROCESS_RUN_ID = "preprocess_run_id"
+TAG_TARGET = "target"
+TAG_TUNING_RUN_ID = "tuning_run_id"
+TAG_TUNED_PARAMS = "tuned_params"
+TAG_JOB_ID = "job_id"
+PROMOTION_TAG_PREFIX = "promotion_"
+
+# MLflow's own tags that tie a step's run to its driver run.
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_ENTRY_POINT = "mlflow.project.entryPoint"
+
+# Registry names end up in URIs (models:/<name>/<version>) and URL paths.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+VERSION_PATTERN = r"^[1-9][0-9]{0,9}$"
+# MLflow's alias rule, less the names MLflow reserves: ``latest`` (any case) and ``v<digits>``.
+ALIAS_PATTERN = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)(?![vV][0-9]+$)[A-Za-z_][A-Za-z0-9_-]{0,254}$"
+
+
+def _matcher(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern.removeprefix("^").removesuffix("$"))
+
+
+_MODEL_NAME, _VERSION, _ALIAS = map(_matcher, (MODEL_NAME_PATTERN, VERSION_PATTERN, ALIAS_PATTERN))
+
+
+def valid_model_name(name: str) -> bool:
+    return bool(_MODEL_NAME.fullmatch(name))
+
+
+def valid_version(version: str) -> bool:
+    return bool(_VERSION.fullmatch(version))
+
+
+def valid_alias(alias: str) -> bool:
+    return bool(_ALIAS.fullmatch(alias))

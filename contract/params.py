@@ -1,0 +1,309 @@
+"""Typed, validated parameters of the MLproject entry points, and of ``POST /train``.
+
+MLflow does not check ``int``/``float`` parameter types, so every step parses
+its own arguments here and fails with one line that names the parameter. Each
+parameter is a dataclass field whose metadata holds its parser, its help text
+and, for the gateway, its JSON type and bounds (:class:`Api`); MLproject declares
+the same names and defaults (a unit test keeps the two in step), and the
+gateway builds its request model from these fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+from contract.errors import ParameterError
+from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET, valid_model_name
+
+# Cells that mean "missing" besides blank ones, unless a run says otherwise (na_values).
+DEFAULT_NA_VALUES: tuple[str, ...] = ("?",)
+
+Parser = Callable[[str], Any]
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class Api:
+    """How a parameter looks in the gateway's JSON body: its type and pydantic bounds.
+
+    The parser still decides what is valid; the bounds document it in the OpenAPI
+    schema and cap what a shared service accepts (e.g. at most 2,000 trees).
+    """
+
+    type: Any
+    bounds: dict[str, Any] = field(default_factory=dict)
+
+
+def param(default: Any, parse: Parser, help: str, api: Api) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help, "api": api})
+
+
+def _int(raw: str, minimum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    return _int(raw, minimum=1)
+
+
+def any_int(raw: str) -> int:
+    return _int(raw)
+
+
+def n_jobs(raw: str) -> int:
+    value = _int(raw)
+    if value == 0 or value < -1:
+        raise ValueError("expected -1 (all cores) or a number of cores >= 1")
+    return value
+
+
+def _is_none(raw: str) -> bool:
+    return raw.strip().lower() in ("", "none", "null")
+
+
+def optional_positive_int(raw: str) -> int | None:
+    return None if _is_none(raw) else positive_int(raw)
+
+
+def open_fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number between 0 and 1") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError("expected a number strictly between 0 and 1")
+    return value
+
+
+def max_features(raw: str) -> str | int | float | None:
+    text = raw.strip().lower()
+    if _is_none(text):
+        return None
+    if text in ("sqrt", "log2"):
+        return text
+    try:
+        return positive_int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected sqrt, log2, none, a whole number >= 1 or a fraction") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError("a fraction of features must be in (0, 1]")
+    return value
+
+
+def class_weight(raw: str) -> str | None:
+    text = raw.strip().lower()
+    if _is_none(text):
+        return None
+    if text in ("balanced", "balanced_subsample"):
+        return text
+    raise ValueError("expected none, balanced or balanced_subsample")
+
+
+def column_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def na_markers(raw: str) -> tuple[str, ...]:
+    # Blank cells are always missing; these are the extra markers.
+    return column_list(raw)
+
+
+def non_negative_int(raw: str) -> int:
+    return _int(raw, minimum=0)
+
+
+def cv_folds(raw: str) -> int:
+    value = any_int(raw)
+    if not 2 <= value <= 20:
+        raise ValueError("expected a whole number from 2 to 20")
+    return value
+
+
+def required_text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def optional_text(raw: str) -> str:
+    return raw.strip()
+
+
+def model_name(raw: str) -> str:
+    if not valid_model_name(raw.strip()):
+        raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return raw.strip()
+
+
+def seed(raw: str) -> int:
+    value = _int(raw, minimum=0)
+    if value > 2**32 - 1:  # what numpy's random generators accept
+        raise ValueError("must be at most 4294967295")
+    return value
+
+
+METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
+PROMOTE = ("never", "if_better")
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.strip() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return raw.strip()
+
+    return parse
+
+
+def random_state() -> Any:
+    # the data split and the model share one seed; a field object cannot be shared by two dataclasses
+    return param(42, seed, "seed for the split and the model", Api(int, {"ge": 0, "le": 2**32 - 1}))
+
+
+TEXT = Api(str, {"max_length": 4096})
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the data comes from and how it is split (the ``preprocess`` step)."""
+
+    data_path: str = param(DEFAULT_DATA_PATH, required_text, "CSV file (.csv/.csv.gz) or URI",
+                           Api(str, {"min_length": 1, "max_length": 4096}))
+    target: str = param(DEFAULT_TARGET, required_text, "label column", Api(str, {"min_length": 1, "max_length": 256}))
+    na_values: tuple[str, ...] = param(
+        DEFAULT_NA_VALUES, na_markers, "comma-separated missing-value markers (blanks always are)", TEXT)
+    # instance_weight is a survey weight the UCI notes say not to use as a feature.
+    drop_columns: tuple[str, ...] = param(("instance_weight",), column_list, "comma-separated columns to leave out",
+                                          TEXT)
+    test_size: float = param(0.2, open_fraction, "held-out fraction, stratified", Api(float, {"gt": 0, "lt": 1}))
+    random_state: int = random_state()
+
+
+@dataclass(frozen=True)
+class ForestParams:
+    """Hyperparameters of the random forest."""
+
+    n_estimators: int = param(100, positive_int, "number of trees", Api(int, {"ge": 1, "le": 2000}))
+    max_depth: int | None = param(None, optional_positive_int, "tree depth limit, none = unlimited",
+                                  Api(int | None, {"ge": 1, "le": 1000}))
+    min_samples_leaf: int = param(1, positive_int, "minimum rows per leaf", Api(int, {"ge": 1, "le": 100_000}))
+    max_features: str | int | float | None = param(
+        "sqrt", max_features, "features per split: sqrt, log2, none, N or a fraction", Api(str | int | float | None))
+    class_weight: str | None = param(None, class_weight, "none, balanced or balanced_subsample",
+                                     Api(Literal["balanced", "balanced_subsample", "none"] | None))
+    random_state: int = random_state()
+    n_jobs: int = param(-1, n_jobs, "cores used to fit, -1 = all", Api(int, {"ge": -1, "le": 64}))
+
+    def sklearn_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """How the trained model is evaluated, registered and promoted."""
+
+    model_name: str = param(DEFAULT_MODEL_NAME, model_name, "registered model name", TEXT)
+    positive_class: str = param(
+        "", optional_text, "class scored as positive in binary metrics; empty = the rarest class", TEXT)
+    metric: str = param("f1", choice(METRICS), "metric that tuning maximises and promotion compares",
+                        Api(Literal[METRICS]))
+    promote: str = param("never", choice(PROMOTE),
+                         "if_better: serve the new version if it beats the served one on the new test split",
+                         Api(Literal[PROMOTE]))
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """The hyperparameter search of the ``tune`` step."""
+
+    max_trials: int = param(20, positive_int, "number of candidate models to try", Api(int, {"ge": 1, "le": 500}))
+    timeout_s: int = param(0, non_negative_int, "stop starting trials after this many seconds; 0 = no limit",
+                           Api(int, {"ge": 0, "le": 86_400}))
+    cv_folds: int = param(3, cv_folds, "stratified folds of the training split each trial is scored on",
+                          Api(int, {"ge": 2, "le": 20}))
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Where the ``train`` step finds the output of ``preprocess``."""
+
+    splits_uri: str = param("", required_text, "artifact URI or folder with train/test Parquet", TEXT)
+    target: str = param("", optional_text, "label column; empty = the one preprocess split on", TEXT)
+
+
+# Spark master URLs: local, local[N], local[*], local[N,F], spark://, yarn, k8s://, mesos://
+_SPARK_MASTER = re.compile(r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?|yarn|(spark|k8s|mesos)://\S+")
+
+
+def spark_master(raw: str) -> str:
+    if not _SPARK_MASTER.fullmatch(raw.strip()):
+        raise ValueError("expected local[*], local[N], spark://host:port, yarn or k8s://https://host:port")
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """Batch scoring on Spark (the ``score`` step)."""
+
+    model_uri: str = param("", optional_text,
+                           f"model to score with; empty = the served version of {DEFAULT_MODEL_NAME} (SERVE_ALIAS)",
+                           TEXT)
+    input_path: str = param(DEFAULT_DATA_PATH, required_text,
+                            "CSV (.csv/.csv.gz) or Parquet, a file or a folder, a path or a URI Spark reads", TEXT)
+    output_path: str = param("scores.parquet", required_text, "Parquet folder written (replaced if it exists)",
+                             TEXT)
+    spark_master: str = param("local[*]", spark_master, "Spark master URL", TEXT)
+
+
+def format_value(value: Any) -> str:
+    """The MLproject string form of a parsed value (parsing it again gives ``value``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def to_arguments(*groups: Any) -> dict[str, str]:
+    """Parameters of parsed groups as MLproject strings, to pass to another entry point."""
+    return {f.name: format_value(getattr(g, f.name)) for g in groups for f in fields(g)}
+
+
+def parse_params(cls: type[P], raw: Mapping[str, str]) -> P:
+    """Build ``cls`` from raw strings, using defaults for absent names."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in raw:
+            try:
+                values[f.name] = f.metadata["parse"](raw[f.name])
+            except ValueError as err:
+                raise ParameterError(f.name, raw[f.name], str(err)) from None
+    return cls(**values)
+
+
+def parse_cli(argv: Sequence[str] | None, *groups: type) -> tuple[Any, ...]:
+    """Parse ``--name value`` arguments for the given parameter groups."""
+    parser = argparse.ArgumentParser()
+    seen: set[str] = set()
+    for group in groups:
+        for f in fields(group):
+            if f.name not in seen:
+                seen.add(f.name)
+                parser.add_argument(f"--{f.name}", default=None, help=f.metadata["help"])
+    namespace = parser.parse_args(argv)
+    raw = {name: value for name, value in vars(namespace).items() if value is not None}
+    return tuple(parse_params(group, raw) for group in groups)

@@ -1,0 +1,137 @@
+"""Every setting of the services (gateway, model server, local stack), read from the environment.
+
+One typed object for all of them, so a name means the same in ``make up``,
+docker-compose and the Kubernetes ConfigMap. Nothing else reads ``os.environ``
+for a setting; nothing is read at import time: call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from contract.names import CHALLENGER_ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, valid_alias
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Where the local stack keeps its database, artifacts, logs, jobs and pid files.
+    stack_dir: Path = Field(PROJECT_DIR / ".stack", validation_alias="STACK_DIR")
+    host: str = Field("127.0.0.1", validation_alias="STACK_HOST")
+    gateway_port: int = Field(8000, validation_alias="GATEWAY_PORT")
+    mlflow_port: int = Field(5000, validation_alias="MLFLOW_PORT")
+    model_server_port: int = Field(5001, validation_alias="MODEL_SERVER_PORT")
+    # Unset: derived from host and ports above (the local stack). Set them when
+    # the services run elsewhere (containers).
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    model_server_url: str | None = Field(None, validation_alias="MODEL_SERVER_URL")
+
+    # Stores of the local stack's tracking server; unset: SQLite and a folder in STACK_DIR.
+    backend_store_uri: str | None = Field(None, validation_alias="MLFLOW_BACKEND_STORE_URI")
+    artifacts_destination: str | None = Field(None, validation_alias="MLFLOW_ARTIFACTS_DESTINATION")
+
+    # The model /predict answers for (other registered models are served by name).
+    model_name: str = Field(DEFAULT_MODEL_NAME, validation_alias="MODEL_NAME")
+    # Each loaded version runs in a worker process of its own, started with that version's
+    # logged code. fast: our worker (compiled records path); mlflow: `mlflow models serve`.
+    model_server_mode: Literal["fast", "mlflow"] = Field("fast", validation_alias="MODEL_SERVER_MODE")
+    # What is served: the version holding SERVE_ALIAS, or the newest version in SERVE_STAGE.
+    # The registry policy keeps the serving alias and the Production stage on the same
+    # version (contract/registry.py), so both choices agree unless SERVE_STAGE=Staging.
+    serve_follows: Literal["alias", "stage"] = Field("alias", validation_alias="SERVE_FOLLOWS")
+    serve_alias: str = Field("champion", validation_alias="SERVE_ALIAS")
+    serve_stage: Literal["Staging", "Production"] = Field("Production", validation_alias="SERVE_STAGE")
+    registry_poll_seconds: float = Field(2.0, gt=0, validation_alias="REGISTRY_POLL_SECONDS")
+    # How long the old model server keeps running after a switch, for requests in flight.
+    drain_seconds: float = Field(5.0, ge=0, validation_alias="MODEL_SERVER_DRAIN_SECONDS")
+    model_server_start_timeout: float = Field(180.0, gt=0, validation_alias="MODEL_SERVER_START_TIMEOUT")
+    # Versions loaded at once (each is a process: about 250 MB); beyond, the least recently used
+    # version that no alias serves is unloaded.
+    model_server_max_loaded: int = Field(4, ge=1, validation_alias="MODEL_SERVER_MAX_LOADED")
+    # Worker processes of `mlflow models serve` (mode mlflow) per loaded version.
+    model_server_workers: int = Field(1, ge=1, validation_alias="MODEL_SERVER_WORKERS")
+    # Gateway -> model server: a bounded wait, so a dead server means a quick 503.
+    model_server_timeout: float = Field(30.0, gt=0, validation_alias="MODEL_SERVER_TIMEOUT")
+    model_server_connect_timeout: float = Field(2.0, gt=0, validation_alias="MODEL_SERVER_CONNECT_TIMEOUT")
+
+    # Micro-batching of /predict (gateway/batching.py).
+    batching: bool = Field(True, validation_alias="GATEWAY_BATCHING")
+    batch_max_rows: int = Field(256, ge=1, validation_alias="GATEWAY_BATCH_MAX_ROWS")
+    batch_max_wait_ms: float = Field(0.0, ge=0, validation_alias="GATEWAY_BATCH_MAX_WAIT_MS")
+    batch_concurrency: int = Field(2, ge=1, validation_alias="GATEWAY_BATCH_CONCURRENCY")
+
+    api_token: str | None = Field(None, validation_alias="GATEWAY_API_TOKEN")
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        [PROJECT_DIR / "data"], validation_alias="GATEWAY_DATA_ROOTS"
+    )
+    allowed_uri_schemes: Annotated[list[str], NoDecode] = Field(
+        ["runs", "models", "mlflow-artifacts"], validation_alias="GATEWAY_ALLOWED_URI_SCHEMES"
+    )
+    experiment_name: str = Field(DEFAULT_EXPERIMENT, validation_alias="TRAIN_EXPERIMENT")
+    # false: this instance runs no training jobs (/train answers 503); on Kubernetes the
+    # scaled-out gateway pods leave training to the one trainer pod.
+    training_enabled: bool = Field(True, validation_alias="GATEWAY_TRAINING")
+    max_predict_rows: int = Field(10_000, ge=1, validation_alias="GATEWAY_MAX_PREDICT_ROWS")
+    # Any request body above this is refused with 413 before or while it is read.
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
+    # Back-pressure: /predict requests waiting at once; beyond, 503 with Retry-After.
+    max_pending: int = Field(1024, ge=1, validation_alias="GATEWAY_MAX_PENDING")
+    retry_after_seconds: int = Field(1, ge=1, validation_alias="GATEWAY_RETRY_AFTER_SECONDS")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
+    access_log: bool = Field(True, validation_alias="GATEWAY_ACCESS_LOG")
+
+    @field_validator("serve_alias")
+    @classmethod
+    def _serving_alias(cls, value: str) -> str:
+        if not valid_alias(value) or value == CHALLENGER_ALIAS:
+            raise ValueError(f"SERVE_ALIAS={value!r}: letters, digits, '_' and '-', starting with a letter or '_',"
+                             f" not 'latest', 'v<number>' or {CHALLENGER_ALIAS!r}")
+        return value
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p).expanduser() for p in value.split(":") if p.strip()]
+        return value
+
+    @field_validator("allowed_uri_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [s.strip().lower() for s in value.split(",") if s.strip()]
+        return value
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def model_server(self) -> str:
+        return self.model_server_url or f"http://{self.host}:{self.model_server_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.stack_dir / "jobs.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.stack_dir / "logs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,3 @@
+from model_server.app import main
+
+main()

@@ -1,0 +1,183 @@
+"""The model server's HTTP service: ``python -m model_server``.
+
+It speaks MLflow's scoring protocol, so a client of ``mlflow models serve``
+(``mlflow.pyfunc.scoring_server.client.ScoringServerClient``) works against it
+as it is:
+
+- ``POST /invocations``: the served version of ``MODEL_NAME`` (the one holding
+  ``SERVE_ALIAS``, or newest in ``SERVE_STAGE``), followed as it changes;
+- ``POST /models/{name}/versions/{version}/invocations``: a given version,
+  loaded on its first request (503 with ``Retry-After`` while it loads);
+- ``GET /ping`` (200 while a version is served), ``GET /health``, ``GET /version``;
+- ``GET /status``: what is served and loaded, or why nothing is.
+
+Answers carry the version as ``X-Model-Name``/``X-Model-Version``, and are 503
+(never a hang) while nothing can answer. The bodies are passed to the version's
+backend untouched: each loaded version runs in a process of its own
+(:mod:`model_server.backends`), with its own logged code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import mlflow
+from fastapi import FastAPI, Path as PathParam, Request, Response
+from fastapi.responses import JSONResponse
+from mlflow import MlflowClient
+
+from contract.names import MODEL_NAME_PATTERN, VERSION_PATTERN
+from contract.registry import Registry
+from contract.settings import Settings, get_settings
+from model_server.backends import Backend, BackendUnavailable, ChildProcesses, Launcher
+from model_server.follower import RegistryFollower
+from model_server.pool import Failed, Loading, ModelPool
+from model_server.protocol import error_body
+from runtime.logs import run_service
+
+log = logging.getLogger("model_server")
+
+ModelName = Annotated[str, PathParam(pattern=MODEL_NAME_PATTERN)]
+Version = Annotated[str, PathParam(pattern=VERSION_PATTERN)]
+
+
+def unavailable(message: str, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return Response(error_body("MODEL_UNAVAILABLE", message), status_code=503, media_type="application/json",
+                    headers=headers)
+
+
+class ModelServer:
+    """The pool of loaded versions, the follower of the registry, and how a request reaches a backend."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.model_server_timeout, connect=2.0))
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="model-server-"))
+        self.children = ChildProcesses(settings.stack_dir / "run" / f"backends-{settings.model_server_port}.pids")
+        launcher = Launcher(settings, self.children, self.socket_dir, self.http)
+        self.pool = ModelPool(launcher.start, settings.model_server_max_loaded, settings.drain_seconds,
+                              settings.model_server_timeout)
+        registry = Registry(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri),
+                            settings.serve_alias)
+        following = (f"alias '{settings.serve_alias}'" if settings.serve_follows == "alias"
+                     else f"stage '{settings.serve_stage}'")
+        self.follows = (f"alias:{settings.serve_alias}" if settings.serve_follows == "alias"
+                        else f"stage:{settings.serve_stage}")
+        self.follower = RegistryFollower(
+            self.pool,
+            lambda name: registry.served_version(name, settings.serve_follows, settings.serve_alias,
+                                                 settings.serve_stage),
+            following, settings.registry_poll_seconds)
+        self.default = self.follower.follow(settings.model_name)
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.children.reap_orphans)
+        await self.follower.run()
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.http.aclose()
+        with contextlib.suppress(OSError):
+            self.socket_dir.rmdir()
+
+    def status(self) -> dict[str, object]:
+        served = self.default
+        serving = served.serving
+        return {
+            "status": "serving" if serving else "unavailable",
+            "model_name": served.name,
+            "version": served.backend.version if serving else None,
+            "reason": None if serving else served.reason,
+            "follows": self.follows,
+            "switched_at": served.switched_at,
+            "mode": self.settings.model_server_mode,
+            "loaded": [{"name": name, **backend.describe()} for (name, _), backend in self.pool.loaded.items()],
+        }
+
+    async def forward(self, backend: Backend, request: Request) -> Response:
+        backend.in_flight += 1
+        try:
+            reply = await backend.invoke(await request.body(), request.headers.get("content-type", "application/json"))
+        except BackendUnavailable as err:
+            return unavailable(str(err))
+        finally:
+            backend.in_flight -= 1
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
+                        headers={"X-Model-Name": backend.name, "X-Model-Version": backend.version})
+
+    async def served(self, request: Request) -> Response:
+        backend = self.default.backend
+        if backend is None or not backend.alive:
+            reason = (self.default.reason if backend is None
+                      else f"the backend of version {backend.version} is down; restarting it")
+            return unavailable(reason)
+        return await self.forward(backend, request)
+
+    async def version(self, name: str, version: str, request: Request) -> Response:
+        found = self.pool.lookup((name, version))
+        if isinstance(found, Loading):
+            return unavailable(f"loading version {version} of '{name}'; retry shortly",
+                               self.settings.retry_after_seconds)
+        if isinstance(found, Failed):
+            return unavailable(found.reason)
+        return await self.forward(found, request)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    server = ModelServer(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(server.run())
+        gc.freeze()  # as in the gateway: keep full GC passes off the request path
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await server.close()
+
+    app = FastAPI(title="tabular-classifier model server", lifespan=lifespan,
+                  description="MLflow's scoring protocol for the registered versions; see model_server/app.py.")
+
+    @app.get("/status")
+    def status() -> dict[str, object]:
+        return server.status()
+
+    @app.get("/ping")
+    def ping() -> Response:
+        body = server.status()
+        return JSONResponse(body, status_code=200 if body["status"] == "serving" else 503)
+
+    @app.get("/health")
+    def health() -> Response:
+        return ping()
+
+    @app.get("/version")
+    def version() -> Response:
+        return Response(mlflow.__version__, media_type="text/plain")
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        return await server.served(request)
+
+    @app.post("/models/{name}/versions/{version}/invocations")
+    async def version_invocations(name: ModelName, version: Version, request: Request) -> Response:
+        return await server.version(name, version, request)
+
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    run_service(create_app, settings, settings.model_server_port)

@@ -1,0 +1,251 @@
+"""Backends: one loaded model version each, in a process of its own.
+
+- :class:`WorkerBackend` (mode ``fast``): ``python -m model_server.worker``, our
+  worker, reached over a Unix socket with :mod:`model_server.wire` frames;
+- :class:`ScoringServerBackend` (mode ``mlflow``): ``mlflow models serve`` of the
+  version on a free loopback port, reached over HTTP.
+
+Both processes start without the project's model code on their path, so each
+version runs the code logged with it. Every process started is recorded in a
+pid file (:class:`ChildProcesses`): if the model server is killed outright its
+successor stops what it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from contract.settings import PROJECT_DIR, Settings
+from model_server import wire
+from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
+
+log = logging.getLogger("model_server")
+# Connections kept open to one worker; more are opened under load and closed after.
+IDLE_CONNECTIONS = 32
+
+
+class BackendUnavailable(Exception):
+    """The backend's process did not answer (it died, or its connection broke)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(eq=False)
+class Backend:
+    name: str
+    version: str
+    process: subprocess.Popen
+    log_path: Path
+    on_close: Any  # Callable[[int], None]: forget the pid
+    in_flight: int = 0
+    started_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    async def invoke(self, body: bytes, content_type: str) -> Reply:
+        raise NotImplementedError
+
+    async def ready(self) -> bool:
+        """Whether the process answers yet."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self.alive:  # once reaped, its pid may belong to someone else
+            await asyncio.to_thread(stop_process_group, self.process.pid)
+        self.on_close(self.process.pid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "pid": self.process.pid, "alive": self.alive, "in_flight": self.in_flight,
+                "started_at": self.started_at}
+
+
+@dataclass(eq=False)
+class WorkerBackend(Backend):
+    socket_path: Path = Path()
+    _idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+
+    async def _call(self, header: dict[str, Any], body: bytes) -> Reply:
+        connection = self._idle.pop() if self._idle else None
+        try:
+            if connection is None:
+                connection = await asyncio.open_unix_connection(str(self.socket_path))
+            reader, writer = connection
+            await wire.write_frame(writer, header, body)
+            answer, content = await wire.read_frame(reader)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+            if connection is not None:
+                connection[1].close()
+            raise BackendUnavailable(f"worker for version {self.version} did not answer: {type(err).__name__}") from None
+        except BaseException:  # cancelled mid-call: the connection's state is unknown
+            if connection is not None:
+                connection[1].close()
+            raise
+        if len(self._idle) < IDLE_CONNECTIONS:
+            self._idle.append(connection)
+        else:
+            connection[1].close()
+        return Reply(answer["status"], answer["content_type"], content)
+
+    async def invoke(self, body: bytes, content_type: str) -> Reply:
+        return await self._call({"op": "invocations", "content_type": content_type}, body)
+
+    async def ready(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        try:
+            return (await self._call({"op": "ping"}, b"")).status == 200
+        except BackendUnavailable:
+            return False
+
+    async def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+        await super().close()
+        self.socket_path.unlink(missing_ok=True)
+
+
+@dataclass(eq=False)
+class ScoringServerBackend(Backend):
+    url: str = ""
+    http: httpx.AsyncClient | None = None
+
+    async def invoke(self, body: bytes, content_type: str) -> Reply:
+        assert self.http is not None
+        try:
+            answer = await self.http.post(f"{self.url}/invocations", content=body,
+                                          headers={"Content-Type": content_type})
+        except httpx.HTTPError as err:
+            raise BackendUnavailable(f"mlflow models serve for version {self.version} did not answer: "
+                                     f"{type(err).__name__}") from None
+        return Reply(answer.status_code, answer.headers.get("content-type", "application/json"), answer.content)
+
+    async def ready(self) -> bool:
+        assert self.http is not None
+        with contextlib.suppress(httpx.HTTPError):
+            return (await self.http.get(f"{self.url}/ping", timeout=1.0)).status_code == 200
+        return False
+
+
+class ChildProcesses:
+    """The pids of the backends this model server started, kept in a file for its successor."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pids: set[int] = set()
+
+    def add(self, pid: int) -> None:
+        self.pids.add(pid)
+        self._write()
+
+    def forget(self, pid: int) -> None:
+        self.pids.discard(pid)
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(f"{pid}\n" for pid in sorted(self.pids)))
+
+    def reap_orphans(self) -> list[int]:
+        """Stop the backends a previous model server on this port left running."""
+        try:
+            pids = [int(line) for line in self.path.read_text().split()]
+        except (FileNotFoundError, ValueError):
+            return []
+        reaped = []
+        for pid in pids:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"model_server.worker" in command or (b"mlflow" in command and b"serve" in command):
+                stop_process_group(pid, timeout=10)  # not a recycled pid: one of ours
+                reaped.append(pid)
+        self.path.unlink(missing_ok=True)
+        if reaped:
+            log.warning("stopped backends left by a previous model server: %s", reaped)
+        return reaped
+
+
+class Launcher:
+    """Starts a backend for a version, in the mode the settings say, and waits until it answers."""
+
+    def __init__(self, settings: Settings, children: ChildProcesses, socket_dir: Path, http: httpx.AsyncClient):
+        self.settings = settings
+        self.children = children
+        self.socket_dir = socket_dir
+        self.http = http
+        self._count = 0
+
+    def _spawn(self, command: list[str], name: str, version: str) -> tuple[subprocess.Popen, Path]:
+        logs = self.settings.logs_dir
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{self.settings.model_server_mode}-{name}-v{version}.log"
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the model's code
+        env = tool_env(base, MLFLOW_TRACKING_URI=self.settings.tracking_uri)
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children.add(process.pid)
+        return process, log_path
+
+    def _backend(self, name: str, version: str) -> Backend:
+        uri = f"models:/{name}/{version}"
+        self._count += 1
+        if self.settings.model_server_mode == "fast":
+            # a short path: a Unix socket's path has room for about 100 bytes
+            socket_path = self.socket_dir / f"w{self._count}.sock"
+            process, log_path = self._spawn(
+                [str(VENV_BIN / "python"), "-m", "model_server.worker", "--model-uri", uri,
+                 "--socket", str(socket_path), "--log-level", self.settings.log_level,
+                 "--parent-pid", str(os.getpid())], name, version)
+            return WorkerBackend(name, version, process, log_path, self.children.forget, socket_path=socket_path)
+        host = "127.0.0.1"  # reached only by this model server
+        port = free_port(host)
+        process, log_path = self._spawn(
+            [str(VENV_BIN / "mlflow"), "models", "serve", "-m", uri, "-h", host, "-p", str(port),
+             "--env-manager", "local", "-w", str(self.settings.model_server_workers)], name, version)
+        return ScoringServerBackend(name, version, process, log_path, self.children.forget,
+                                    url=f"http://{host}:{port}", http=self.http)
+
+    async def start(self, name: str, version: str) -> Backend:
+        backend = self._backend(name, version)
+        deadline = time.monotonic() + self.settings.model_server_start_timeout
+        while time.monotonic() < deadline:
+            if not backend.alive:
+                await backend.close()
+                raise RuntimeError(f"the backend of version {version} exited with status {backend.process.returncode}:"
+                                   f" {last_line(backend.log_path)}")
+            if await backend.ready():
+                return backend
+            await asyncio.sleep(0.1)
+        await backend.close()
+        raise RuntimeError(f"the backend of version {version} did not answer within "
+                           f"{self.settings.model_server_start_timeout:.0f}s; see {backend.log_path}")
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log (a worker's reason for exiting)."""
+    with contextlib.suppress(OSError):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1][-500:]
+    return f"see {path}"

@@ -1,0 +1,219 @@
+"""MLflow's scoring protocol, as ``mlflow models serve`` speaks it on ``/invocations``.
+
+Request bodies: JSON with exactly one of ``dataframe_split``, ``dataframe_records``,
+``instances`` or ``inputs`` (plus ``params``), CSV (``text/csv``, a header row)
+or Parquet. Answers: ``{"predictions": [...]}``; errors
+``{"error_code": ..., "message": ...}`` with MLflow's status codes (415 as text,
+like MLflow). One difference on purpose: an error never pastes the caller's
+input back (MLflow's does, whole), only what is wrong with it.
+
+Modelled on ``mlflow.pyfunc.scoring_server`` (``infer_and_parse_data``,
+``parse_tf_serving_input``) and checked against it by
+``tests/integration/model_server/test_scoring_protocol.py``, which sends the same
+requests with MLflow's own client to both modes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+CONTENT_TYPE_JSON = "application/json"
+CONTENT_TYPE_CSV = "text/csv"
+CONTENT_TYPE_PARQUET = "application/vnd.apache.parquet"
+CONTENT_TYPES = (CONTENT_TYPE_CSV, CONTENT_TYPE_JSON, CONTENT_TYPE_PARQUET)
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+PARAMS_KEY = "params"
+
+
+class ProtocolError(Exception):
+    """A request the protocol refuses: answered with ``status`` and MLflow's error body."""
+
+    def __init__(self, message: str, status: int = 400, error_code: str = "BAD_REQUEST",
+                 content_type: str = CONTENT_TYPE_JSON):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_code = error_code
+        self.content_type = content_type
+
+    def body(self) -> bytes:
+        if self.content_type != CONTENT_TYPE_JSON:
+            return self.message.encode()
+        return error_body(self.error_code, self.message)
+
+
+def error_body(error_code: str, message: str) -> bytes:
+    return orjson.dumps({"error_code": error_code, "message": message})
+
+
+def invalid(message: str) -> ProtocolError:
+    # as MLflow's MlflowInvalidInputException, its answer to input it cannot read
+    return ProtocolError(f"Invalid input. {message}", 400, "BAD_REQUEST")
+
+
+@dataclass
+class ScoringInput:
+    """A request's rows and params. ``records`` (a dict per row) unless it came as a table (Parquet)."""
+
+    records: list[dict[str, Any]] | None
+    params: dict[str, Any] | None = None
+    table: Any = None  # a pandas DataFrame, for Parquet bodies
+
+    def as_frame(self) -> Any:
+        import pandas as pd
+
+        if self.table is not None:
+            return self.table
+        return pd.DataFrame.from_records(self.records) if self.records else pd.DataFrame()
+
+
+def media_type(content_type: str) -> str:
+    """The media type of a Content-Type header; refuses a charset other than UTF-8 and unknown
+    parameters, with MLflow's 415s."""
+    parts = [part.strip() for part in content_type.split(";")]
+    options = {key.strip().lower(): value.strip() for key, _, value in (p.partition("=") for p in parts[1:] if p)}
+    if options.get("charset", "utf-8").lower() != "utf-8":
+        raise ProtocolError("The scoring server only supports UTF-8", 415, content_type="text/plain")
+    unexpected = set(options) - {"charset"}
+    if unexpected:
+        raise ProtocolError(f"Unrecognized content type parameters: {', '.join(sorted(unexpected))}.", 415,
+                            content_type="text/plain")
+    mime = parts[0].lower()
+    if mime not in CONTENT_TYPES:
+        raise ProtocolError(f"This predictor only supports the following content types: Types: {list(CONTENT_TYPES)}."
+                            f" Got '{content_type}'.", 415, content_type="text/plain")
+    return mime
+
+
+def parse_request(body: bytes, content_type: str) -> ScoringInput:
+    mime = media_type(content_type or CONTENT_TYPE_JSON)
+    if mime == CONTENT_TYPE_CSV:
+        return ScoringInput(csv_records(body))
+    if mime == CONTENT_TYPE_PARQUET:
+        return ScoringInput(None, table=parquet_table(body))
+    return json_input(body)
+
+
+def json_input(body: bytes) -> ScoringInput:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise invalid(f"Ensure that input is a valid JSON formatted string. Error: '{err}'") from None
+    required = f"The input must be a JSON dictionary with exactly one of the input fields {set(FORMATS)}"
+    if isinstance(payload, list):
+        raise invalid(f"{required}. Received a list.")
+    if not isinstance(payload, dict):
+        raise invalid(f"{required}. Received unexpected input type '{type(payload).__name__}'.")
+    keys = [key for key in FORMATS if key in payload]
+    if len(keys) != 1:
+        raise ProtocolError(f"{required}. Received dictionary with input fields: {list(payload)}.")
+    params = payload.get(PARAMS_KEY)
+    if params is not None and not isinstance(params, dict):
+        raise invalid(f"'{PARAMS_KEY}' must be a JSON object of name: value")
+    key = keys[0]
+    records = {"dataframe_split": split_records, "dataframe_records": row_records,
+               "instances": tensor_records, "inputs": tensor_records}[key](payload[key], key)
+    return ScoringInput(records, params or None)
+
+
+def row_records(data: Any, key: str) -> list[dict[str, Any]]:
+    if not isinstance(data, list):
+        raise invalid(f"Dataframe records format must be a list of records. Got {type(data).__name__}.")
+    if not all(isinstance(row, dict) for row in data):
+        raise invalid(f"Provided {key} field is not a valid dataframe representation in 'records' format:"
+                      " every record must be an object of column: value")
+    return data
+
+
+def split_records(data: Any, key: str) -> list[dict[str, Any]]:
+    if not isinstance(data, dict):
+        raise invalid(f"Dataframe split format must be a dictionary. Got {type(data).__name__}.")
+    if "data" not in data or set(data) - {"columns", "data", "index"}:
+        raise invalid(f"Dataframe split format must have 'data' field and optionally 'columns' and 'index'"
+                      f" fields. Got {sorted(data)}.")
+    rows, columns = data["data"], data.get("columns")
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise invalid(f"Provided {key} field is not a valid dataframe representation in 'split' format:"
+                      " 'data' must be a list of rows")
+    if columns is None:
+        columns = list(range(max((len(row) for row in rows), default=0)))
+    if not isinstance(columns, list):
+        raise invalid(f"Provided {key} field is not a valid dataframe representation in 'split' format:"
+                      " 'columns' must be a list")
+    for i, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise invalid(f"Provided {key} field is not a valid dataframe representation in 'split' format:"
+                          f" row {i} has {len(row)} values for {len(columns)} columns")
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def tensor_records(data: Any, key: str) -> list[dict[str, Any]]:
+    """``instances``/``inputs`` for a model with named columns: rows (a list of objects) or
+    columns (an object of equally long lists), as MLflow accepts both."""
+    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
+        return data
+    if isinstance(data, dict):
+        columns = {name: values if isinstance(values, list) else [values] for name, values in data.items()}
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) > 1:
+            raise invalid(f"The length of values for each input/column name are not the same in '{key}'")
+        n = lengths.pop() if lengths else 0
+        return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+    raise invalid(f"'{key}' must be a list of row objects or an object of columns for a model with named"
+                  " input columns")
+
+
+def csv_records(body: bytes) -> list[dict[str, str]]:
+    """A CSV body's rows as text cells, exactly as the file holds them (the model reads numbers)."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise invalid(f"Ensure that input is a valid UTF-8 encoded string. Error: '{err}'") from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(rows)
+    except StopIteration:
+        raise invalid("CSV input has no header row") from None
+    except csv.Error as err:
+        raise invalid(f"Failed to parse input as CSV: {err}") from None
+    records = []
+    try:
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue  # a blank line, as at the end of a file
+            if len(row) != len(header):
+                raise invalid(f"Failed to parse input as CSV: line {line} has {len(row)} cells, the header"
+                              f" has {len(header)}")
+            records.append(dict(zip(header, row, strict=True)))
+    except csv.Error as err:
+        raise invalid(f"Failed to parse input as CSV: {err}") from None
+    return records
+
+
+def parquet_table(body: bytes) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(io.BytesIO(body))
+    except Exception as err:  # pyarrow raises many kinds for a body that is not Parquet
+        raise invalid(f"Failed to parse input as Parquet: {err}") from None
+
+
+def predictions_body(predictions: Any) -> bytes:
+    """``{"predictions": ...}`` as strict JSON: NaN and infinities are ``null``, numpy values plain."""
+    return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return None
+    if hasattr(value, "item"):  # numpy and pandas scalars
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,181 @@
+"""A worker: one model version, loaded with the code logged with it, answering over a Unix socket.
+
+``python -m model_server.worker --model-uri models:/<name>/<version> --socket <path>``
+
+MLflow loads a model's logged code by putting its folder first on ``sys.path``;
+a module of the same name that a process has already imported wins over it.
+So each version runs in a process of its own that has imported nothing of the
+project's model code: before loading, the worker takes the project folder off
+``sys.path`` and refuses to go on if ``pyfunc`` is loaded (the import rules of
+``.importlinter`` keep ``model_server`` from importing it). Whatever version it
+loads, ``pyfunc`` then comes from that version's ``code/`` folder.
+
+The socket is created once the model is loaded: the model server waits for it.
+Requests and replies are :mod:`model_server.wire` frames; bodies are MLflow's
+scoring protocol (:mod:`model_server.protocol`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from model_server import protocol, wire
+
+log = logging.getLogger("model_server.worker")
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+# Below this many rows a request is scored in the event loop; above, in a thread (the compiled
+# forest releases the GIL, so a big request does not hold up small ones).
+INLINE_ROWS = 64
+MODEL_PACKAGE = "pyfunc"
+
+
+class IsolationError(RuntimeError):
+    pass
+
+
+def die_with(parent_pid: int) -> None:
+    """Be sent SIGTERM when the model server that started us dies, even by ``kill -9`` (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before we asked
+        raise SystemExit(f"the model server (pid {parent_pid}) is gone")
+
+
+def isolate_from_project(project_dir: Path = PROJECT_DIR) -> None:
+    """Take the project folder off ``sys.path`` so that model code can only come from a model."""
+    if MODEL_PACKAGE in sys.modules:
+        raise IsolationError(f"'{MODEL_PACKAGE}' was imported before a model was loaded: from "
+                             f"{getattr(sys.modules[MODEL_PACKAGE], '__file__', '?')}")
+    here = project_dir.resolve()
+    sys.path[:] = [entry for entry in sys.path if Path(entry or os.getcwd()).resolve() != here]
+
+
+class LoadedModel:
+    """One loaded version and how to score a request with it."""
+
+    def __init__(self, uri: str):
+        import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
+
+        started = time.perf_counter()
+        self.uri = uri
+        self.pyfunc = mlflow.pyfunc.load_model(uri)
+        try:
+            python_model = self.pyfunc.unwrap_python_model()
+        except MlflowException:  # not a python model (another flavour): the generic path
+            python_model = None
+        # this project's pyfunc: JSON rows straight to its compiled path, no pandas on the way
+        self.predict_records = getattr(python_model, "predict_records", None)
+        self.code_file = getattr(sys.modules.get(MODEL_PACKAGE), "__file__", None)
+        log.info("loaded %s in %.1fs (model code: %s)", uri, time.perf_counter() - started, self.code_file)
+
+    def describe(self) -> dict[str, Any]:
+        return {"uri": self.uri, "pid": os.getpid(), "records_path": self.predict_records is not None,
+                "model_code": self.code_file}
+
+    def score(self, request: protocol.ScoringInput) -> bytes:
+        if self.predict_records is not None and request.records is not None and not request.params:
+            return protocol.predictions_body(self.predict_records(request.records) if request.records else [])
+        frame = request.as_frame()
+        result = self.pyfunc.predict(frame, params=request.params) if request.params else self.pyfunc.predict(frame)
+        if hasattr(result, "to_dict"):
+            result = result.to_dict(orient="records")
+        return protocol.predictions_body(result)
+
+
+class Worker:
+    def __init__(self, model: LoadedModel):
+        self.model = model
+
+    async def answer(self, header: dict[str, Any], body: bytes) -> tuple[int, str, bytes]:
+        op = header.get("op")
+        if op == "ping":
+            return 200, protocol.CONTENT_TYPE_JSON, protocol.orjson.dumps(self.model.describe())
+        if op != "invocations":
+            return 404, protocol.CONTENT_TYPE_JSON, protocol.error_body("ENDPOINT_NOT_FOUND", f"no operation {op!r}")
+        try:
+            request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON))
+            rows = len(request.records) if request.records is not None else len(request.table)
+            if rows <= INLINE_ROWS:
+                return 200, protocol.CONTENT_TYPE_JSON, self.model.score(request)
+            return 200, protocol.CONTENT_TYPE_JSON, await asyncio.to_thread(self.model.score, request)
+        except protocol.ProtocolError as err:
+            return err.status, err.content_type, err.body()
+        except Exception as err:  # noqa: BLE001 (every failure becomes MLflow's error body)
+            return model_error(err)
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    header, body = await wire.read_frame(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                status, content_type, answer = await self.answer(header, body)
+                await wire.write_frame(writer, {"status": status, "content_type": content_type}, answer)
+        finally:
+            writer.close()
+
+
+def model_error(err: Exception) -> tuple[int, str, bytes]:
+    """What MLflow's scoring server answers to a model that raised, without the input pasted in."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):  # pyfunc.cleaning.InvalidInputError: the caller's data
+        return err.get_http_status_code(), protocol.CONTENT_TYPE_JSON, protocol.error_body(err.error_code, err.message)
+    log.exception("the model raised")
+    return 400, protocol.CONTENT_TYPE_JSON, protocol.error_body(
+        "BAD_REQUEST", "Encountered an unexpected error while evaluating the model. Verify that the serialized"
+        f" input Dataframe is compatible with the model for inference. ({type(err).__name__}: {err})")
+
+
+async def serve(model: LoadedModel, socket_path: Path) -> None:
+    worker = Worker(model)
+    socket_path.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(worker.serve_connection, path=str(socket_path))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("serving %s on %s", model.uri, socket_path)
+    async with server:
+        await stop.wait()
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from runtime.logs import apply_mlflow_client_defaults, configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m model_server.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--socket", required=True, type=Path)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--parent-pid", type=int, help="stop when this process (the model server) dies")
+    args = parser.parse_args(argv)
+    if args.parent_pid:
+        die_with(args.parent_pid)
+    configure_logging(args.log_level)
+    apply_mlflow_client_defaults()
+    isolate_from_project()
+    model = LoadedModel(args.model_uri)
+    gc.freeze()  # the model's objects live as long as the process: keep full GC passes off them
+    import uvloop  # the same C event loop uvicorn runs our services on
+
+    uvloop.run(serve(model, args.socket))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""The gateway end to end, against real processes: train, promote, predict, switch, fail well.
+
+The tests of this module share one stack and run in file order: the first
+trains version 1, later ones build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.jobs import JobStore
+from runtime.processes import children, pid_alive
+from stack.local import LocalStack
+from tests.conftest import census_rows
+from tests.integration.conftest import stack_settings
+from tests.integration.helpers import finished_job, served_version, start_training, wait_for
+
+pytestmark = pytest.mark.integration
+
+MODEL = "gw-test"
+RAW = census_rows(1600).tail(40).drop(columns=["income"])
+RAW.loc[RAW.index[0], "education"] = "Unheard-of degree"
+RAW.loc[RAW.index[1], "age"] = " 41 "
+RECORDS = RAW.to_dict(orient="records")
+
+
+def train(api: httpx.Client, auth: dict, **params: Any) -> dict:
+    body = {"data_path": "census-small.csv", "target": "income", "model_name": MODEL, "n_estimators": 15, **params}
+    return {"job_id": start_training(api, auth, **body)}
+
+
+def test_nothing_promoted_yet_means_503_with_the_reason(api):
+    ready = api.get("/ready")
+    assert ready.status_code == 503
+    assert "no version of 'gw-test' holds alias 'champion'" in ready.json()["reason"]
+    started = time.monotonic()
+    answer = api.post("/predict", json={"records": RECORDS[:1]})
+    assert answer.status_code == 503
+    assert "no version of 'gw-test'" in answer.json()["detail"]
+    assert time.monotonic() - started < 5
+    assert api.get("/health").json() == {"status": "ok"}
+
+
+def test_training_needs_the_token(api, auth):
+    body = {"data_path": "census-small.csv", "target": "income"}
+    assert api.post("/train", json=body).status_code == 401
+    assert api.post("/train", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert api.get("/train").status_code == 200  # reads stay open
+
+
+def test_train_job_runs_mlflow_run_and_registers_version_1(api, auth, stack):
+    accepted = train(api, auth)
+    job = finished_job(api, accepted["job_id"])
+    assert job["status"] == "succeeded", job
+    assert job["model_version"] == "1"
+    assert {"accuracy", "f1", "roc_auc"} <= set(job["metrics"])
+    assert job["parameters"]["data_path"].endswith("census-small.csv")
+    # a real MLflow Project run: the job's run is the driver, with nested steps
+    client = mlflow.MlflowClient(stack.tracking_uri)
+    driver = client.get_run(job["run_id"])
+    children = client.search_runs([driver.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{driver.info.run_id}'")
+    assert sorted(c.data.tags["mlflow.project.entryPoint"] for c in children) == ["preprocess", "train"]
+    assert driver.data.tags["model_version"] == "1"
+    assert [j["job_id"] for j in api.get("/train").json()] == [accepted["job_id"]]
+
+    model = api.get(f"/models/{MODEL}").json()
+    (version,) = model["versions"]
+    assert version["version"] == "1" and version["stage"] == "None" and version["aliases"] == []
+    assert version["run_id"] == driver.data.tags["train_run_id"]
+    assert version["metrics"]["f1"] == job["metrics"]["f1"]
+    assert version["created_at"].startswith("20")
+    assert [m["name"] for m in api.get("/models").json()] == [MODEL]
+
+
+def test_production_transition_reaches_serving_and_predicts_raw_rows_in_order(api, auth, stack):
+    answer = api.post(f"/models/{MODEL}/versions/1/stage", json={"stage": "Production"}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stage"] == "Production" and answer.json()["aliases"] == ["champion"]
+    wait_for(lambda: served_version(api) == "1", 120, "version 1 served")
+
+    answer = api.post("/predict", json={"records": RECORDS})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == {"name": MODEL, "version": "1"}
+    assert len(body["predictions"]) == len(RECORDS)
+    client = mlflow.MlflowClient(stack.tracking_uri, registry_uri=stack.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(MODEL, "1"),
+                                                tracking_uri=stack.tracking_uri)
+    expected = mlflow.pyfunc.load_model(local).predict(RAW)
+    got = np.array([p["probabilities"]["50000+."] for p in body["predictions"]])
+    np.testing.assert_allclose(got, expected["proba_50000+."].to_numpy())  # same rows, same order
+    assert [p["label"] for p in body["predictions"]] == expected["label"].tolist()
+    for p in body["predictions"]:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0)
+        assert p["probability"] == max(p["probabilities"].values())
+
+
+def test_promoting_version_2_switches_serving_without_failed_requests(api, auth):
+    job = finished_job(api, train(api, auth, n_estimators=10, max_depth=6)["job_id"])
+    assert job["status"] == "succeeded" and job["model_version"] == "2", job
+
+    outcomes: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def keep_predicting() -> None:
+        with httpx.Client(base_url=api.base_url, timeout=30) as client:
+            while not stop.is_set():
+                answer = client.post("/predict", json={"records": RECORDS[:3]})
+                version = answer.json()["model"]["version"] if answer.status_code == 200 else None
+                outcomes.append((answer.status_code, version))
+
+    worker = threading.Thread(target=keep_predicting)
+    worker.start()
+    try:
+        wait_for(lambda: len(outcomes) >= 5, 30, "client warmed up")
+        promoted_at = time.monotonic()
+        answer = api.put(f"/models/{MODEL}/aliases/champion", json={"version": 2}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert "champion" in answer.json()["aliases"] and answer.json()["stage"] == "Production"
+        wait_for(lambda: any(v == "2" for _, v in outcomes[-3:]), 15, "predictions from version 2")
+        switch_seconds = time.monotonic() - promoted_at
+        count_at_switch = len(outcomes)
+        wait_for(lambda: len(outcomes) >= count_at_switch + 5, 30, "requests after the switch")
+    finally:
+        stop.set()
+        worker.join()
+    assert switch_seconds <= 15
+    assert all(status == 200 for status, _ in outcomes), [o for o in outcomes if o[0] != 200][:5]
+    versions = [v for _, v in outcomes]
+    first_two = versions.index("2")
+    assert set(versions[:first_two]) == {"1"} and set(versions[first_two:]) == {"2"}
+    assert served_version(api) == "2"
+    assert production_and_serving_alias(api) == (["2"], "2")  # the alias move took Production with it
+    assert api.get(f"/models/{MODEL}/versions/1").json()["stage"] == "Archived"
+
+
+def production_and_serving_alias(api: httpx.Client) -> tuple[list[str], str | None]:
+    model = api.get(f"/models/{MODEL}").json()
+    return [v["version"] for v in model["versions"] if v["stage"] == "Production"], model["aliases"].get("champion")
+
+
+def json_body(text: str) -> dict[str, Any]:
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    return {"json": {"records": [{**RECORDS[0], **changes}]}}
+
+
+def training(**changes: Any) -> dict[str, Any]:
+    return {"json": {"data_path": "census-small.csv", "target": "income", **changes}}
+
+
+# One row a case: (method, path, request, status, words the answer must contain).
+# Extra columns are ignored everywhere (as MLflow's scoring server does): see ODD_BUT_VALID.
+BAD_REQUESTS = [
+    # /predict: the body
+    ("post", "/predict", json_body("{not json"), 422, "json"),
+    ("post", "/predict", json_body("[1, 2]"), 422, "object"),
+    ("post", "/predict", json_body('{"records": [{"age": NaN}]}'), 422, "json"),
+    ("post", "/predict", json_body('{"records": [{"age": Infinity}]}'), 422, "json"),
+    ("post", "/predict", json_body('{"records": [{"age": 1e400}]}'), 422, "infinity"),
+    ("post", "/predict", json_body('{"records": [{"age": ' + "[" * 2000 + "]" * 2000 + "}]}"), 422, "depth"),
+    ("post", "/predict", {"json": {"records": []}}, 422, "records"),
+    ("post", "/predict", {"json": {"records": {"age": 1}}}, 422, "records"),
+    ("post", "/predict", {"json": {"records": ["age"]}}, 422, "records[0]"),
+    ("post", "/predict", {"json": {"rows": RECORDS[:1]}}, 422, "records"),
+    ("post", "/predict", {"json": {"records": RECORDS[:1], "model": "x"}}, 422, "'model'"),
+    ("post", "/predict", {"content": b'{"records": [{"age": 1}]}', "headers": {"content-type": "text/plain"}},
+     415, "content-type"),
+    ("post", "/predict", {"json": {"records": RECORDS[:1] * 10_001}}, 413, "records"),
+    # /predict: the cells
+    ("post", "/predict", row(age=[1, 2]), 422, "age"),
+    ("post", "/predict", row(age={"a": {"b": {"c": [1]}}}), 422, "age"),
+    ("post", "/predict", {"json": {"records": [{k: v for k, v in RECORDS[0].items() if k != "sex"}]}}, 422, "'sex'"),
+    ("post", "/predict", row(age="forty"), 422, "'age'"),
+    ("post", "/predict", row(age=1e300), 422, "'age'"),
+    ("post", "/predict", row(age=True), 422, "'age'"),
+    ("post", "/predict", row(age="4\x002"), 422, "'age'"),
+    # /train: the body and the hyperparameters
+    ("post", "/train", json_body("{not json"), 422, "json"),
+    ("post", "/train", {"json": ["census-small.csv", "income"]}, 422, "body"),
+    ("post", "/train", {"content": b"data_path=x", "headers": {"content-type": "text/plain"}}, 422, "body"),
+    ("post", "/train", {"json": {"target": "income"}}, 422, "data_path"),
+    ("post", "/train", training(n_trees=5), 422, "n_trees"),
+    ("post", "/train", training(n_estimators=0), 422, "n_estimators"),
+    ("post", "/train", training(n_estimators="many"), 422, "n_estimators"),
+    ("post", "/train", training(test_size=1.5), 422, "test_size"),
+    ("post", "/train", training(max_depth=-1), 422, "max_depth"),
+    ("post", "/train", training(random_state=-1), 422, "random_state"),
+    ("post", "/train", training(n_jobs=999), 422, "n_jobs"),
+    ("post", "/train", training(max_features="cube"), 422, "max_features"),
+    ("post", "/train", training(class_weight="heavy"), 422, "class_weight"),
+    ("post", "/train", training(max_trials=5), 422, "max_trials"),
+    ("post", "/train", training(mode="tune", n_estimators=5), 422, "n_estimators"),
+    ("post", "/train", training(mode="search"), 422, "mode"),
+    ("post", "/train", training(promote="always"), 422, "promote"),
+    ("post", "/train", training(mode="tune", cv_folds=1), 422, "cv_folds"),
+    # /train: paths, names and shell metacharacters (nothing is run, nothing is read outside the roots)
+    ("post", "/train", training(data_path="../../../etc/passwd"), 422, "data_path"),
+    ("post", "/train", training(data_path="/etc/passwd"), 422, "data_path"),
+    ("post", "/train", training(data_path="file:///etc/passwd"), 422, "data_path"),
+    ("post", "/train", training(data_path="census-small.csv; rm -rf /"), 422, "data_path"),
+    ("post", "/train", training(data_path="$(touch /tmp/owned).csv"), 422, "data_path"),
+    ("post", "/train", training(data_path="census-small.csv\x00.txt"), 422, "data_path"),
+    ("post", "/train", training(target="income; rm -rf /"), 422, "is not a column"),
+    ("post", "/train", training(target="`reboot`"), 422, "target"),
+    ("post", "/train", training(target="inc\u202eome\x07"), 422, "target"),
+    ("post", "/train", training(model_name="a b;rm"), 422, "model_name"),
+    ("post", "/train", training(model_name="../../etc"), 422, "model_name"),
+    ("get", "/train/does-not-exist", {}, 404, "does-not-exist"),
+    ("delete", "/train/does-not-exist", {}, 404, "does-not-exist"),
+    # the registry
+    ("get", "/models/no-such-model", {}, 404, "no-such-model"),
+    ("get", "/models/..%2F..%2Fetc", {}, 404, "no route"),
+    ("get", "/models/x%00y", {}, 422, "name"),
+    ("get", f"/models/{MODEL}/versions/99", {}, 404, "99"),
+    ("get", f"/models/{MODEL}/versions/0", {}, 422, "version"),
+    ("post", "/models/no-such-model/versions/1/stage", {"json": {"stage": "Staging"}}, 404, "no-such-model"),
+    ("post", f"/models/{MODEL}/versions/99/stage", {"json": {"stage": "Staging"}}, 404, "99"),
+    ("post", f"/models/{MODEL}/versions/1/stage", {"json": {"stage": "Prod"}}, 422, "stage"),
+    ("post", f"/models/{MODEL}/versions/1/stage", {"json": {"stage": "production"}}, 422, "stage"),
+    ("post", f"/models/{MODEL}/versions/1/stage", {"json": {"stage": "Staging", "force": True}}, 422, "force"),
+    ("post", f"/models/{MODEL}/versions/2/stage", {"json": {"stage": "Production"}}, 409, "already in stage Production"),
+    ("post", f"/models/{MODEL}/versions/1/stage", {"json": {"stage": "Production"}}, 409, "Staging before Production"),
+    ("put", f"/models/{MODEL}/aliases/latest", {"json": {"version": "1"}}, 422, "reserved"),
+    ("put", f"/models/{MODEL}/aliases/v2", {"json": {"version": "1"}}, 422, "reserved"),
+    ("put", f"/models/{MODEL}/aliases/champion", {"json": {"version": "99"}}, 404, "99"),
+    ("put", f"/models/{MODEL}/aliases/champion", {"json": {"version": "two"}}, 422, "version"),
+    ("delete", f"/models/{MODEL}/aliases/nobody", {}, 404, "nobody"),
+    ("patch", "/predict", {}, 405, "POST"),
+]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (a job's ``mlflow run`` is one)."""
+    found, todo = set(), [pid]
+    while todo:
+        kids = children(todo.pop())
+        found |= set(kids)
+        todo += kids
+    return found
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "names"), BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_naming_the_problem(api, auth, stack, method, path, kwargs, status, names):
+    before = api.get(f"/models/{MODEL}").json()
+    jobs_before = len(api.get("/train").json())
+    processes_before = descendants(stack.running_pid("gateway"))
+    kwargs = dict(kwargs)  # the parameters are shared by both model-server modes: do not consume them
+    answer = api.request(method.upper(), path, headers={**auth, **kwargs.pop("headers", {})}, **kwargs)
+    assert answer.status_code == status, answer.text
+    assert names.lower() in answer.text.lower()
+    assert api.get(f"/models/{MODEL}").json() == before  # nothing changed in the registry
+    assert len(api.get("/train").json()) == jobs_before  # no job was started
+    assert descendants(stack.running_pid("gateway")) <= processes_before  # and no process
+
+
+# Raw input as it comes: all of it answered, one prediction a row.
+ODD_BUT_VALID = {
+    "question mark for missing": row(age="?", education="?"),
+    "empty strings": row(age="", education=""),
+    "null cells": row(age=None, education=None),
+    "NaN as text (missing, as in pandas)": row(age="NaN"),
+    "numbers as text with spaces": row(age=" 41 ", wage_per_hour="0"),
+    "unicode and control characters in a category": row(education="Bachelors\u202e\x07\u2603\U0001F600"),
+    "an extra column (ignored)": row(not_a_column="anything"),
+    "10,000 rows in one request": {"json": {"records": RECORDS * 250}},
+}
+
+
+@pytest.mark.parametrize("kwargs", ODD_BUT_VALID.values(), ids=ODD_BUT_VALID.keys())
+def test_odd_but_valid_input_is_answered(api, kwargs):
+    answer = api.post("/predict", **kwargs)
+    assert answer.status_code == 200, answer.text[:500]
+    assert len(answer.json()["predictions"]) == len(kwargs["json"]["records"])
+
+
+def test_an_extra_column_changes_nothing(api):
+    plain = api.post("/predict", json={"records": RECORDS[:5]}).json()["predictions"]
+    extra = api.post("/predict", json={"records": [{**r, "zz": "1"} for r in RECORDS[:5]]}).json()["predictions"]
+    assert extra == plain
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_above_the_size_limit_is_413_whether_declared_or_streamed(api, stack, chunked):
+    limit = stack.settings.max_body_bytes
+    body = b'{"records": [' + b" " * limit + b"]}"
+    content = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    answer = api.post("/predict", content=content, headers={"content-type": "application/json"})
+    assert answer.status_code == 413, answer.text
+    assert "GATEWAY_MAX_BODY_BYTES" in answer.json()["detail"]
+
+
+def test_registry_changes_need_the_token(api):
+    assert api.post(f"/models/{MODEL}/versions/2/stage", json={"stage": "Staging"}).status_code == 401
+    assert api.put(f"/models/{MODEL}/aliases/x", json={"version": "1"}).status_code == 401
+    assert api.delete(f"/models/{MODEL}/aliases/champion").status_code == 401
+    assert api.delete("/train/anything").status_code == 401
+
+
+def test_stages_and_aliases_stay_in_step_whichever_route_is_taken(api, auth):
+    """Version 2 serves (alias and Production); version 1 was Archived when it was replaced."""
+    staged = api.post(f"/models/{MODEL}/versions/1/stage", json={"stage": "Staging"}, headers=auth).json()
+    assert staged["stage"] == "Staging" and staged["aliases"] == ["challenger"]
+    # archive_existing means nothing for Archived: ignored (MLflow's server would answer 500)
+    answer = api.post(f"/models/{MODEL}/versions/1/stage", json={"stage": "Archived", "archive_existing": True},
+                      headers=auth)
+    assert answer.json()["stage"] == "Archived" and answer.json()["aliases"] == []  # challenger left with Staging
+    moved = api.put(f"/models/{MODEL}/aliases/challenger", json={"version": "1"}, headers=auth)
+    assert moved.status_code == 409 and "Staging" in moved.json()["detail"]  # Archived comes back through Staging
+    assert api.post(f"/models/{MODEL}/versions/1/stage", json={"stage": "Staging"}, headers=auth).status_code == 200
+    # deleting a paired alias takes its version out of the stage
+    assert api.delete(f"/models/{MODEL}/aliases/challenger", headers=auth).status_code == 204
+    model = api.get(f"/models/{MODEL}").json()
+    assert model["aliases"] == {"champion": "2"}
+    assert {v["version"]: v["stage"] for v in model["versions"]} == {"2": "Production", "1": "None"}
+    assert production_and_serving_alias(api) == (["2"], "2")
+
+
+def test_jobs_queue_one_at_a_time_and_cancel(api, auth, stack):
+    first = train(api, auth)["job_id"]
+    second = train(api, auth)["job_id"]
+    assert api.get(f"/train/{second}").json()["status"] == "queued"
+    wait_for(lambda: api.get(f"/train/{first}").json()["status"] == "running", 60, "first job running")
+    assert api.get(f"/train/{second}").json()["status"] == "queued"  # one at a time
+
+    cancelled = api.delete(f"/train/{second}", headers=auth).json()
+    assert cancelled["status"] == "cancelled"
+    answer = api.delete(f"/train/{first}", headers=auth)
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+    wait_for(lambda: not pid_alive(running_pid(stack, first)), 30, "job process gone")
+    assert api.delete(f"/train/{first}", headers=auth).status_code == 409  # already ended
+    assert api.get(f"/train/{second}").json()["started_at"] is None
+
+
+def running_pid(stack: LocalStack, job_id: str) -> int:
+    return JobStore(stack.settings.jobs_db).get(job_id).pid
+
+
+def test_job_records_survive_a_gateway_restart(api, stack):
+    before = {j["job_id"]: j["status"] for j in api.get("/train").json()}
+    stack.stop("gateway")
+    stack.start_gateway()
+    after = {j["job_id"]: j["status"] for j in api.get("/train").json()}
+    assert after == before and len(after) == 4
+
+
+def predict_through(api: httpx.Client, kill: Callable[[], None], timeout: float) -> list[tuple[int, float, str]]:
+    """Predict continuously from a second client while ``kill`` runs, until answers come back.
+
+    Returns (status, seconds, detail) of every request from the kill on.
+    """
+    outcomes: list[tuple[int, float, str]] = []
+    stop = threading.Event()
+
+    def keep_predicting() -> None:
+        with httpx.Client(base_url=api.base_url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                answer = client.post("/predict", json={"records": RECORDS[:3]})
+                detail = answer.json().get("detail", "") if answer.status_code != 200 else ""
+                outcomes.append((answer.status_code, time.monotonic() - started, str(detail)))
+
+    worker = threading.Thread(target=keep_predicting)
+    worker.start()
+    try:
+        wait_for(lambda: len(outcomes) >= 3, 30, "client warmed up")
+        del outcomes[:]
+        kill()
+        wait_for(lambda: any(o[0] == 503 for o in outcomes), 30, "a 503 after the kill")
+        reason = wait_for(lambda: api.get("/ready").json().get("reason"), 30, "/ready saying why")
+        assert api.get("/ready").status_code in (200, 503)
+        wait_for(lambda: outcomes[-1][0] == 200 and outcomes[-2][0] == 200, timeout, "answers again")
+    finally:
+        stop.set()
+        worker.join()
+    assert "model server" in reason.lower() or "version" in reason, reason
+    return outcomes
+
+
+def assert_quick_clear_outage(outcomes: list[tuple[int, float, str]], stack: LocalStack) -> None:
+    assert {status for status, _, _ in outcomes} == {200, 503}, sorted({o[0] for o in outcomes})
+    failures = [o for o in outcomes if o[0] == 503]
+    # no request waited for the model server's whole timeout: each 503 came at once
+    assert max(seconds for _, seconds, _ in failures) < min(5.0, stack.settings.model_server_timeout)
+    assert all("model server" in detail or "version" in detail for _, _, detail in failures), failures[:3]
+
+
+def test_killing_the_model_server_under_traffic_means_quick_503s_then_recovery(api, stack):
+    """kill -9 of the model server process: its watchdog restarts it; the gateway is never restarted."""
+    gateway = stack.service_pid("gateway")
+    supervisor = stack.service_pid("model-server")
+    outcomes = predict_through(api, lambda: os.kill(supervisor, signal.SIGKILL), timeout=120)
+    assert_quick_clear_outage(outcomes, stack)
+    assert stack.service_pid("model-server") not in (None, supervisor)  # a new process serves
+    assert stack.service_pid("gateway") == gateway
+    assert served_version(api) == "2"
+
+
+def test_killing_the_backend_behind_the_model_server_is_survived_too(api, stack):
+    # the version's own process: our worker (fast) or `mlflow models serve` (mlflow), leading its group
+    (backend,) = children(stack.service_pid("model-server"))
+    outcomes = predict_through(api, lambda: os.killpg(backend, signal.SIGKILL), timeout=240)
+    assert_quick_clear_outage(outcomes, stack)
+    (restarted,) = children(stack.service_pid("model-server"))
+    assert restarted != backend
+    # and the backend of a killed model server does not outlive it: the next one stops it
+    supervisor = stack.service_pid("model-server")
+    predict_through(api, lambda: os.kill(supervisor, signal.SIGKILL), timeout=240)
+    wait_for(lambda: not pid_alive(restarted), 30, "orphaned scoring server stopped")
+
+
+def test_every_response_carries_a_request_id_and_the_log_line_has_it(api, auth, stack):
+    kept = api.post("/predict", json={"records": RECORDS[:1]}, headers={"X-Request-ID": "client-id-42"})
+    assert kept.status_code == 200 and kept.headers["x-request-id"] == "client-id-42"
+    for answer in (api.post("/predict", json={"records": []}), api.get("/nowhere"),
+                   api.post("/train", json={}), api.get("/health"),
+                   api.get("/health", headers={"X-Request-ID": "has spaces\tand tabs"})):
+        assert len(answer.headers["x-request-id"]) == 32, answer.headers  # made up when absent or unsafe
+    lines = wait_for(lambda: [json.loads(line) for line in stack.log_file("gateway").read_text().splitlines()
+                              if "client-id-42" in line], 10, "the access-log line")
+    (entry,) = lines
+    assert entry["request_id"] == "client-id-42"
+    assert entry["route"] == "/predict" and entry["status"] == 200 and entry["duration_ms"] > 0
+    assert entry["logger"] == "gateway.access" and entry["level"] == "info"
+    for line in stack.log_file("gateway").read_text().splitlines()[-50:]:
+        if line.startswith("{"):  # every line the gateway writes (the watchdog's are not JSON)
+            assert isinstance(json.loads(line), dict)
+
+
+def test_metrics_count_requests_latency_errors_batches_jobs_and_the_served_version(api, stack):
+    before = metric_samples(api)
+    for _ in range(3):
+        api.post("/predict", json={"records": RECORDS[:2]})
+    api.post("/predict", json={"records": []})
+    after = metric_samples(api)
+    predict_ok = ("gateway_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "200")))
+    predict_bad = ("gateway_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "422")))
+    assert after[predict_ok] - before.get(predict_ok, 0) == 3
+    assert after[predict_bad] - before.get(predict_bad, 0) == 1
+    bucket = ("gateway_request_duration_seconds_bucket",
+              (("le", "+Inf"), ("method", "POST"), ("route", "/predict"), ("status", "200")))
+    assert after[bucket] >= 3
+    assert after[("gateway_batch_rows_count", ())] >= 3 and after[("gateway_batch_rows_sum", ())] >= 6
+    assert after[("gateway_batch_requests_count", ())] >= 3
+    version = served_version(api)
+    assert after[("gateway_served_model_info", (("name", MODEL), ("version", version)))] == 1
+    jobs = [j["status"] for j in api.get("/train").json()]
+    for status in ("succeeded", "cancelled", "failed", "queued", "running"):
+        assert after[("gateway_training_jobs", (("status", status),))] == jobs.count(status)
+    # the previous test killed the model server under traffic: those calls are counted
+    assert after[("gateway_model_server_errors_total", (("kind", "unreachable"),))] >= 1
+
+
+def metric_samples(api: httpx.Client) -> dict[tuple[str, tuple], float]:
+    answer = api.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
+
+
+def test_openapi_lists_every_route_and_docs_render(api):
+    paths = api.get("/openapi.json").json()["paths"]
+    assert set(paths) == {
+        "/predict", "/train", "/train/{job_id}", "/models", "/models/{name}",
+        "/models/{name}/versions/{version}", "/models/{name}/versions/{version}/stage",
+        "/models/{name}/aliases/{alias}", "/health", "/ready", "/metrics",
+    }
+    assert api.get("/docs").status_code == 200
+
+
+def test_a_second_stack_with_its_own_dir_and_ports_is_independent(tmp_path, data_root, stack):
+    other = LocalStack(stack_settings(tmp_path, data_root, model_name="other-model"))
+    try:
+        other.up_without_model()
+        with httpx.Client(base_url=other.settings.gateway_url) as client:
+            assert client.get("/health").json() == {"status": "ok"}
+            assert client.get("/models").json() == []
+            assert client.get("/ready").status_code == 503
+        with httpx.Client(base_url=stack.settings.gateway_url) as client:
+            assert [m["name"] for m in client.get("/models").json()] == [MODEL]
+    finally:
+        other.down()
+    assert other.running_pid("gateway") is None and stack.running_pid("gateway") is not None

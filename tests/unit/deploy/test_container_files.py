@@ -1,0 +1,116 @@
+"""docker-compose.yaml and the Dockerfiles, checked without a Docker engine.
+
+The schema check and the linter are the real tools (check-jsonschema with the
+Compose Specification, hadolint); the rest pins down the topology the
+PostgreSQL integration test runs as plain processes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contract.settings import Settings
+from tests.conftest import PROJECT_DIR
+
+BIN = Path(sys.executable).parent
+DOCKERFILES = [PROJECT_DIR / "deploy" / "docker" / "app.Dockerfile", PROJECT_DIR / "deploy" / "docker" / "mlflow.Dockerfile"]
+COMPOSE_FILE = PROJECT_DIR / "docker-compose.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def test_compose_file_follows_the_compose_specification():
+    result = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                             str(COMPOSE_FILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfiles_pass_hadolint_with_no_ignored_rule():
+    result = subprocess.run([str(BIN / "hadolint"), *map(str, DOCKERFILES)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for dockerfile in DOCKERFILES:
+        assert "hadolint ignore" not in dockerfile.read_text()
+
+
+def test_only_the_gateway_and_the_mlflow_ui_are_published(compose):
+    published = {name: s.get("ports", []) for name, s in compose["services"].items() if s.get("ports")}
+    assert set(published) == {"gateway", "mlflow"}
+    assert all(p.startswith("127.0.0.1:") for p in published["mlflow"])  # the UI only on the host's loopback
+    assert compose["networks"]["backend"]["internal"] is True
+    for name in ("postgres", "model-server"):
+        assert compose["services"][name]["networks"] == ["backend"]
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(compose):
+    services = compose["services"]
+    assert set(services) == {"postgres", "mlflow", "model-server", "gateway"}
+    for name, service in services.items():
+        assert service["healthcheck"]["test"], name
+        for condition in service.get("depends_on", {}).values():
+            assert condition == {"condition": "service_healthy"}, name
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert set(services["mlflow"]["depends_on"]) == {"postgres"}
+    assert set(services["gateway"]["depends_on"]) == {"mlflow", "model-server"}
+
+
+def test_mlflow_uses_postgres_proxied_artifacts_on_a_volume_and_allowed_hosts(compose):
+    mlflow = compose["services"]["mlflow"]
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    command = " ".join(mlflow["command"])
+    assert "--serve-artifacts" in command and "--artifacts-destination=/mlartifacts" in command
+    assert re.search(r"--allowed-hosts=\S*\bmlflow\b", command)
+    assert "mlflow-artifacts:/mlartifacts" in mlflow["volumes"]
+    assert "postgres-data:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
+    assert set(compose["volumes"]) >= {"postgres-data", "mlflow-artifacts", "gateway-state"}
+
+
+def test_no_secret_is_written_into_the_compose_file_and_env_example_names_each_one(compose):
+    text = COMPOSE_FILE.read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    assert required == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+    example = dict(line.split("=", 1) for line in (PROJECT_DIR / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert required <= set(example)
+    secret_values = re.findall(r"^\s*[\w-]*(?:PASSWORD|TOKEN)[\w-]*:\s*(.+)$", text, flags=re.MULTILINE)
+    assert secret_values and all(v.startswith("${") for v in secret_values)  # only interpolated
+    assert re.search(r"postgresql://\$\{POSTGRES_USER\}:\$\{POSTGRES_PASSWORD\}@", text)
+    for dockerfile in DOCKERFILES:
+        assert "PASSWORD" not in dockerfile.read_text()
+
+
+def test_app_containers_use_real_settings_names(compose):
+    aliases = {f.validation_alias for f in Settings.model_fields.values()}
+    for name in ("model-server", "gateway"):
+        environment = compose["services"][name]["environment"]
+        unknown = set(environment) - aliases
+        assert not unknown, f"{name}: {unknown} are not settings"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_are_slim_non_root_and_pinned_by_requirements(dockerfile):
+    text = dockerfile.read_text()
+    stages = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
+    assert stages and all(s.startswith("python:3.11-slim") for s in stages)
+    final_stage = text.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^USER [1-9]\d*:[1-9]\d*$", final_stage, flags=re.MULTILINE)
+    assert "requirements.txt" in text
+    assert not re.search(r"\b(gcc|build-essential|apt-get install)\b", final_stage)
+
+
+def test_dockerignore_lets_through_everything_the_images_copy():
+    allowed = {line[1:].rstrip("/") for line in (PROJECT_DIR / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    for dockerfile in DOCKERFILES:
+        for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), flags=re.MULTILINE):
+            for source in sources.split():
+                assert source.rstrip("/") in allowed, f"{dockerfile.name} copies {source}"
+                assert (PROJECT_DIR / source).exists()

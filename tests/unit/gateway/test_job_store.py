@@ -1,0 +1,49 @@
+"""The training job store (gateway.jobs.JobStore): records, guarded updates, counts, migration."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gateway.jobs import JobStore
+
+
+def test_a_job_is_added_queued_and_read_back(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.add({"data_path": "x.csv", "target": "y"}, "m", entry_point="tune")
+    assert job.status == "queued" and job.entry_point == "tune" and job.model_name == "m"
+    assert job.parameters == {"data_path": "x.csv", "target": "y"}
+    assert store.get(job.id) == job and store.get("nope") is None
+
+
+def test_updates_can_be_guarded_by_status(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.add({}, "m")
+    assert not store.update(job.id, only_if=("running",), status="succeeded")  # not running: refused
+    assert store.get(job.id).status == "queued"
+    assert store.update(job.id, only_if=("queued",), status="running", pid=42)
+    assert store.update(job.id, status="succeeded", metrics={"f1": 0.5}, promotion={"decision": "kept"})
+    done = store.get(job.id)
+    assert (done.status, done.pid, done.metrics, done.promotion) == ("succeeded", 42, {"f1": 0.5},
+                                                                      {"decision": "kept"})
+
+
+def test_lists_newest_first_and_counts_by_status(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    ids = [store.add({}, "m").id for _ in range(3)]
+    store.update(ids[0], status="failed")
+    assert [j.id for j in store.list()] == ids[::-1]
+    assert [j.id for j in store.with_status("queued")] == ids[1:]
+    assert store.count_by_status() == {"queued": 2, "failed": 1}
+
+
+def test_a_store_from_the_first_release_is_migrated_in_place(tmp_path):
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as db:  # the table before entry_point and promotion existed
+        db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at TEXT NOT NULL,"
+                   " started_at TEXT, finished_at TEXT, parameters TEXT NOT NULL, model_name TEXT NOT NULL,"
+                   " run_id TEXT, model_version TEXT, metrics TEXT, error TEXT, log_tail TEXT, pid INTEGER)")
+        db.execute("INSERT INTO jobs (id, status, created_at, parameters, model_name)"
+                   " VALUES ('old', 'succeeded', '2026-01-01T00:00:00+00:00', '{}', 'm')")
+    store = JobStore(path)
+    old = store.get("old")
+    assert old.entry_point == "main" and old.promotion is None and old.status == "succeeded"

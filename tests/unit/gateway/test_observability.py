@@ -1,0 +1,114 @@
+"""The gateway's request middleware on a small app of its own: ids, logs, metrics, limits, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from gateway.observability import Admission, Metrics, RequestContext
+from runtime.logs import JsonFormatter, request_id_var
+
+
+def app_with_middleware(metrics: Metrics, limit: int = 1024) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=limit)
+
+    @app.post("/echo/{name}")
+    async def echo(name: str, request: Request) -> dict:
+        return {"name": name, "bytes": len(await request.body()), "request_id": request_id_var.get()}
+
+    @app.get("/boom")
+    def boom() -> dict:
+        raise RuntimeError("a bug of ours")
+
+    return app
+
+
+def call(app: FastAPI, method: str, path: str, **kwargs) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_request_id_is_kept_or_made_and_visible_to_the_handler():
+    app = app_with_middleware(Metrics())
+    kept = call(app, "POST", "/echo/a", headers={"X-Request-ID": "abc.123"})
+    assert kept.headers["x-request-id"] == "abc.123" and kept.json()["request_id"] == "abc.123"
+    made = call(app, "POST", "/echo/a", headers={"X-Request-ID": "bad\r\nInjected: yes"})
+    assert made.headers["x-request-id"] == made.json()["request_id"] and len(made.json()["request_id"]) == 32
+
+
+def test_metrics_are_labelled_by_route_template_not_raw_path():
+    metrics = Metrics()
+    app = app_with_middleware(metrics)
+    for name in ("a", "b", "c"):
+        call(app, "POST", f"/echo/{name}")
+    call(app, "GET", "/random/path/1")
+    assert sample(metrics, "gateway_requests_total", method="POST", route="/echo/{name}", status="200") == 3
+    assert sample(metrics, "gateway_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert sample(metrics, "gateway_request_duration_seconds_count",
+                  method="POST", route="/echo/{name}", status="200") == 3
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_bodies_above_the_limit_are_413_declared_or_streamed(streamed):
+    app = app_with_middleware(Metrics(), limit=1024)
+    body = b"x" * 5000
+
+    async def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for i in range(0, 5000, 500):
+            yield body[i:i + 500]
+
+    answer = call(app, "POST", "/echo/a", content=chunks() if streamed else body)
+    assert answer.status_code == 413 and "GATEWAY_MAX_BODY_BYTES" in answer.json()["detail"]
+    assert call(app, "POST", "/echo/a", content=b"x" * 1000).json()["bytes"] == 1000
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_id_and_a_logged_traceback(caplog):
+    metrics = Metrics()
+    app = app_with_middleware(metrics)
+    with caplog.at_level(logging.ERROR, logger="gateway.error"):
+        answer = call(app, "GET", "/boom", headers={"X-Request-ID": "crash-1"})
+    assert answer.status_code == 500 and answer.json()["request_id"] == "crash-1"
+    assert answer.headers["x-request-id"] == "crash-1"
+    assert "a bug of ours" not in answer.text  # details stay in the log
+    (record,) = caplog.records
+    line = json.loads(JsonFormatter().format(record))
+    assert "RuntimeError: a bug of ours" in line["exception"]
+    assert sample(metrics, "gateway_requests_total", method="GET", route="/boom", status="500") == 1
+
+
+def test_json_formatter_writes_one_object_per_line_with_the_request_id_and_extras():
+    token = request_id_var.set("rid-7")
+    try:
+        record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "GET %s %d", ("/x\n", 200), None)
+        record.status = 200
+        text = JsonFormatter().format(record)
+    finally:
+        request_id_var.reset(token)
+    assert "\n" not in text
+    entry = json.loads(text)
+    assert entry["request_id"] == "rid-7" and entry["status"] == 200 and entry["message"] == "GET /x\n 200"
+
+
+def test_admission_refuses_beyond_the_limit_and_counts_it():
+    metrics = Metrics()
+    admission = Admission(2, metrics)
+    assert admission.enter() and admission.enter() and not admission.enter()
+    assert sample(metrics, "gateway_predict_rejected_total") == 1
+    assert sample(metrics, "gateway_predict_pending") == 2
+    admission.leave()
+    assert admission.enter()
+

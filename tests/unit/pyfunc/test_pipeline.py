@@ -1,0 +1,94 @@
+"""The scikit-learn pipeline: its shape, importances per input column, and skops storage."""
+
+import numpy as np
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler
+
+from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
+from pyfunc.fast import CompiledPipeline
+from pyfunc.pipeline import build_pipeline, input_column_importance, load_pipeline, save_pipeline
+from tests.conftest import mixed_frame
+
+FEATURES = ["age", "hours", "colour", "city"]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    frame = mixed_frame()
+    schema = infer_feature_schema(frame[FEATURES], ["?"])
+    pipeline = build_pipeline(schema, {"n_estimators": 20, "random_state": 0})
+    X = clean_raw_frame(frame, schema)
+    pipeline.fit(X, frame["label"].to_numpy())
+    return pipeline, schema, X
+
+
+def test_pipeline_has_the_classic_preprocessing(fitted):
+    pipeline, schema, _ = fitted
+    assert schema.numeric == ["age", "hours"] and schema.categorical == ["colour", "city"]
+    pre = pipeline.named_steps["preprocess"]
+    assert isinstance(pre, ColumnTransformer)
+    numeric = pre.named_transformers_["numeric"]
+    categorical = pre.named_transformers_["categorical"]
+    assert isinstance(numeric.named_steps["impute"], SimpleImputer)
+    assert numeric.named_steps["impute"].strategy == "most_frequent"
+    assert isinstance(numeric.named_steps["scale"], RobustScaler)
+    assert categorical.named_steps["impute"].strategy == "most_frequent"
+    onehot = categorical.named_steps["onehot"]
+    assert isinstance(onehot, OneHotEncoder) and onehot.handle_unknown == "ignore"
+    assert isinstance(pipeline.named_steps["forest"], RandomForestClassifier)
+
+
+def test_importance_is_reported_per_input_column(fitted):
+    pipeline, schema, _ = fitted
+    importance = input_column_importance(pipeline, schema)
+    assert set(importance) == set(schema.columns)
+    assert sum(importance.values()) == pytest.approx(1.0)
+    values = list(importance.values())
+    assert values == sorted(values, reverse=True)
+    # colour drives the synthetic label; the city is noise
+    assert importance["colour"] > importance["city"]
+
+
+def test_skops_round_trip_predicts_the_same(fitted, tmp_path):
+    pipeline, _, X = fitted
+    save_pipeline(pipeline, tmp_path / "p.skops")
+    loaded = load_pipeline(tmp_path / "p.skops")
+    np.testing.assert_array_equal(loaded.predict_proba(X), pipeline.predict_proba(X))
+
+
+def shift(x):
+    return x + 1
+
+
+def test_saving_refuses_types_outside_the_trusted_list(tmp_path):
+    # A function of ours is code skops would have to import and run at load time.
+    untrusted = make_pipeline(FunctionTransformer(shift), RandomForestClassifier(n_estimators=2))
+    untrusted.fit(np.ones((4, 1)), [0, 1, 0, 1])
+    with pytest.raises(TypeError, match="not in TRUSTED_TYPES"):
+        save_pipeline(untrusted, tmp_path / "p.skops")
+    assert not (tmp_path / "p.skops").exists()
+
+
+def test_only_non_empty_kinds_get_a_transformer():
+    frame = mixed_frame()
+    schema = infer_feature_schema(frame[["age", "hours"]], ["?"])
+    pipeline = build_pipeline(schema, {"n_estimators": 5})
+    assert isinstance(pipeline, Pipeline)
+    assert [name for name, *_ in pipeline.named_steps["preprocess"].transformers] == ["numeric"]
+
+
+def test_compiled_path_is_bit_identical_to_the_pipeline_on_raw_rows(fitted):
+    pipeline, schema, _ = fitted
+    raw = mixed_frame(n=300, seed=5)[FEATURES].astype(object)
+    raw.loc[raw.index[:5], "colour"] = "never-seen"  # unknown category
+    raw.loc[raw.index[5:10], "age"] = "?"  # missing number
+    raw.loc[raw.index[10], "hours"] = 12  # typed JSON number
+    compiled = CompiledPipeline.from_pipeline(pipeline, schema)
+    pipeline.set_params(forest__n_jobs=1)
+    expected = pipeline.predict_proba(clean_raw_frame(raw, schema))
+    np.testing.assert_array_equal(compiled.predict_proba(raw), expected)
+    np.testing.assert_array_equal(compiled.classes, pipeline.classes_)

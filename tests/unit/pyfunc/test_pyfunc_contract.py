@@ -1,0 +1,166 @@
+"""The served model's contract, on a model trained and registered in process (real MLflow store).
+
+Raw rows go in exactly as a CSV or a JSON client sends them; out come ``label``
+(in the label's own type), ``probability`` and ``proba_<class>`` columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyfunc.cleaning import InvalidInputError, clean_raw_frame
+from pyfunc.model import TabularClassifier
+from pyfunc.pipeline import load_pipeline
+from contract.params import DataParams, ForestParams, ModelParams, SplitParams
+from steps.preprocess import run_preprocess
+from steps.train import train_and_register
+from tests.conftest import mixed_frame, temporary_tracking
+
+FEATURES = ["age", "hours", "colour", "city"]
+
+
+def train_in_process(frame: pd.DataFrame, tmp, name: str) -> str:
+    csv = tmp / f"{name}.csv"
+    frame.to_csv(csv, index=False)
+    with mlflow.start_run() as prepared:
+        run_preprocess(DataParams(data_path=str(csv), target="label", drop_columns=()))
+    with mlflow.start_run():
+        return train_and_register(
+            SplitParams(splits_uri=f"{prepared.info.artifact_uri}/splits"),
+            ModelParams(model_name=name),
+            ForestParams(n_estimators=25, n_jobs=1),
+        )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A binary text-labelled and a multiclass integer-labelled model, loaded from the registry."""
+    root = tmp_path_factory.mktemp("contract")
+    with temporary_tracking(root):
+        binary = train_in_process(mixed_frame(seed=1), root, "binary-text")
+        multi = train_in_process(mixed_frame(seed=2, labels=(3, 7, 11)), root, "multi-int")
+        uris = {"binary": f"models:/binary-text/{binary}", "multi": f"models:/multi-int/{multi}"}
+        loaded = {kind: mlflow.pyfunc.load_model(uri) for kind, uri in uris.items()}
+        yield {**loaded, "local_binary": mlflow.artifacts.download_artifacts(uris["binary"])}
+
+
+RAW_ROWS = pd.DataFrame(
+    [
+        {"age": "39", "hours": " 40.5 ", "colour": "red", "city": " Oslo "},  # numbers as text
+        {"age": 52, "hours": 38.0, "colour": "blue", "city": "Lima"},  # typed JSON
+        {"age": "?", "hours": "", "colour": "?", "city": ""},  # every value missing
+        {"age": 30, "hours": "?", "colour": "ultraviolet", "city": "Atlantis"},  # unseen categories
+    ],
+    dtype=object,
+)
+
+
+@pytest.mark.parametrize(("kind", "classes"), [("binary", ["no", "yes"]), ("multi", [3, 7, 11])])
+def test_raw_rows_get_a_label_and_probabilities(models, kind, classes):
+    out = models[kind].predict(RAW_ROWS)
+    assert list(out.columns) == ["label", "probability", *[f"proba_{c}" for c in classes]]
+    assert len(out) == len(RAW_ROWS)
+    proba = out[[f"proba_{c}" for c in classes]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(out["probability"], proba.max(axis=1))
+    assert [classes[i] for i in proba.argmax(axis=1)] == out["label"].tolist()
+    # labels come back in their own type: text stays text, integers stay integers
+    assert {type(v) for v in out["label"].tolist()} == {type(classes[0])}
+
+
+def test_text_numbers_and_typed_numbers_predict_the_same(models):
+    as_text = RAW_ROWS.iloc[[0]].copy()
+    typed = pd.DataFrame([{"age": 39, "hours": 40.5, "colour": "red", "city": "Oslo"}], dtype=object)
+    pd.testing.assert_frame_equal(models["binary"].predict(as_text), models["binary"].predict(typed))
+
+
+def test_predictions_equal_the_pipeline_on_cleaned_input(models, tmp_path):
+    model = models["binary"]
+    artifacts = model.unwrap_python_model()
+    assert isinstance(artifacts, TabularClassifier)
+    frame = mixed_frame(seed=9)[FEATURES]
+    out = model.predict(frame)
+    schema, pipeline = artifacts._schema, artifacts._pipeline
+    expected = pipeline.predict_proba(clean_raw_frame(frame, schema))
+    np.testing.assert_array_equal(out[["proba_no", "proba_yes"]].to_numpy(), expected)
+
+
+def test_extra_columns_are_ignored(models):
+    with_extra = RAW_ROWS.assign(label="yes", comment="anything")
+    pd.testing.assert_frame_equal(models["binary"].predict(with_extra), models["binary"].predict(RAW_ROWS))
+
+
+def test_a_missing_column_is_named(models):
+    with pytest.raises(InvalidInputError, match="'city'") as err:
+        models["binary"].predict(RAW_ROWS.drop(columns=["city"]))
+    assert err.value.columns == ["city"]
+
+
+def test_text_in_a_numeric_column_is_named(models):
+    bad = RAW_ROWS.copy()
+    bad.loc[1, "hours"] = "forty"
+    with pytest.raises(InvalidInputError, match="'hours' row 1: 'forty'"):
+        models["binary"].predict(bad)
+
+
+def test_on_invalid_report_puts_the_reason_in_an_error_column_and_scores_the_rest(models):
+    bad = RAW_ROWS.copy()
+    bad.loc[1, "hours"] = "forty"
+    bad.loc[3, "age"] = 1e300
+    reported = models["binary"].predict(bad, params={"on_invalid": "report"})
+    assert [e if isinstance(e, str) else None for e in reported["error"]] == [
+        None, "invalid value(s): column 'hours': 'forty' is not a number", None,
+        "invalid value(s): column 'age': 1e+300 is not a finite number"]
+    assert reported.loc[[1, 3], ["label", "probability", "proba_no", "proba_yes"]].isna().all().all()
+    good = models["binary"].predict(bad.loc[[0, 2]])
+    pd.testing.assert_frame_equal(reported.loc[[0, 2], good.columns].astype(good.dtypes), good)
+    # a clean batch takes the normal path: same predictions, no error anywhere
+    clean = models["binary"].predict(RAW_ROWS, params={"on_invalid": "report"})
+    pd.testing.assert_frame_equal(clean.drop(columns="error"), models["binary"].predict(RAW_ROWS))
+    assert clean["error"].isna().all()
+    # a missing column is the whole input's problem: still raised
+    with pytest.raises(InvalidInputError, match="'city'"):
+        models["binary"].predict(bad.drop(columns=["city"]), params={"on_invalid": "report"})
+
+
+def test_the_logged_model_carries_signature_example_and_skops_pipeline(models):
+    model = models["binary"]
+    inputs = model.metadata.get_input_schema()
+    assert inputs.input_names() == ["age", "hours", "colour", "city"]
+    assert model.metadata.get_output_schema().input_names() == [
+        "label", "probability", "proba_no", "proba_yes"
+    ]
+    assert model.metadata.get_params_schema().to_dict() == [
+        {"name": "on_invalid", "type": "string", "default": "raise", "shape": None}]
+    local = Path(models["local_binary"])
+    example = json.loads((local / "input_example.json").read_text())
+    assert example["columns"] == inputs.input_names()
+    # the pipeline is stored with skops (no pickle) and loads with our trusted types only
+    assert load_pipeline(local / "artifacts" / "pipeline.skops") is not None
+    assert not list(local.rglob("*.pkl"))
+
+
+def test_records_path_answers_exactly_like_predict(models):
+    inner = models["binary"].unwrap_python_model()
+    records = RAW_ROWS.to_dict(orient="records")
+    expected = models["binary"].predict(RAW_ROWS).to_dict(orient="records")
+    assert inner.predict_records(records) == expected
+
+
+def test_records_path_names_missing_and_nested_values(models):
+    inner = models["binary"].unwrap_python_model()
+    records = RAW_ROWS.to_dict(orient="records")
+    del records[2]["city"]
+    with pytest.raises(InvalidInputError, match="missing required column.*'city'"):
+        inner.predict_records(records)
+    records = RAW_ROWS.to_dict(orient="records")
+    records[1]["colour"] = ["red", "blue"]
+    with pytest.raises(InvalidInputError, match="'colour' row 1") as err:
+        inner.predict_records(records)
+    assert err.value.columns == ["colour"]
