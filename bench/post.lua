@@ -1,6 +1,7 @@
--- wrk script: POST the JSON body in $WRK_BODY; print one machine-readable line at the end.
+-- wrk script: POST the body in $WRK_BODY (as $WRK_CONTENT_TYPE, JSON by default); print one
+-- machine-readable line at the end.
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
 local file = assert(io.open(os.getenv("WRK_BODY"), "r"))
 wrk.body = file:read("*a")
 file:close()

@@ -176,17 +176,22 @@ class Registry:
         return sorted(found, key=lambda v: int(v.version), reverse=True)
 
     def state(self, name: str) -> RegistryState:
-        aliases = dict(self.model(name).aliases)
-        return RegistryState({v.version: v.current_stage for v in self.versions(name)}, aliases)
+        # version numbers are text everywhere here; a SQL store's client hands out ints, REST text
+        aliases = {alias: str(version) for alias, version in self.model(name).aliases.items()}
+        return RegistryState({str(v.version): v.current_stage for v in self.versions(name)}, aliases)
 
     def served_version(self, name: str, follows: str, alias: str, stage: str) -> str | None:
-        """The version to serve: the one holding ``alias``, or the newest in ``stage``; None if none."""
+        """The version to serve: the one holding ``alias``, or the newest in ``stage``; None if none.
+
+        Raises :class:`NotFound` if there is no such registered model.
+        """
         try:
             if follows == "alias":
                 return self.client.get_model_version_by_alias(name, alias).version
             versions = self.client.get_latest_versions(name, stages=[stage])
         except MlflowException as err:
             if _not_found(err) or "not found" in err.message.lower():
+                self.model(name)  # NotFound when the model itself is missing
                 return None
             raise
         return max((v.version for v in versions), key=int, default=None)

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     # Versions loaded at once (each is a process: about 250 MB); beyond, the least recently used
     # version that no alias serves is unloaded.
     model_server_max_loaded: int = Field(4, ge=1, validation_alias="MODEL_SERVER_MAX_LOADED")
-    # Worker processes of `mlflow models serve` (mode mlflow) per loaded version.
-    model_server_workers: int = Field(1, ge=1, validation_alias="MODEL_SERVER_WORKERS")
+    # Processes answering for each loaded version: forked from the loaded worker in mode fast (the
+    # model's memory is shared), uvicorn workers of `mlflow models serve` in mode mlflow.
+    model_server_workers: int = Field(2, ge=1, le=64, validation_alias="MODEL_SERVER_WORKERS")
     # Gateway -> model server: a bounded wait, so a dead server means a quick 503.
     model_server_timeout: float = Field(30.0, gt=0, validation_alias="MODEL_SERVER_TIMEOUT")
     model_server_connect_timeout: float = Field(2.0, gt=0, validation_alias="MODEL_SERVER_CONNECT_TIMEOUT")

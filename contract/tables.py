@@ -39,3 +39,30 @@ def csv_header(path: Path, name: str = "data_path") -> list[str]:
     if not header:
         raise DataError(f"{name}: {path} is empty")
     return [column_name(cell) for cell in header]
+
+
+def csv_records(body: bytes) -> list[dict[str, str]]:
+    """The rows of a CSV request body (a header row, then the rows) as text cells, as the file holds them.
+
+    Raises ValueError naming the line at fault. Used by every service that
+    accepts ``text/csv``, so a CSV body means the same everywhere.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"CSV body is not UTF-8 text (byte {err.start})") from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(rows, None)
+        if not header:
+            raise ValueError("CSV body has no header row")
+        records = []
+        for row in rows:
+            if not row:
+                continue  # a blank line, as at the end of a file
+            if len(row) != len(header):
+                raise ValueError(f"CSV line {rows.line_num} has {len(row)} cells, the header has {len(header)}")
+            records.append(dict(zip(header, row, strict=True)))
+    except csv.Error as err:
+        raise ValueError(f"CSV body is not readable: {err}") from None
+    return records

@@ -19,8 +19,9 @@ from contract.registry import Registry
 from contract.settings import Settings, get_settings
 from gateway.jobs import STATUSES, JobStore, TrainingJobRunner
 from gateway.model_client import ModelServerClient
+from gateway.model_info import ModelInfoCache
 from gateway.observability import Admission, JobsCollector, Metrics, RequestContext
-from gateway.routes import health, models, predict, train
+from gateway.routes import health, inference_protocol, models, predict, train
 from gateway.schemas import unprocessable
 from runtime.logs import run_service
 
@@ -67,11 +68,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
         app.state.registry = Registry(client, settings.serve_alias)
+        app.state.model_info = ModelInfoCache(app.state.registry, settings.tracking_uri)
         app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
         metrics.add_collector(JobsCollector(app.state.jobs.store.count_by_status, STATUSES))
         # One pooled client for every call to the model server: connections are reused.
         app.state.model_client = ModelServerClient(settings, metrics)
-        app.state.model_client.start()
         if settings.training_enabled:
             app.state.jobs.start()
         # MLflow and pandas leave ~10^6 long-lived objects; a full GC pass over
@@ -96,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)
     install_error_handlers(app, settings)
-    for module in (predict, train, models, health):
+    for module in (predict, train, models, inference_protocol, health):
         app.include_router(module.router)
     return app
 

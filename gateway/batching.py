@@ -19,11 +19,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-# (status code, JSON body, served version or None) of one /invocations call
-Answer = tuple[int, Any, str | None]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the model server said to one call."""
+
+    status: int
+    body: Any  # the JSON body
+    version: str | None = None  # X-Model-Version: the version that answered
+    retry_after: str | None = None  # Retry-After of a 503
+
+
 Send = Callable[[list[dict[str, Any]]], Awaitable[Answer]]
 
 
@@ -106,24 +116,24 @@ class MicroBatcher:
                 return
             combined = [record for pending in batch for record in pending.records]
             try:
-                status, body, version = await self._send(combined)
+                answer = await self._send(combined)
             except Exception as err:  # the transport failed: every caller learns it
                 for pending in batch:
                     _settle(pending, exception=err)
                 return
-            if status == 200:
-                predictions = body["predictions"]
+            if answer.status == 200:
+                predictions = answer.body["predictions"]
                 start = 0
                 for pending in batch:
                     end = start + len(pending.records)
-                    _settle(pending, result=(200, {"predictions": predictions[start:end]}, version))
+                    _settle(pending, result=replace(answer, body={"predictions": predictions[start:end]}))
                     start = end
-            elif 400 <= status < 500:
+            elif 400 <= answer.status < 500:
                 # Someone's rows were refused: find whose by asking for each caller alone.
                 await asyncio.gather(*(self._answer_alone(p) for p in batch))
             else:
                 for pending in batch:
-                    _settle(pending, result=(status, body, version))
+                    _settle(pending, result=answer)
         finally:
             self._slots.release()
 

@@ -16,6 +16,7 @@ from contract.registry import Registry
 from contract.settings import Settings
 from gateway.jobs import TrainingJobRunner
 from gateway.model_client import ModelServerClient
+from gateway.model_info import ModelInfoCache
 from gateway.observability import Admission, Metrics
 
 
@@ -39,6 +40,7 @@ ModelHttpDep = Annotated[httpx.AsyncClient, Depends(get_model_http)]
 ModelClientDep = Annotated[ModelServerClient, Depends(app_state("model_client"))]
 AdmissionDep = Annotated[Admission, Depends(app_state("admission"))]
 MetricsDep = Annotated[Metrics, Depends(app_state("metrics"))]
+ModelInfoDep = Annotated[ModelInfoCache, Depends(app_state("model_info"))]
 
 _bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
 

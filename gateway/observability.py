@@ -64,22 +64,74 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("gateway_batch_requests", "/predict requests sharing one call",
                                         buckets=BATCH_BUCKETS, registry=r)
-        self.predict_pending = Gauge("gateway_predict_pending", "/predict requests admitted and not answered",
-                                     registry=r)
-        self.predict_rejected = Counter("gateway_predict_rejected",
-                                        "/predict requests refused because GATEWAY_MAX_PENDING were waiting",
-                                        registry=r)
+        self.predict_pending = Gauge("gateway_predict_pending", "Prediction requests admitted and not answered, "
+                                     "by model", ["model"], registry=r)
+        self.predict_rejected = Counter("gateway_predict_rejected", "Prediction requests refused because "
+                                        "GATEWAY_MAX_PENDING of the model were waiting", ["model"], registry=r)
         self.served_model = Gauge("gateway_served_model_info",
                                   "1 for the model version the model server said it serves (last /status)",
                                   ["name", "version"], registry=r)
+        self.loaded_models = Gauge("gateway_loaded_model_info", "1 for each version the model server has loaded "
+                                   "(last /status)", ["name", "version"], registry=r)
+        # Per model and version; the label values are bounded by MODEL_LABELS (see ModelLabels).
+        self.model_requests = Counter("gateway_model_requests", "Prediction requests by model, version and status",
+                                      ["model", "version", "status"], registry=r)
+        self.model_rows = Counter("gateway_model_rows", "Rows predicted, by model and version",
+                                  ["model", "version"], registry=r)
+        self.model_latency = Histogram("gateway_model_request_duration_seconds",
+                                       "Time to answer a prediction request, by model and version",
+                                       ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.labels = ModelLabels()
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
+
+    def observe_prediction(self, model: str, version: str | None, status: int, rows: int, seconds: float) -> None:
+        model, version = self.labels(model, version or "none")
+        self.model_requests.labels(model, version, str(status)).inc()
+        if status == 200:
+            self.model_rows.labels(model, version).inc(rows)
+            self.model_latency.labels(model, version).observe(seconds)
+
+    def set_loaded(self, loaded: Iterable[tuple[str, str]]) -> None:
+        self.loaded_models.clear()
+        for name, version in loaded:
+            self.loaded_models.labels(name=name, version=version).set(1)
 
     def set_served(self, name: str | None, version: str | None) -> None:
         self.served_model.clear()
         if name and version:
             self.served_model.labels(name=name, version=version).set(1)
+
+
+class ModelLabels:
+    """Bounded label values for per-model metrics, so that a client naming random models, or a
+    registry with thousands of versions, cannot make the gateway keep unbounded series: the first
+    ``max_models`` models seen get their own label and the first ``max_versions`` versions of each;
+    later ones are counted under "other"."""
+
+    def __init__(self, max_models: int = 100, max_versions: int = 20):
+        self.max_models = max_models
+        self.max_versions = max_versions
+        self._versions: dict[str, set[str]] = {}
+
+    def model(self, name: str) -> str:
+        if name in self._versions:
+            return name
+        if len(self._versions) < self.max_models:
+            self._versions[name] = set()
+            return name
+        return "other"
+
+    def __call__(self, model: str, version: str) -> tuple[str, str]:
+        label = self.model(model)
+        if label == "other":
+            return label, "other"
+        versions = self._versions[label]
+        if version in versions or len(versions) < self.max_versions:
+            versions.add(version)
+            return label, version
+        return label, "other"
 
 
 class JobsCollector(Collector):
@@ -102,29 +154,36 @@ class JobsCollector(Collector):
 
 
 class Admission:
-    """At most ``limit`` /predict requests waiting at once; the rest are told to come back.
+    """At most ``limit`` prediction requests waiting at once per model; the rest are told to come back.
 
     The limit bounds the gateway's memory and latency under overload: beyond it
     a request costs a 503 with ``Retry-After`` instead of a place in a queue
-    that only grows.
+    that only grows. Counted per model, so one slow or flooded model does not
+    turn the others away.
     """
 
     def __init__(self, limit: int, metrics: Metrics):
         self.limit = limit
-        self.pending = 0
+        self.pending: dict[str, int] = {}
         self._metrics = metrics
 
-    def enter(self) -> bool:
-        if self.pending >= self.limit:
-            self._metrics.predict_rejected.inc()
+    def enter(self, model: str) -> bool:
+        waiting = self.pending.get(model, 0)
+        label = self._metrics.labels.model(model)
+        if waiting >= self.limit:
+            self._metrics.predict_rejected.labels(label).inc()
             return False
-        self.pending += 1
-        self._metrics.predict_pending.set(self.pending)
+        self.pending[model] = waiting + 1
+        self._metrics.predict_pending.labels(label).set(waiting + 1)
         return True
 
-    def leave(self) -> None:
-        self.pending -= 1
-        self._metrics.predict_pending.set(self.pending)
+    def leave(self, model: str) -> None:
+        waiting = self.pending[model] - 1
+        if waiting:
+            self.pending[model] = waiting
+        else:
+            del self.pending[model]  # no entry kept for a model nobody is waiting on
+        self._metrics.predict_pending.labels(self._metrics.labels.model(model)).set(waiting)
 
 
 # --- the middleware --------------------------------------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import Field as Field_
 from dataclasses import fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import HTTPException, status
+from fastapi import HTTPException, Query, status
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from contract.names import VERSION_PATTERN
+from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import Stage
 from contract.params import DataParams, ForestParams, ModelParams, TuneParams
 
@@ -18,6 +19,27 @@ def unprocessable(loc: list[Any], message: str, kind: str = "value_error") -> HT
     """A 422 shaped like FastAPI's own validation errors, for the checks the routes make by hand."""
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                          detail=[{"loc": loc, "msg": message, "type": kind}])
+
+
+# --- path and query parameters -----------------------------------------------------------
+
+ModelName = Annotated[str, PathParam(pattern=MODEL_NAME_PATTERN)]
+VersionNumber = Annotated[str, PathParam(pattern=VERSION_PATTERN)]
+# The pattern is documented in the schema and checked by hand, with a message that says it in words.
+AliasName = Annotated[str, PathParam(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN})]
+VersionQuery = Annotated[str | None, Query(pattern=VERSION_PATTERN, description="a version number instead of "
+                                           "the served one")]
+AliasQuery = Annotated[str | None, Query(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
+                                         description="the version holding this alias instead of the served one")]
+
+
+def checked_alias(alias: str, where: str = "path") -> str:
+    """``alias`` if MLflow would take it; a 422 in words otherwise (pydantic's regex engine has no
+    look-ahead, which the reserved names need)."""
+    if not valid_alias(alias):
+        raise unprocessable([where, "alias"], "letters, digits, '_' and '-', starting with a letter or '_';"
+                                              " 'latest' and 'v<number>' are reserved")
+    return alias
 
 
 # --- /predict ---------------------------------------------------------------------------
@@ -186,11 +208,42 @@ class RegisteredModelSummary(BaseModel):
     description: str
 
 
+class ServingOut(BaseModel):
+    """What the model server follows for a model: the serving alias (``alias`` null) or another alias."""
+
+    alias: str | None
+    status: Literal["serving", "unavailable"]
+    version: str | None
+    reason: str | None
+
+
 class RegisteredModelOut(BaseModel):
     name: str
     aliases: dict[str, str]
     description: str
     versions: list[ModelVersionOut]
+    serving: list[ServingOut] = Field(default_factory=list, description="what the model server serves of this "
+                                      "model (empty until its first prediction, for a model other than MODEL_NAME)")
+    loaded_versions: list[str] = Field(default_factory=list, description="versions the model server has loaded")
+
+
+class ColumnOut(BaseModel):
+    name: str
+    kind: Literal["number", "category"]
+
+
+class ModelSchemaOut(BaseModel):
+    """What to send to a model: its input columns and what it answers."""
+
+    name: str
+    version: str
+    columns: list[ColumnOut] = Field(description="the input columns, in the model's order; others are ignored")
+    missing_values: list[str] = Field(description="cells read as missing, besides blank ones, null and NaN")
+    classes: list[str | int | float]
+    outputs: list[str] = Field(description="what each prediction holds (label, probability, proba_<class>)")
+    example: dict[str, Any] = Field(description="a valid body for /models/{name}/predict, from the logged "
+                                    "input example")
+    example_csv: str = Field(description="the same rows as a text/csv body")
 
 
 # --- health -----------------------------------------------------------------------------

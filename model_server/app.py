@@ -6,15 +6,18 @@ as it is:
 
 - ``POST /invocations``: the served version of ``MODEL_NAME`` (the one holding
   ``SERVE_ALIAS``, or newest in ``SERVE_STAGE``), followed as it changes;
-- ``POST /models/{name}/versions/{version}/invocations``: a given version,
-  loaded on its first request (503 with ``Retry-After`` while it loads);
-- ``GET /ping`` (200 while a version is served), ``GET /health``, ``GET /version``;
+- ``POST /models/{name}/invocations``: the served version of any registered
+  model (``?alias=A`` for the version holding another alias), followed from its
+  first request on;
+- ``POST /models/{name}/versions/{version}/invocations``: a given version;
+- ``GET /ping`` (200 while ``MODEL_NAME`` is served), ``GET /health``, ``GET /version``;
 - ``GET /status``: what is served and loaded, or why nothing is.
 
-Answers carry the version as ``X-Model-Name``/``X-Model-Version``, and are 503
-(never a hang) while nothing can answer. The bodies are passed to the version's
-backend untouched: each loaded version runs in a process of its own
-(:mod:`model_server.backends`), with its own logged code.
+A version not loaded yet is loaded on its first request: 503 with
+``Retry-After`` meanwhile, never a hang. Answers carry the version as
+``X-Model-Name``/``X-Model-Version``; an unknown model or alias is a 404. The
+bodies are passed to the version's backend untouched: each loaded version runs
+in a process of its own (:mod:`model_server.backends`), with its own logged code.
 """
 
 from __future__ import annotations
@@ -24,21 +27,24 @@ import contextlib
 import gc
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import mlflow
-from fastapi import FastAPI, Path as PathParam, Request, Response
+from fastapi import FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from mlflow import MlflowClient
 
-from contract.names import MODEL_NAME_PATTERN, VERSION_PATTERN
-from contract.registry import Registry
+from contract.errors import first_line
+from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
+from contract.registry import NotFound, Registry
 from contract.settings import Settings, get_settings
 from model_server.backends import Backend, BackendUnavailable, ChildProcesses, Launcher
-from model_server.follower import RegistryFollower
+from model_server.follower import Pair, RegistryFollower
 from model_server.pool import Failed, Loading, ModelPool
 from model_server.protocol import error_body
 from runtime.logs import run_service
@@ -47,12 +53,19 @@ log = logging.getLogger("model_server")
 
 ModelName = Annotated[str, PathParam(pattern=MODEL_NAME_PATTERN)]
 Version = Annotated[str, PathParam(pattern=VERSION_PATTERN)]
+# checked by hand (valid_alias): pydantic's regex engine has no look-ahead, which the reserved names need
+Alias = Annotated[str | None, Query(max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
+                                    description="another alias than the serving one")]
 
 
 def unavailable(message: str, retry_after: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return Response(error_body("MODEL_UNAVAILABLE", message), status_code=503, media_type="application/json",
                     headers=headers)
+
+
+def not_found(message: str) -> Response:
+    return Response(error_body("RESOURCE_DOES_NOT_EXIST", message), status_code=404, media_type="application/json")
 
 
 class ModelServer:
@@ -66,18 +79,22 @@ class ModelServer:
         launcher = Launcher(settings, self.children, self.socket_dir, self.http)
         self.pool = ModelPool(launcher.start, settings.model_server_max_loaded, settings.drain_seconds,
                               settings.model_server_timeout)
-        registry = Registry(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri),
-                            settings.serve_alias)
-        following = (f"alias '{settings.serve_alias}'" if settings.serve_follows == "alias"
-                     else f"stage '{settings.serve_stage}'")
+        self.registry = Registry(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri),
+                                 settings.serve_alias)
+        serving = (f"alias '{settings.serve_alias}'" if settings.serve_follows == "alias"
+                   else f"stage '{settings.serve_stage}'")
         self.follows = (f"alias:{settings.serve_alias}" if settings.serve_follows == "alias"
                         else f"stage:{settings.serve_stage}")
-        self.follower = RegistryFollower(
-            self.pool,
-            lambda name: registry.served_version(name, settings.serve_follows, settings.serve_alias,
-                                                 settings.serve_stage),
-            following, settings.registry_poll_seconds)
-        self.default = self.follower.follow(settings.model_name)
+        self.default: Pair = (settings.model_name, None)
+        self.follower = RegistryFollower(self.pool, self.desired_version, serving, settings.registry_poll_seconds,
+                                         self.default)
+        self.follower.follow(self.default)
+
+    def desired_version(self, name: str, alias: str | None) -> str | None:
+        s = self.settings
+        if alias is None:
+            return self.registry.served_version(name, s.serve_follows, s.serve_alias, s.serve_stage)
+        return self.registry.served_version(name, "alias", alias, s.serve_stage)
 
     async def run(self) -> None:
         await asyncio.to_thread(self.children.reap_orphans)
@@ -90,16 +107,13 @@ class ModelServer:
             self.socket_dir.rmdir()
 
     def status(self) -> dict[str, object]:
-        served = self.default
-        serving = served.serving
+        served = self.follower.follow(self.default)
         return {
-            "status": "serving" if serving else "unavailable",
+            **{k: v for k, v in served.describe().items() if k not in ("name", "alias")},
             "model_name": served.name,
-            "version": served.backend.version if serving else None,
-            "reason": None if serving else served.reason,
             "follows": self.follows,
-            "switched_at": served.switched_at,
             "mode": self.settings.model_server_mode,
+            "models": [f.describe() for f in self.follower.pairs.values()],
             "loaded": [{"name": name, **backend.describe()} for (name, _), backend in self.pool.loaded.items()],
         }
 
@@ -114,15 +128,43 @@ class ModelServer:
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
                         headers={"X-Model-Name": backend.name, "X-Model-Version": backend.version})
 
-    async def served(self, request: Request) -> Response:
-        backend = self.default.backend
+    async def served(self, pair: Pair, request: Request) -> Response:
+        """The request answered by the version ``pair`` names, following it from now on if it is new."""
+        followed = self.follower.followed(pair)
+        if followed is None:
+            name, alias = pair
+            try:
+                version = await asyncio.to_thread(self.desired_version, name, alias)
+            except NotFound as err:
+                return not_found(str(err))
+            except Exception as err:  # noqa: BLE001 (the registry is down: nothing new can be served)
+                return unavailable(f"registry unreachable: {first_line(err, 200)}", self.settings.retry_after_seconds)
+            if version is None and alias is not None:
+                return not_found(f"model '{name}' has no alias '{alias}'")
+            followed = self.follower.follow(pair)
+            self.pool.background(self.follower.reconcile(pair))
+            if version is not None:
+                return unavailable(f"loading version {version} of '{name}'; retry shortly",
+                                   self.settings.retry_after_seconds)
+        if followed.missing and pair != self.default:
+            return not_found(followed.reason)
+        backend = followed.backend
         if backend is None or not backend.alive:
-            reason = (self.default.reason if backend is None
+            loading = followed.reason.startswith("loading")
+            reason = (followed.reason if backend is None
                       else f"the backend of version {backend.version} is down; restarting it")
-            return unavailable(reason)
+            return unavailable(reason, self.settings.retry_after_seconds if loading or backend else None)
+        backend.last_used = time.monotonic()
         return await self.forward(backend, request)
 
     async def version(self, name: str, version: str, request: Request) -> Response:
+        if (name, version) not in self.pool.loaded:  # before loading it: does it exist?
+            try:
+                await asyncio.to_thread(self.registry.version, name, version)
+            except NotFound as err:
+                return not_found(str(err))
+            except Exception as err:  # noqa: BLE001
+                return unavailable(f"registry unreachable: {first_line(err, 200)}", self.settings.retry_after_seconds)
         found = self.pool.lookup((name, version))
         if isinstance(found, Loading):
             return unavailable(f"loading version {version} of '{name}'; retry shortly",
@@ -169,7 +211,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        return await server.served(request)
+        return await server.served(server.default, request)
+
+    @app.post("/models/{name}/invocations")
+    async def model_invocations(name: ModelName, request: Request, alias: Alias = None) -> Response:
+        if alias is not None and not valid_alias(alias):
+            return Response(error_body("INVALID_PARAMETER_VALUE", f"alias {alias!r} is not a valid alias name"),
+                            status_code=400, media_type="application/json")
+        return await server.served((name, alias), request)
 
     @app.post("/models/{name}/versions/{version}/invocations")
     async def version_invocations(name: ModelName, version: Version, request: Request) -> Response:

@@ -216,7 +216,8 @@ class Launcher:
             process, log_path = self._spawn(
                 [str(VENV_BIN / "python"), "-m", "model_server.worker", "--model-uri", uri,
                  "--socket", str(socket_path), "--log-level", self.settings.log_level,
-                 "--parent-pid", str(os.getpid())], name, version)
+                 "--parent-pid", str(os.getpid()), "--processes", str(self.settings.model_server_workers)],
+                name, version)
             return WorkerBackend(name, version, process, log_path, self.children.forget, socket_path=socket_path)
         host = "127.0.0.1"  # reached only by this model server
         port = free_port(host)

@@ -1,9 +1,13 @@
 """Which version each model serves: the registry followed, one reconcile step at a time.
 
-Every ``REGISTRY_POLL_SECONDS`` the follower asks the registry which version
-holds the serving alias (or is newest in the serving stage) and moves towards
-it: the new version is loaded beside the old one, requests switch to it, and
-the old one drains. :func:`next_step` is the rule as a pure function.
+The follower follows (model, alias) pairs: the default model under the serving
+policy (``SERVE_ALIAS``, or the newest version in ``SERVE_STAGE``) from the
+start, and any other pair from its first request on. Every
+``REGISTRY_POLL_SECONDS`` it asks the registry which version each pair names
+and moves towards it: the new version is loaded beside the old one, requests
+switch to it, and the old one drains. :func:`next_step` is the rule as a pure
+function. A pair whose version the pool unloads (least recently used) is no
+longer followed until it is asked for again.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from contract.errors import first_line
+from contract.registry import NotFound
 from model_server.backends import Backend
 from model_server.pool import ModelPool
 
 log = logging.getLogger("model_server")
 # After a version failed to start, the follower waits this long before trying it again.
 BACKOFF_SECONDS = 30.0
+# A pair is (model name, alias); alias None means the serving policy (SERVE_ALIAS or SERVE_STAGE).
+Pair = tuple[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -60,52 +67,74 @@ def next_step(seen: Observed, nothing_promoted: str) -> Step:
 
 @dataclass
 class Followed:
-    """The state of one followed model."""
+    """The state of one followed (model, alias) pair."""
 
     name: str
+    alias: str | None
     backend: Backend | None = None
     reason: str = "starting: no version looked up yet"
     switched_at: float | None = None
     backoff: tuple[str, float] | None = None
+    missing: bool = False  # the registry has no such model (or no such alias)
 
     @property
     def serving(self) -> bool:
         return self.backend is not None and self.backend.alive
 
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "alias": self.alias, "status": "serving" if self.serving else "unavailable",
+                "version": self.backend.version if self.serving else None,
+                "reason": None if self.serving else self.reason, "switched_at": self.switched_at}
+
 
 class RegistryFollower:
-    def __init__(self, pool: ModelPool, desired_version: Callable[[str], str | None], following: str,
-                 poll_seconds: float):
+    def __init__(self, pool: ModelPool, desired_version: Callable[[str, str | None], str | None],
+                 serving: str, poll_seconds: float, default: Pair):
         self.pool = pool
-        self.desired_version = desired_version  # blocking registry call: run in a thread
-        self.following = following  # e.g. "alias 'champion'", for messages
+        # blocking registry call, run in a thread: (name, alias) -> version or None; NotFound if no model
+        self.desired_version = desired_version
+        self.serving = serving  # the serving policy in words, e.g. "alias 'champion'"
         self.poll_seconds = poll_seconds
-        self.models: dict[str, Followed] = {}
+        self.default = default
+        self.pairs: dict[Pair, Followed] = {}
+        pool.on_unload = self._unloaded
 
-    def follow(self, name: str) -> Followed:
-        if name not in self.models:
-            self.models[name] = Followed(name)
-        return self.models[name]
+    def follow(self, pair: Pair) -> Followed:
+        if pair not in self.pairs:
+            self.pairs[pair] = Followed(*pair)
+        return self.pairs[pair]
 
-    async def reconcile(self, name: str) -> None:
-        """One step towards serving what the registry says for ``name``."""
-        model = self.follow(name)
+    def followed(self, pair: Pair) -> Followed | None:
+        return self.pairs.get(pair)
+
+    async def reconcile(self, pair: Pair) -> None:
+        """One step towards serving what the registry says for ``pair``."""
+        model = self.follow(pair)
+        name, alias = pair
         desired, error = None, None
         try:
-            desired = await asyncio.to_thread(self.desired_version, name)
+            desired = await asyncio.to_thread(self.desired_version, name, alias)
+            model.missing = False
+        except NotFound as err:
+            model.missing = True
+            model.reason = str(err)
+            if pair != self.default:
+                return
         except Exception as err:  # noqa: BLE001 (registry unreachable: keep serving what we serve)
             error = first_line(err, 200)
             log.warning("registry unreachable: %s", error)
+        if alias is not None and desired is None and error is None and not model.missing:
+            model.missing = True  # an alias asked for by name that no version holds
         seen = Observed(desired, error, model.backend.version if model.backend else None,
                         model.serving, model.backoff, time.monotonic())
-        step = next_step(seen, f"no version of '{name}' holds {self.following}")
+        holds = self.serving if alias is None else f"alias '{alias}'"
+        step = next_step(seen, f"no version of '{name}' holds {holds}")
         if error is not None and model.backend is not None:
             model.reason = f"registry unreachable: {error}"
         if step.reason is not None:
             model.reason = step.reason
-        if step.start is None:
-            return
-        await self._switch(model, step.start)
+        if step.start is not None:
+            await self._switch(model, step.start)
 
     async def _switch(self, model: Followed, version: str) -> None:
         old = model.backend
@@ -123,14 +152,24 @@ class RegistryFollower:
             log.error(model.reason)
             return
         model.backoff = None
-        self.pool.pinned.add((model.name, version))
+        if (model.name, model.alias) == self.default:
+            self.pool.pinned.add((model.name, version))  # what /invocations serves is never unloaded
         model.backend, model.switched_at = backend, time.time()
-        log.info("serving %s version %s", model.name, version)
-        if old is not None and old is not backend:
+        log.info("serving %s version %s%s", model.name, version, f" (alias {model.alias})" if model.alias else "")
+        if old is not None and old is not backend and not self._uses(old):
             self.pool.retire(old)
+
+    def _uses(self, backend: Backend) -> bool:
+        return any(f.backend is backend for f in self.pairs.values())
+
+    def _unloaded(self, backend: Backend) -> None:
+        """The pool unloaded ``backend`` to make room: stop following the pairs it served."""
+        for pair, followed in list(self.pairs.items()):
+            if followed.backend is backend and pair != self.default:
+                del self.pairs[pair]
 
     async def run(self) -> None:
         while True:
-            for name in list(self.models):
-                await self.reconcile(name)
+            for pair in list(self.pairs):
+                await self.reconcile(pair)
             await asyncio.sleep(self.poll_seconds)

@@ -54,6 +54,7 @@ class ModelPool:
         self._failed: dict[Key, Failed] = {}
         self.draining: set[Backend] = set()
         self._tasks: set[asyncio.Task] = set()  # background work, kept so it is not collected mid-way
+        self.on_unload: Callable[[Backend], None] = lambda backend: None  # told of each version unloaded
 
     def lookup(self, key: Key) -> Backend | Loading | Failed:
         """The backend of ``key`` if it serves; otherwise start loading it (unless it failed lately)."""
@@ -64,7 +65,7 @@ class ModelPool:
         failed = self._failed.get(key)
         if failed is not None and time.monotonic() < failed.until:
             return failed
-        self._background(self.load(key))
+        self.background(self.load(key))
         return Loading(key)
 
     async def load(self, key: Key) -> Backend:
@@ -109,6 +110,7 @@ class ModelPool:
             oldest = min(idle, key=lambda b: b.last_used)
             log.info("unloading %s version %s (least recently used)", oldest.name, oldest.version)
             self.loaded.pop((oldest.name, oldest.version))
+            self.on_unload(oldest)
             await oldest.close()
 
     def retire(self, backend: Backend) -> None:
@@ -117,7 +119,7 @@ class ModelPool:
         if self.loaded.get(key) is backend:  # not when a new process of the same version replaced it
             self.loaded.pop(key)
             self.pinned.discard(key)
-        self._background(self._drain(backend))
+        self.background(self._drain(backend))
 
     async def _drain(self, backend: Backend) -> None:
         self.draining.add(backend)
@@ -130,7 +132,8 @@ class ModelPool:
         finally:
             self.draining.discard(backend)
 
-    def _background(self, work: Awaitable) -> None:
+    def background(self, work: Awaitable) -> None:
+        """Run ``work`` in the background, for as long as the pool lives."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._finished)

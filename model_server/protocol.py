@@ -15,12 +15,13 @@ requests with MLflow's own client to both modes.
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from contract import tables
 
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_CSV = "text/csv"
@@ -171,28 +172,9 @@ def tensor_records(data: Any, key: str) -> list[dict[str, Any]]:
 def csv_records(body: bytes) -> list[dict[str, str]]:
     """A CSV body's rows as text cells, exactly as the file holds them (the model reads numbers)."""
     try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise invalid(f"Ensure that input is a valid UTF-8 encoded string. Error: '{err}'") from None
-    rows = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(rows)
-    except StopIteration:
-        raise invalid("CSV input has no header row") from None
-    except csv.Error as err:
+        return tables.csv_records(body)
+    except ValueError as err:
         raise invalid(f"Failed to parse input as CSV: {err}") from None
-    records = []
-    try:
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue  # a blank line, as at the end of a file
-            if len(row) != len(header):
-                raise invalid(f"Failed to parse input as CSV: line {line} has {len(row)} cells, the header"
-                              f" has {len(header)}")
-            records.append(dict(zip(header, row, strict=True)))
-    except csv.Error as err:
-        raise invalid(f"Failed to parse input as CSV: {err}") from None
-    return records
 
 
 def parquet_table(body: bytes) -> Any:

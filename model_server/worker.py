@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -141,19 +141,39 @@ def model_error(err: Exception) -> tuple[int, str, bytes]:
         f" input Dataframe is compatible with the model for inference. ({type(err).__name__}: {err})")
 
 
-async def serve(model: LoadedModel, socket_path: Path) -> None:
-    worker = Worker(model)
+def listen(socket_path: Path) -> socket.socket:
     socket_path.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(worker.serve_connection, path=str(socket_path))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(128)
+    return listener
+
+
+def fork_processes(count: int) -> bool:
+    """Fork ``count - 1`` copies of this loaded worker; True in the first process, False in a copy.
+
+    The copies share the model's memory (copy on write, after ``gc.freeze``) and accept connections
+    on the same socket, so one version's requests use several cores: the cleaning is Python and
+    holds the GIL. Forked before any thread or event loop exists.
+    """
+    first = os.getpid()
+    for _ in range(count - 1):
+        if os.fork() == 0:
+            die_with(first)
+            return False
+    return True
+
+
+async def serve(model: LoadedModel, listener: socket.socket) -> None:
+    worker = Worker(model)
+    server = await asyncio.start_unix_server(worker.serve_connection, sock=listener)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("serving %s on %s", model.uri, socket_path)
+    log.info("serving %s (pid %d)", model.uri, os.getpid())
     async with server:
         await stop.wait()
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--parent-pid", type=int, help="stop when this process (the model server) dies")
+    parser.add_argument("--processes", type=int, default=1, help="processes answering for this version")
     args = parser.parse_args(argv)
     if args.parent_pid:
         die_with(args.parent_pid)
@@ -172,9 +193,15 @@ def main(argv: list[str] | None = None) -> None:
     isolate_from_project()
     model = LoadedModel(args.model_uri)
     gc.freeze()  # the model's objects live as long as the process: keep full GC passes off them
+    listener = listen(args.socket)  # created once the model is loaded: the model server waits for it
+    first = fork_processes(max(1, args.processes))
     import uvloop  # the same C event loop uvicorn runs our services on
 
-    uvloop.run(serve(model, args.socket))
+    try:
+        uvloop.run(serve(model, listener))
+    finally:
+        if first:
+            args.socket.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,12 @@ class FeatureSchema:
     @property
     def columns(self) -> list[str]:
         return [*self.numeric, *self.categorical]
+
+    @cached_property
+    def pick(self) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+        """A row's cells in :attr:`columns` order, as a tuple (in C)."""
+        columns = self.columns
+        return itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -158,56 +166,121 @@ def infer_feature_schema(frame: pd.DataFrame, na_values: Iterable[str]) -> Featu
     return FeatureSchema(numeric=numeric, categorical=categorical, na_values=list(na_values))
 
 
-def _missing_columns_error(missing: list[str]) -> InvalidInputError:
-    return InvalidInputError(f"missing required column(s): {', '.join(map(repr, missing))}", missing)
+def column_key(name: Any) -> str:
+    """The column a header cell or a JSON key names: stray spaces around it are not part of the name.
+
+    Training reads the CSV header with this rule (``steps/sources.py``), and every
+    input is matched with it, so rows copied from a CSV whose header is
+    ``age, city`` (a space after each comma) find their columns.
+    """
+    return str(name).strip()
+
+
+# How many unrecognised column names an error lists (a client sending thousands learns enough from these).
+_LISTED = 10
+
+
+def _missing_columns_error(missing: list[str], sent: Sequence[Any], schema: FeatureSchema) -> InvalidInputError:
+    known = set(schema.columns)
+    unknown = [name for name in dict.fromkeys(map(str, sent)) if column_key(name) not in known]
+    message = f"missing required column(s): {', '.join(map(repr, missing))}"
+    if unknown:
+        listed = ", ".join(map(repr, unknown[:_LISTED])) + (f" and {len(unknown) - _LISTED} more"
+                                                            if len(unknown) > _LISTED else "")
+        message += f"; sent column(s) the model does not know: {listed}"
+    return InvalidInputError(message, missing)
+
+
+def _positions(sent: Sequence[Any], schema: FeatureSchema) -> list[int]:
+    """Where each of the schema's columns is among ``sent``: by exact name, else by :func:`column_key`."""
+    exact = {name: i for i, name in enumerate(sent)}
+    if all(name in exact for name in schema.columns):
+        return [exact[name] for name in schema.columns]
+    keyed: dict[str, int] = {}
+    for i, name in enumerate(sent):
+        key = column_key(name)
+        if key not in keyed or name == key:  # an exact name wins over one that matches only once stripped
+            keyed[key] = i
+    missing = [name for name in schema.columns if name not in keyed]
+    if missing:
+        raise _missing_columns_error(missing, sent, schema)
+    return [keyed[name] for name in schema.columns]
 
 
 class _BadValue(ValueError):
     pass
 
 
+# Columns whose cells are all of these types are cleaned one distinct value at a time (below). bool
+# is not among them: True == 1 as a dict key, and the two clean differently.
+_MEMO_TYPES = frozenset({str, int, float, type(None)})
+_MEMO_MIN_ROWS = 16
+
+
+def _by_distinct_value(values: Sequence[Any], clean: Any) -> list[Any] | None:
+    """``[clean(v) for v in values]``, computing ``clean`` once per distinct value and mapping the column
+    through the results in C: real columns repeat a few values (codes, categories, "0"), and this is the
+    per-request hot loop. None when the column does not allow it (a bool, a list, a value ``clean``
+    refuses): the caller then goes cell by cell, which also finds the row at fault; so does a short
+    column, for which the sets cost more than they save."""
+    if len(values) < _MEMO_MIN_ROWS or not set(map(type, values)) <= _MEMO_TYPES:
+        return None
+    try:
+        cleaned = {value: clean(value) for value in set(values)}
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return list(map(cleaned.__getitem__, values))
+
+
+def _number_cell(value: Any, markers: frozenset[str]) -> float:
+    """:func:`parse_number` after :func:`clean_cell`, text and numbers inlined."""
+    kind = type(value)
+    if kind is str:
+        text = value.strip()
+        return _MISSING if not text or text in markers else float(text)
+    if kind is float:
+        return value
+    if kind is int:
+        return float(value)
+    return parse_number(clean_cell(value, markers))
+
+
 def _number_column(values: Sequence[Any], markers: frozenset[str]) -> list[float]:
-    """Numbers of one column: :func:`parse_number` after :func:`clean_cell`, with the
-    common cases (text, int, float) inlined because this loop runs once per cell."""
+    """Numbers of one column: :func:`_number_cell` of each cell; :class:`_BadValue` names the first bad row."""
+    fast = _by_distinct_value(values, lambda value: _number_cell(value, markers))
+    if fast is not None:
+        return fast
     out = []
     for value in values:
-        kind = type(value)
-        if kind is str:
-            text = value.strip()
-            if not text or text in markers:
-                out.append(_MISSING)
-                continue
-            try:
-                out.append(float(text))
-            except ValueError:
-                raise _BadValue(len(out)) from None
-        elif kind is float:
-            out.append(value)
-        elif kind is int:
-            try:
-                out.append(float(value))
-            except OverflowError:  # an int beyond any float
-                raise _BadValue(len(out)) from None
-        else:
-            try:
-                out.append(parse_number(clean_cell(value, markers)))
-            except (ValueError, OverflowError, TypeError):
-                raise _BadValue(len(out)) from None
+        try:
+            out.append(_number_cell(value, markers))
+        except (ValueError, OverflowError, TypeError):
+            raise _BadValue(len(out)) from None
     return out
 
 
+def clean_category(value: Any, markers: frozenset[str]) -> Any:
+    """One categorical cell: :func:`as_category` after :func:`clean_cell`, text inlined. A list or an object
+    is not a single value: ValueError."""
+    if type(value) is str:
+        text = value.strip()
+        return _MISSING if not text or text in markers else text
+    if isinstance(value, (list, dict, tuple, set)):
+        raise ValueError(value)
+    return as_category(clean_cell(value, markers))
+
+
 def _category_column(values: Sequence[Any], markers: frozenset[str]) -> np.ndarray:
-    """Categories of one column: :func:`as_category` after :func:`clean_cell`, text inlined."""
-    out = []
-    for value in values:
-        if type(value) is str:
-            text = value.strip()
-            out.append(_MISSING if not text or text in markers else text)
-        elif isinstance(value, (list, dict, tuple, set)):
-            raise _BadValue(len(out))
-        else:
-            out.append(as_category(clean_cell(value, markers)))
-    return np.array(out, dtype=object)
+    """Categories of one column: :func:`clean_category` of each cell; :class:`_BadValue` names the bad row."""
+    fast = _by_distinct_value(values, lambda value: clean_category(value, markers))
+    if fast is None:
+        fast = []
+        for value in values:
+            try:
+                fast.append(clean_category(value, markers))
+            except ValueError:
+                raise _BadValue(len(fast)) from None
+    return np.array(fast, dtype=object)
 
 
 def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -256,21 +329,31 @@ def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tup
 
 def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
     """:func:`clean_values` for a DataFrame of raw rows; extra columns are ignored."""
-    missing = [name for name in schema.columns if name not in frame.columns]
-    if missing:
-        raise _missing_columns_error(missing)
+    positions = _positions(list(frame.columns), schema)
     # One conversion of the whole frame, then pick the columns: far cheaper than
     # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
-    raw = frame.to_numpy(dtype=object)[:, frame.columns.get_indexer(schema.columns)]
+    raw = frame.to_numpy(dtype=object)[:, positions]
     return clean_values([raw[:, j].tolist() for j in range(raw.shape[1])], schema)  # lists iterate faster
 
 
 def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
     """:func:`clean_values` for JSON-style records (one dict per row), without pandas."""
-    missing = [name for name in schema.columns if not all(name in r for r in records)]
-    if missing:
-        raise _missing_columns_error(missing)
-    return clean_values([[r[name] for r in records] for name in schema.columns], schema)
+    if not schema.columns or not records:
+        return clean_values([[] for _ in schema.columns], schema)
+    # every row's cells in the schema's order, then the columns: both loops in C
+    pick = schema.pick
+    try:
+        rows = list(map(pick, records))
+    except KeyError:
+        # keys that match only after column_key, or are missing: rows keyed by column_key, checked as one table
+        sent = list(dict.fromkeys(key for r in records for key in r))
+        _positions(sent, schema)
+        keyed = [{column_key(k): v for k, v in r.items()} for r in records]
+        absent = [name for name in schema.columns if not all(name in r for r in keyed)]
+        if absent:  # some rows lack a column others have
+            raise _missing_columns_error(absent, [], schema) from None
+        rows = list(map(pick, keyed))
+    return clean_values(list(zip(*rows, strict=True)), schema)
 
 
 def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:

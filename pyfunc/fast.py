@@ -8,7 +8,8 @@ with that overhead stripped:
   fitted fill values, ``(x - center_) / scale_`` in float64 as RobustScaler does,
   one-hot positions from a dict per column;
 - the features are cast to float32, as the forest casts them, and every tree is
-  walked with the same ``x <= threshold`` test scikit-learn's Cython uses; leaf
+  walked with the same ``x <= threshold`` test scikit-learn's Cython uses (its
+  nodes packed one record each, see :data:`NODE`); leaf
   values are normalised and summed tree by tree in scikit-learn's order, then
   divided by the number of trees.
 
@@ -20,6 +21,7 @@ register a model where they differ.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain, repeat
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,19 +33,27 @@ from sklearn.pipeline import Pipeline
 from pyfunc.cleaning import MISSING, FeatureSchema, clean_columns, clean_records
 
 
+# One node a 16-byte record: a path down a tree reads one record per level, and since a left child
+# is the next node (scikit-learn builds trees depth first), often from the cache line just read.
+NODE = np.dtype([("threshold", np.float64), ("feature", np.int32), ("right", np.int32)])  # right < 0: a leaf
+
+
 @numba.njit(nogil=True, cache=False)
-def _forest_proba(X, roots, feature, threshold, left, right, value):  # noqa: ANN001, ANN202
+def _forest_proba(X, roots, nodes, value):  # noqa: ANN001, ANN202
     n_rows = X.shape[0]
     n_classes = value.shape[1]
     out = np.zeros((n_rows, n_classes))
     for root in roots:  # tree by tree, as scikit-learn accumulates
         for i in range(n_rows):
             node = root
-            while left[node] != -1:
-                if X[i, feature[node]] <= threshold[node]:
-                    node = left[node]
+            while True:
+                right = nodes[node].right
+                if right < 0:
+                    break
+                if X[i, nodes[node].feature] <= nodes[node].threshold:
+                    node = node + 1
                 else:
-                    node = right[node]
+                    node = right
             for c in range(n_classes):
                 out[i, c] += value[node, c]
     return out / roots.shape[0]
@@ -52,39 +62,32 @@ def _forest_proba(X, roots, feature, threshold, left, right, value):  # noqa: AN
 @dataclass(frozen=True)
 class CompiledForest:
     roots: np.ndarray
-    feature: np.ndarray
-    threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    value: np.ndarray
+    nodes: np.ndarray  # NODE records of every tree, one after the other
+    value: np.ndarray  # class probabilities at each node (the leaves' are read)
 
     @classmethod
     def from_estimators(cls, estimators: list) -> CompiledForest:
         trees = [e.tree_ for e in estimators]
         offsets = np.cumsum([0] + [t.node_count for t in trees[:-1]]).astype(np.int64)
-
-        def child(ids: np.ndarray, offset: int) -> np.ndarray:
-            return np.where(ids >= 0, ids + offset, -1)
-
+        nodes = np.empty(sum(t.node_count for t in trees), dtype=NODE)
         values = []
-        for tree in trees:
+        for tree, offset in zip(trees, offsets, strict=True):
+            internal = tree.children_left >= 0
+            if not np.array_equal(tree.children_left[internal], np.flatnonzero(internal) + 1):
+                raise ValueError("a tree not built depth first: a left child is not the next node")
+            part = nodes[offset:offset + tree.node_count]
+            part["threshold"] = tree.threshold
+            part["feature"] = np.maximum(tree.feature, 0)
+            part["right"] = np.where(internal, tree.children_right + offset, -1)
             leaf = tree.value[:, 0, :].astype(np.float64)
             # DecisionTreeClassifier.predict_proba divides by the row sum (0 -> 1).
             total = leaf.sum(axis=1, keepdims=True)
             total[total == 0.0] = 1.0
             values.append(leaf / total)
-        return cls(
-            roots=offsets,
-            # int32 indices: a third less memory to walk than int64
-            feature=np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.int32),
-            threshold=np.concatenate([t.threshold for t in trees]).astype(np.float64),
-            left=np.concatenate([child(t.children_left, o) for t, o in zip(trees, offsets, strict=True)]).astype(np.int32),
-            right=np.concatenate([child(t.children_right, o) for t, o in zip(trees, offsets, strict=True)]).astype(np.int32),
-            value=np.concatenate(values),
-        )
+        return cls(roots=offsets, nodes=nodes, value=np.concatenate(values))
 
     def predict_proba(self, X32: np.ndarray) -> np.ndarray:
-        return _forest_proba(X32, self.roots, self.feature, self.threshold, self.left, self.right, self.value)
+        return _forest_proba(X32, self.roots, self.nodes, self.value)
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,9 @@ class CompiledPipeline:
     numeric_fill: np.ndarray
     center: np.ndarray
     scale: np.ndarray
-    categorical_fill: list[str]
-    categorical_index: list[dict[str, int]]
-    categorical_offset: list[int]
+    # per categorical column: category -> its one-hot column in the feature matrix; the missing value
+    # (cleaning's one MISSING object) -> the column of the imputed category
+    categorical_columns: list[dict[Any, int]]
     n_features: int
     forest: CompiledForest
     classes: np.ndarray
@@ -113,23 +116,22 @@ class CompiledPipeline:
             scaler = numeric.named_steps["scale"]
             center = scaler.center_ if scaler.with_centering else np.zeros(n_numeric)
             scale = scaler.scale_ if scaler.with_scaling else np.ones(n_numeric)
-        fills: list[str] = []
-        indexes: list[dict[str, int]] = []
-        offsets: list[int] = []
+        lookups: list[dict[Any, int]] = []
         position = n_numeric
         if schema.categorical:
             categorical = pre.named_transformers_["categorical"]
-            fills = list(categorical.named_steps["impute"].statistics_)
-            for categories in categorical.named_steps["onehot"].categories_:
-                indexes.append({str(c): i for i, c in enumerate(categories)})
-                offsets.append(position)
+            fills = categorical.named_steps["impute"].statistics_
+            for fill, categories in zip(fills, categorical.named_steps["onehot"].categories_, strict=True):
+                lookup: dict[Any, int] = {str(c): position + i for i, c in enumerate(categories)}
+                if str(fill) in lookup:  # imputed, then encoded like any present value
+                    lookup[MISSING] = lookup[str(fill)]
+                lookups.append(lookup)
                 position += len(categories)
         forest = pipeline.named_steps["forest"]
         if forest.n_features_in_ != position:
             raise ValueError(f"forest expects {forest.n_features_in_} features, preprocessing gives {position}")
         compiled = cls(schema, numeric_fill, np.asarray(center, np.float64), np.asarray(scale, np.float64),
-                       fills, indexes, offsets, position, CompiledForest.from_estimators(forest.estimators_),
-                       forest.classes_)
+                       lookups, position, CompiledForest.from_estimators(forest.estimators_), forest.classes_)
         compiled.predict_proba(pd.DataFrame([{c: None for c in schema.columns}]))  # compile the kernel now
         return compiled
 
@@ -142,24 +144,22 @@ class CompiledPipeline:
         return self._encode(*clean_records(records, self.schema), len(records))
 
     def _encode(self, numeric: np.ndarray, categorical: list[np.ndarray], n_rows: int) -> np.ndarray:
-        X = np.zeros((n_rows, self.n_features), dtype=np.float64)
+        # float32, as the forest casts its input; the scaling in float64 first, as RobustScaler does
+        X = np.zeros((n_rows, self.n_features), dtype=np.float32)
         if numeric.shape[1]:
             numeric = np.where(np.isnan(numeric), self.numeric_fill, numeric)
             X[:, : numeric.shape[1]] = (numeric - self.center) / self.scale
-        hit_rows: list[int] = []
-        hit_columns: list[int] = []
-        for values, fill, index, offset in zip(categorical, self.categorical_fill, self.categorical_index,
-                                               self.categorical_offset, strict=True):
-            lookup = index.get
-            filled = lookup(fill, -1)
-            for row, value in enumerate(values):
-                # cleaning marks every missing value with the one MISSING object
-                column = filled if value is MISSING else lookup(value, -1)
-                if column >= 0:  # an unknown category sets no column, as handle_unknown="ignore"
-                    hit_rows.append(row)
-                    hit_columns.append(offset + column)
-        X[hit_rows, hit_columns] = 1.0
-        return X.astype(np.float32)
+        if categorical:
+            # one dict lookup a cell, every column in one pass looped in C (cleaning marks every missing
+            # value with the one MISSING object), then one assignment for the whole matrix
+            columns = np.fromiter(chain.from_iterable(
+                map(lookup.get, values, repeat(-1)) for values, lookup in zip(categorical, self.categorical_columns,
+                                                                              strict=True)),
+                dtype=np.int64, count=n_rows * len(categorical))
+            rows = np.tile(np.arange(n_rows), len(categorical))
+            hit = columns >= 0  # an unknown category sets no column, as handle_unknown="ignore"
+            X[rows[hit], columns[hit]] = 1.0
+        return X
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return self.forest.predict_proba(self.encode(frame))

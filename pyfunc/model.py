@@ -17,6 +17,8 @@ from pyfunc.pipeline import load_pipeline
 # Names of the artifacts logged with the model (see steps/train.py).
 PIPELINE_ARTIFACT = "pipeline"
 SCHEMA_ARTIFACT = "feature_schema"
+# The file behind SCHEMA_ARTIFACT, in the model's artifacts/ folder: the input columns and their kinds.
+FEATURE_SCHEMA_FILE = "feature_schema.json"
 # predict(..., params={"on_invalid": "report"}): rows that cannot be scored get their reason in
 # ERROR_COLUMN instead of failing the call ("raise", the default, as /predict does).
 ON_INVALID_PARAM = "on_invalid"

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from mlflow import MlflowClient
 
-from contract.registry import Registry
+from contract.registry import NotFound, Registry
 from contract.settings import PROJECT_DIR, Settings, get_settings
 from runtime.processes import VENV_BIN, children, pid_alive, stop_process_group, tool_env
 
@@ -179,9 +179,10 @@ class LocalStack:
         """Train the default model if none is registered, and serve the newest if none is served."""
         s = self.settings
         registry = self.registry()
-        version = registry.served_version(s.model_name, s.serve_follows, s.serve_alias, s.serve_stage)
-        if version:
-            return version
+        with contextlib.suppress(NotFound):  # no such model yet: trained below
+            version = registry.served_version(s.model_name, s.serve_follows, s.serve_alias, s.serve_stage)
+            if version:
+                return version
         versions = registry.client.search_model_versions(f"name = '{s.model_name}'")
         if not versions:
             print(f"training {s.model_name} on the default data set (log: {self.log_file('bootstrap-train')})",

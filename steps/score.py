@@ -14,15 +14,20 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
+from mlflow.models import Model
+from mlflow.types.schema import Schema
 
 from contract.errors import ParameterError, first_line
 from contract.names import DEFAULT_MODEL_NAME
 from contract.params import ScoreParams, parse_cli
 from contract.settings import get_settings
-from pyfunc.model import ERROR_COLUMN, ON_INVALID_PARAM
+from pyfunc.cleaning import FeatureSchema, column_key
+from pyfunc.model import ERROR_COLUMN, FEATURE_SCHEMA_FILE, ON_INVALID_PARAM
 from steps.runs import log_params_once, step_run
 from steps.sources import local_path
 
@@ -59,18 +64,30 @@ def check_input_path(location: str) -> None:
     input_format(location)
 
 
-def load_model(uri: str) -> mlflow.pyfunc.PyFuncModel:
+@dataclass(frozen=True)
+class ScoredModel:
+    """A model version fetched to this machine: where, its input columns, and its outputs."""
+
+    path: Path
+    columns: list[str]
+    outputs: Schema
+
+
+def fetch_model(uri: str) -> ScoredModel:
+    """The model at ``uri``, read without loading it here (the Spark workers load it)."""
     try:
-        return mlflow.pyfunc.load_model(uri)
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        outputs = Model.load(path / "MLmodel").get_output_schema()
     except Exception as err:  # any store's failure becomes the caller's one-line message
         raise ParameterError("model_uri", uri, f"cannot load: {first_line(err, 300)}") from None
+    schema_file = path / "artifacts" / FEATURE_SCHEMA_FILE
+    if outputs is None or not schema_file.is_file():
+        raise ParameterError("model_uri", uri, "not a model of this project (no output signature or feature schema)")
+    return ScoredModel(path, FeatureSchema.from_json(schema_file.read_text(encoding="utf-8")).columns, outputs)
 
 
-def result_type(model: mlflow.pyfunc.PyFuncModel) -> str:
+def result_type(outputs: Schema) -> str:
     """The Spark struct of the model's outputs (its signature) plus ``error``."""
-    outputs = model.metadata.get_output_schema()
-    if outputs is None:
-        raise ParameterError("model_uri", "", "the model has no output signature: train it with this project")
     fields = [f"`{spec.name}` {SPARK_TYPES.get(spec.type.name, 'string')}" for spec in outputs.inputs]
     return ", ".join([*fields, f"`{ERROR_COLUMN}` string"])
 
@@ -100,18 +117,17 @@ def read_input(spark, location: str):  # noqa: ANN001, ANN201
 
 def run_score(params: ScoreParams) -> dict[str, float]:
     check_input_path(params.input_path)
-    uri = model_uri_of(params)
-    model = load_model(uri)
-    needed = model.metadata.get_input_schema().input_names()
-    outputs = result_type(model)
-    output_names = [spec.name for spec in model.metadata.get_output_schema().inputs] + [ERROR_COLUMN]
+    model = fetch_model(model_uri_of(params))
+    needed = model.columns
+    outputs = result_type(model.outputs)
+    output_names = [spec.name for spec in model.outputs.inputs] + [ERROR_COLUMN]
 
     from pyspark.sql import functions as F  # noqa: N812
 
     spark = start_spark(params.spark_master)
     try:
         frame = read_input(spark, params.input_path)
-        frame = frame.toDF(*[c.strip() for c in frame.columns])
+        frame = frame.toDF(*[column_key(c) for c in frame.columns])  # the header rule training applied
         # A gzipped CSV is one partition, so one core: spread the rows over all of them.
         cores = spark.sparkContext.defaultParallelism
         if frame.rdd.getNumPartitions() < cores:
@@ -124,7 +140,7 @@ def run_score(params: ScoreParams) -> dict[str, float]:
         if clashing:
             raise ParameterError("input_path", params.input_path,
                                  f"has column(s) named like the output: {', '.join(map(repr, clashing))}; rename them")
-        udf = mlflow.pyfunc.spark_udf(spark, uri, result_type=outputs, env_manager="local",
+        udf = mlflow.pyfunc.spark_udf(spark, str(model.path), result_type=outputs, env_manager="local",
                                       params={ON_INVALID_PARAM: "report"})
         # Columns reach the model by name only inside a struct.
         scored = frame.withColumn("_prediction", udf(F.struct(*[F.col(f"`{c}`") for c in needed])))

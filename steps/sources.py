@@ -11,7 +11,8 @@ import mlflow.artifacts
 import pandas as pd
 
 from contract.errors import DataError, ParameterError, first_line
-from contract.tables import check_csv_path, column_name
+from contract.tables import check_csv_path
+from pyfunc.cleaning import column_key
 
 
 def local_path(location: str) -> Path | None:
@@ -51,7 +52,7 @@ def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.Dat
         raise DataError(f"{name}: {location} is not UTF-8 text (byte {err.start})") from None
     except (pd.errors.ParserError, gzip.BadGzipFile, zlib.error, EOFError) as err:
         raise DataError(f"{name}: {location} is not a readable CSV: {first_line(err)}") from None
-    frame.columns = [column_name(c) for c in frame.columns]
+    frame.columns = [column_key(c) for c in frame.columns]
     return frame
 
 

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from sklearn.pipeline import Pipeline
 
 from contract.errors import DataError, ParameterError, ProjectError
@@ -20,7 +20,7 @@ from contract.names import TAG_MODEL_NAME, TAG_MODEL_VERSION, TAG_TARGET, TAG_TR
 from contract.params import ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
-from pyfunc.model import ON_INVALID_PARAM, PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
+from pyfunc.model import FEATURE_SCHEMA_FILE, ON_INVALID_PARAM, PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
 from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
 from steps import evaluate
 from steps.preprocess import log_datasets
@@ -34,19 +34,22 @@ MODEL_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops",
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
-def model_signature(schema: FeatureSchema, classes: np.ndarray) -> ModelSignature:
-    """Inputs typed ``Any`` and not ``required`` in MLflow's sense.
+def model_signature(classes: np.ndarray) -> ModelSignature:
+    """The outputs and the ``on_invalid`` parameter; no input schema, on purpose.
 
-    Raw rows carry numbers as text and "?" in any column: a typed signature
-    would reject "39" for a numeric column, and MLflow's own required-column
-    check answers with the whole input frame pasted into its message. Our
-    cleaning checks both and names the columns at fault.
+    Raw rows carry numbers as text and "?" in any column, and CSV headers carry
+    stray spaces. With any input schema MLflow gets in the way: a typed one
+    refuses "39" for a number (or 39 for a string), ``Any`` makes ``mlflow models
+    serve`` fail on CSV bodies ("Failed to get pandas types"), and either drops
+    columns it does not know by their exact name (``" age"``) and pastes the
+    whole input into its errors. Without one, MLflow hands the rows over as sent
+    and the model's cleaning checks them, naming the columns at fault. The
+    columns are in the model's ``feature_schema.json`` and its input example.
     """
     label_type = {"i": "long", "f": "double"}.get(classes.dtype.kind, "string")
     outputs = [ColSpec(label_type, "label"), ColSpec("double", "probability")]
     outputs += [ColSpec("double", proba_column(c)) for c in classes]
     return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), name, required=False) for name in schema.columns]),
         outputs=Schema(outputs),
         # "report": rows that cannot be scored get an `error` column instead of failing the batch
         params=ParamSchema([ParamSpec(ON_INVALID_PARAM, "string", "raise")]),
@@ -141,7 +144,7 @@ def check_fast_path(pipeline: Pipeline, schema: FeatureSchema, test: pd.DataFram
 def log_model(pipeline: Pipeline, schema: FeatureSchema, splits: Splits, model_name: str,
               out_dir: Path) -> mlflow.models.model.ModelInfo:
     pipeline_path = out_dir / "pipeline.skops"
-    schema_path = out_dir / "feature_schema.json"
+    schema_path = out_dir / FEATURE_SCHEMA_FILE
     save_pipeline(pipeline, pipeline_path)
     schema_path.write_text(schema.to_json(), encoding="utf-8")
     return mlflow.pyfunc.log_model(
@@ -149,7 +152,7 @@ def log_model(pipeline: Pipeline, schema: FeatureSchema, splits: Splits, model_n
         python_model=str(PROJECT_DIR / "pyfunc" / "model_code.py"),
         artifacts={PIPELINE_ARTIFACT: str(pipeline_path), SCHEMA_ARTIFACT: str(schema_path)},
         code_paths=[str(PROJECT_DIR / "pyfunc")],
-        signature=model_signature(schema, pipeline.classes_),
+        signature=model_signature(pipeline.classes_),
         input_example=splits.example[schema.columns],
         pip_requirements=model_requirements(),
         registered_model_name=model_name,

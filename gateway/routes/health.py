@@ -53,8 +53,11 @@ async def ready(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) 
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"}})
 async def prometheus_metrics(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) -> Response:
-    """Requests by route and status, latencies, model-server errors, batch sizes, jobs, served version."""
+    """Requests by route and status, latencies, model-server errors, batch sizes, jobs, the served and loaded
+    versions, and predictions by model and version."""
     body = await model_server_status(settings, http)
     serving = isinstance(body, dict) and body.get("status") == "serving"
     metrics.set_served(body["model_name"] if serving else None, body["version"] if serving else None)
+    loaded = body.get("loaded", []) if isinstance(body, dict) else []
+    metrics.set_loaded((entry["name"], entry["version"]) for entry in loaded)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

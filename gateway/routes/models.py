@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import Conflict, NotFound, Registry
-from gateway.deps import Authorized, RegistryDep
+from gateway.deps import Authorized, ModelHttpDep, ModelInfoDep, RegistryDep, SettingsDep
+from gateway.model_info import ModelInfo, NotOurModel
+from gateway.routes.health import model_server_status
 from gateway.schemas import (
+    AliasName,
+    AliasQuery,
     AliasRequest,
+    ColumnOut,
+    ModelName,
+    ModelSchemaOut,
     ModelVersionOut,
     RegisteredModelOut,
     RegisteredModelSummary,
+    ServingOut,
     StageRequest,
+    VersionNumber,
+    checked_alias,
+    VersionQuery,
     unprocessable,
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-ModelName = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
-VersionNumber = Annotated[str, Path(pattern=VERSION_PATTERN)]
-# The pattern is documented in the schema and checked by checked_alias, whose message says it in words.
-AliasName = Annotated[str, Path(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN})]
 ERRORS = {404: {"description": "unknown model, version or alias"}}
 CHANGES = {**ERRORS, 401: {"description": "token required"}, 409: {"description": "illegal transition"}}
 T = TypeVar("T")
@@ -42,13 +51,6 @@ def registry_errors(call: Callable[[], T]) -> T:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(err)) from None
     except Conflict as err:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from None
-
-
-def checked_alias(alias: str) -> str:
-    if not valid_alias(alias):
-        raise unprocessable(["path", "alias"], "letters, digits, '_' and '-', starting with a letter or '_';"
-                                               " 'latest' and 'v<number>' are reserved")
-    return alias
 
 
 def version_out(registry: Registry, version: ModelVersion, aliases: dict[str, str]) -> ModelVersionOut:
@@ -79,14 +81,62 @@ def list_models(registry: RegistryDep) -> list[RegisteredModelSummary]:
 
 
 @router.get("/{name}", response_model=RegisteredModelOut, responses=ERRORS)
-def get_model(name: ModelName, registry: RegistryDep) -> RegisteredModelOut:
-    """Every version with its stage, aliases, run id, metrics and creation time."""
+async def get_model(name: ModelName, registry: RegistryDep, settings: SettingsDep,
+                    http: ModelHttpDep) -> RegisteredModelOut:
+    """Every version with its stage, aliases, run id, metrics and creation time, and what the model server
+    serves and has loaded of the model."""
     def read() -> RegisteredModelOut:
         model = registry.model(name)
         aliases = dict(model.aliases)  # the versions' own `aliases` are empty in a search
         return RegisteredModelOut(name=name, aliases=aliases, description=model.description or "",
                                   versions=[version_out(registry, v, aliases) for v in registry.versions(name)])
+    out = await run_in_threadpool(registry_errors, read)
+    status_body = await model_server_status(settings, http)
+    if isinstance(status_body, dict):
+        out.serving = [ServingOut(**{k: m[k] for k in ("alias", "status", "version", "reason")})
+                       for m in status_body.get("models", []) if m["name"] == name]
+        out.loaded_versions = sorted((b["version"] for b in status_body.get("loaded", []) if b["name"] == name),
+                                     key=int)
+    return out
+
+
+@router.get("/{name}/schema", response_model=ModelSchemaOut,
+            responses={**ERRORS, 409: {"description": "the version was not logged by this project"}})
+def get_schema(name: ModelName, registry: RegistryDep, info: ModelInfoDep, settings: SettingsDep,
+               version: VersionQuery = None, alias: AliasQuery = None) -> ModelSchemaOut:
+    """What to send: the input columns in order with their kind, the missing-value markers, the classes,
+    and a valid example body (JSON and CSV) from the version's logged input example. The served version
+    (``SERVE_ALIAS``) unless ``?version=N`` or ``?alias=A``."""
+    if version and alias:
+        raise unprocessable(["query"], "give version or alias, not both")
+    if alias:
+        checked_alias(alias, "query")
+
+    def read() -> ModelSchemaOut:
+        found = version or registry.served_version(name, "alias" if alias else settings.serve_follows,
+                                                   alias or settings.serve_alias, settings.serve_stage)
+        if found is None:
+            raise NotFound(f"no version of '{name}' holds alias '{alias or settings.serve_alias}'")
+        registry.version(name, found)
+        try:
+            model = info.get(name, found)
+        except NotOurModel as err:
+            raise Conflict(str(err)) from None
+        return schema_out(model)
     return registry_errors(read)
+
+
+def schema_out(model: ModelInfo) -> ModelSchemaOut:
+    example = [{c: row.get(c) for c, _ in model.columns} for row in model.example]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c for c, _ in model.columns])
+    writer.writerows([["" if row[c] is None else row[c] for c, _ in model.columns] for row in example])
+    return ModelSchemaOut(name=model.name, version=model.version,
+                          columns=[ColumnOut(name=c, kind=kind) for c, kind in model.columns],
+                          missing_values=model.na_values, classes=model.classes,
+                          outputs=[name for name, _ in model.outputs], example={"records": example},
+                          example_csv=buffer.getvalue())
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionOut, responses=ERRORS)

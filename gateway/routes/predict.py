@@ -1,7 +1,10 @@
-"""Predictions, answered by the model server."""
+"""Predictions, answered by the model server: ``/predict`` for ``MODEL_NAME``, ``/models/{name}/predict`` for any."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import httpx
@@ -9,14 +12,23 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from contract.settings import Settings
+from contract.tables import csv_records
 from gateway.deps import AdmissionDep, MetricsDep, ModelClientDep, SettingsDep
-from gateway.model_client import ModelServerClient
-from gateway.observability import Metrics
-from gateway.schemas import PredictRequest, PredictResponse, unprocessable
+from gateway.model_client import ModelServerClient, Target
+from gateway.observability import Admission, Metrics
+from gateway.schemas import (
+    AliasQuery,
+    ModelName,
+    PredictRequest,
+    PredictResponse,
+    VersionQuery,
+    checked_alias,
+    unprocessable,
+)
 
 router = APIRouter(tags=["predict"])
 PROBA_PREFIX = "proba_"
-
+JSON, CSV = "application/json", "text/csv"
 
 def model_error_message(body: Any) -> str:
     """Our model's own message from an MLflow scoring-server error.
@@ -28,21 +40,35 @@ def model_error_message(body: Any) -> str:
     return message.rsplit("\nError: ", 1)[-1].strip()
 
 
-def to_prediction(row: dict[str, Any]) -> dict[str, Any]:
-    """One model-server row as a :class:`Prediction`."""
-    probabilities = {k.removeprefix(PROBA_PREFIX): v for k, v in row.items() if k.startswith(PROBA_PREFIX)}
-    return {"label": row["label"], "probability": row["probability"], "probabilities": probabilities}
+def to_predictions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Model-server rows as :class:`Prediction` objects (every row of one answer has the same classes)."""
+    if not rows:
+        return []
+    keys = [k for k in rows[0] if k.startswith(PROBA_PREFIX)]
+    classes = [k.removeprefix(PROBA_PREFIX) for k in keys]
+    probabilities = itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
+    return [{"label": row["label"], "probability": row["probability"],
+             "probabilities": dict(zip(classes, probabilities(row), strict=True))} for row in rows]
 
 
 def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[dict[str, Any]]:
-    """The ``records`` of a /predict body, checked as :class:`PredictRequest` describes.
+    """The rows of a prediction body: ``{"records": [...]}`` as :class:`PredictRequest` describes, or CSV.
 
     Done by hand with orjson rather than by pydantic: on a 1,000-row request the
     generic validation costs more than scoring the rows.
     """
-    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+    media = content_type.split(";")[0].strip().lower()
+    if media == CSV:
+        try:
+            records = csv_records(body)
+        except ValueError as err:
+            raise unprocessable(["body"], str(err), "csv_invalid") from None
+        if not records:
+            raise unprocessable(["body"], "the CSV body has a header but no rows", "too_short")
+        return check_rows(records, max_rows)
+    if media not in (JSON, ""):
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                            detail=f"Content-Type must be application/json, not {content_type!r}")
+                            detail=f"Content-Type must be {JSON} or {CSV}, not {content_type!r}")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -51,7 +77,8 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
         raise unprocessable(["body"], "expected a JSON object with a 'records' list", "model_type")
     extra = sorted(set(payload) - {"records"})
     if extra:
-        raise unprocessable(["body", extra[0]], f"unknown field {extra[0]!r}; the body holds only 'records'", "extra_forbidden")
+        raise unprocessable(["body", extra[0]], f"unknown field {extra[0]!r}; the body holds only 'records'",
+                            "extra_forbidden")
     if "records" not in payload:
         raise unprocessable(["body", "records"], "field required: a list of row objects", "missing")
     records = payload["records"]
@@ -59,80 +86,116 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
         raise unprocessable(["body", "records"], "records must be a list of row objects", "list_type")
     if not records:
         raise unprocessable(["body", "records"], "records must hold at least one row", "too_short")
-    if len(records) > max_rows:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            detail=f"records: {len(records)} rows, at most {max_rows} per request")
+    check_rows(records, max_rows)
+    # The cells are the model's to check: it refuses a list or an object in one of its columns naming
+    # the column and the row (a 422 here), and ignores the columns it does not use, whatever they hold.
     for i, row in enumerate(records):
-        if not isinstance(row, dict):
+        if type(row) is not dict:
             raise unprocessable(["body", "records", i], f"records[{i}] must be an object of column: value", "dict_type")
-        for column, value in row.items():
-            if isinstance(value, (list, dict)):
-                raise unprocessable(["body", "records", i, column],
-                              f"column {column!r} of records[{i}]: expected one value (text, number, "
-                              "boolean or null), got a list or object")
     return records
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": PredictRequest.model_json_schema()}}}},
-    responses={
-        413: {"description": "more rows than GATEWAY_MAX_PREDICT_ROWS, or a body above GATEWAY_MAX_BODY_BYTES"},
-        415: {"description": "the body is not sent as application/json"},
-        422: {"description": "a body, record or column the model cannot score; the message names it"},
-        503: {"description": "no model server answers, no version is promoted, or GATEWAY_MAX_PENDING "
-                     "requests are waiting already (with Retry-After)"},
-    },
-)
-async def predict(request: Request, settings: SettingsDep, model: ModelClientDep,
-                  admission: AdmissionDep, metrics: MetricsDep) -> Response:
-    """Score raw rows with the promoted model version; predictions come back in input order.
+def check_rows(records: list, max_rows: int) -> list:
+    if len(records) > max_rows:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                            detail=f"records: {len(records)} rows, at most {max_rows} per request")
+    return records
 
-    Body: ``{"records": [{column: value, ...}, ...]}`` (see PredictRequest).
-    """
-    if not admission.enter():
+
+async def predict_rows(records: list[dict[str, Any]], target: Target, settings: Settings,
+                       model: ModelServerClient, metrics: Metrics) -> tuple[str, list[dict[str, Any]]]:
+    """The model server's predictions for ``records`` from ``target``: (version, rows); the errors as HTTP errors."""
+    started = time.perf_counter()
+    try:
+        answer = await model.predict(records, target)
+    except httpx.HTTPError as err:
+        metrics.model_server_errors.labels("unreachable").inc()
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"model server unreachable at {settings.model_server}: {type(err).__name__}",
+                            ) from None
+    metrics.observe_prediction(target.name, answer.version, answer.status, len(records),
+                               time.perf_counter() - started)
+    if answer.status == 503:
+        metrics.model_server_errors.labels("unavailable").inc()
+        headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=model_error_message(answer.body),
+                            headers=headers)
+    if answer.status == 404:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=model_error_message(answer.body))
+    if answer.status == 400 and answer.body.get("error_code") == "INVALID_PARAMETER_VALUE":
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=model_error_message(answer.body))
+    if answer.status != 200:
+        metrics.model_server_errors.labels("bad_gateway").inc()
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY,
+                            detail=f"model server answered {answer.status}: {model_error_message(answer.body)}")
+    return answer.version or "unknown", answer.body["predictions"]
+
+
+async def admitted(request: Request, model: str, admission: Admission, settings: Settings,
+                   answer: Callable[[], Any]) -> Any:
+    """``answer()`` if fewer than GATEWAY_MAX_PENDING requests for ``model`` wait; a 503 otherwise."""
+    if not admission.enter(model):
         # Drained, not parsed or kept: a client still sending gets a clean 503, not a reset.
         async for _ in request.stream():
             pass
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"gateway overloaded: {admission.limit} /predict requests are already waiting "
+            detail=f"gateway overloaded: {admission.limit} requests for '{model}' are already waiting "
                    "(GATEWAY_MAX_PENDING); retry later",
             headers={"Retry-After": str(settings.retry_after_seconds)},
         )
     try:
-        return await answer_predict(request, settings, model, metrics)
+        return await answer()
     finally:
-        admission.leave()
+        admission.leave(model)
 
 
-async def answer_predict(request: Request, settings: Settings, model: ModelServerClient,
-                         metrics: Metrics) -> Response:
-    records = parse_predict_body(await request.body(), request.headers.get("content-type", ""),
-                                 settings.max_predict_rows)
-    try:
-        status_code, payload, version = await model.predict(records)
-    except httpx.HTTPError as err:
-        metrics.model_server_errors.labels("unreachable").inc()
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"model server unreachable at {settings.model_server}: {type(err).__name__}",
-        ) from None
-    if status_code == 503:
-        metrics.model_server_errors.labels("unavailable").inc()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=model_error_message(payload))
-    if status_code == 400 and payload.get("error_code") == "INVALID_PARAMETER_VALUE":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=model_error_message(payload))
-    if status_code != 200:
-        metrics.model_server_errors.labels("bad_gateway").inc()
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY,
-                            detail=f"model server answered {status_code}: {model_error_message(payload)}")
-    # Serialised here with orjson: the shape is PredictResponse's, without a
-    # second validation pass over every prediction.
-    answer = {
-        "model": {"name": settings.model_name, "version": version or "unknown"},
-        "predictions": [to_prediction(row) for row in payload["predictions"]],
-    }
-    return Response(orjson.dumps(answer), media_type="application/json")
+async def answer_predict(request: Request, target: Target, settings: Settings, model: ModelServerClient,
+                         admission: Admission, metrics: Metrics) -> Response:
+    async def answer() -> Response:
+        records = parse_predict_body(await request.body(), request.headers.get("content-type", ""),
+                                     settings.max_predict_rows)
+        version, rows = await predict_rows(records, target, settings, model, metrics)
+        # Serialised here with orjson: the shape is PredictResponse's, without a
+        # second validation pass over every prediction.
+        body = {"model": {"name": target.name, "version": version}, "predictions": to_predictions(rows)}
+        return Response(orjson.dumps(body), media_type=JSON, headers={"X-Model-Version": version})
+
+    return await admitted(request, target.name, admission, settings, answer)
+
+
+BODY = {"requestBody": {"required": True, "content": {
+    JSON: {"schema": PredictRequest.model_json_schema()},
+    CSV: {"schema": {"type": "string", "description": "a header row, then raw rows as in the file"}}}}}
+RESPONSES = {
+    404: {"description": "no such registered model, version or alias"},
+    413: {"description": "more rows than GATEWAY_MAX_PREDICT_ROWS, or a body above GATEWAY_MAX_BODY_BYTES"},
+    415: {"description": "the body is neither application/json nor text/csv"},
+    422: {"description": "a body, record or column the model cannot score; the message names it"},
+    503: {"description": "no model server answers, no version is served yet, the version is loading (with "
+                         "Retry-After), or GATEWAY_MAX_PENDING requests for the model are waiting (with Retry-After)"},
+}
+
+
+@router.post("/predict", response_model=PredictResponse, openapi_extra=BODY, responses=RESPONSES)
+async def predict(request: Request, settings: SettingsDep, model: ModelClientDep, admission: AdmissionDep,
+                  metrics: MetricsDep) -> Response:
+    """Score raw rows with the served version of the default model (``MODEL_NAME``); predictions come back
+    in input order.
+
+    Body: ``{"records": [{column: value, ...}, ...]}`` (see PredictRequest), or ``text/csv`` with a header row.
+    """
+    return await answer_predict(request, Target(settings.model_name), settings, model, admission, metrics)
+
+
+@router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY, responses=RESPONSES)
+async def predict_model(name: ModelName, request: Request, settings: SettingsDep, model: ModelClientDep,
+                        admission: AdmissionDep, metrics: MetricsDep, version: VersionQuery = None,
+                        alias: AliasQuery = None) -> Response:
+    """Score raw rows with any registered model: its served version (``SERVE_ALIAS``), or ``?version=N``,
+    or ``?alias=A``. Loaded on its first request (503 with ``Retry-After`` meanwhile), then followed."""
+    if version and alias:
+        raise unprocessable(["query"], "give version or alias, not both")
+    if alias:
+        checked_alias(alias, "query")
+    return await answer_predict(request, Target(name, alias, version), settings, model, admission, metrics)

@@ -120,3 +120,20 @@ def test_a_serving_alias_already_in_place_changes_nothing_and_a_missing_one_is_r
     assert plan_alias(SERVED_1, PAIRS, "prod", "1") == []
     lost = RegistryState({"1": "Production"}, {})  # a registry changed by hand outside the gateway
     assert plan_alias(lost, PAIRS, "prod", "1") == [SetAlias("prod", "1")]
+
+
+def test_the_registry_applies_the_policy_on_a_real_store_whose_client_hands_out_int_versions(tracking):
+    import mlflow
+
+    from contract.registry import Registry
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    with mlflow.start_run() as run:
+        mlflow.log_text("x", "model.txt")
+    for _ in range(2):
+        client.create_model_version("m", f"runs:/{run.info.run_id}/model.txt", run.info.run_id)
+    registry = Registry(client, "prod")
+    registry.serve("m", "1")
+    registry.serve("m", "2")
+    assert registry.state("m") == RegistryState({"1": "Archived", "2": "Production"}, {"prod": "2"})

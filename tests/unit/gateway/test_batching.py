@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-
-from gateway.batching import MicroBatcher
+from gateway.batching import Answer, MicroBatcher
 
 
 class ScoringStub:
@@ -19,8 +18,8 @@ class ScoringStub:
         self.calls.append(len(records))
         await asyncio.sleep(self.delay)
         if any(r.get("bad") for r in records):
-            return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "bad row"}, "7"
-        return 200, {"predictions": [{"label": r["id"]} for r in records]}, "7"
+            return Answer(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "bad row"}, "7")
+        return Answer(200, {"predictions": [{"label": r["id"]} for r in records]}, "7")
 
 
 def run(coro):
@@ -46,9 +45,9 @@ def test_concurrent_callers_share_calls_and_get_their_own_rows_in_order():
         return callers, answers
 
     callers, answers = run(with_batcher(scorer, body))
-    for records, (status, payload, version) in zip(callers, answers, strict=True):
-        assert status == 200 and version == "7"
-        assert [p["label"] for p in payload["predictions"]] == [r["id"] for r in records]
+    for records, answer in zip(callers, answers, strict=True):
+        assert answer.status == 200 and answer.version == "7"
+        assert [p["label"] for p in answer.body["predictions"]] == [r["id"] for r in records]
     assert len(scorer.calls) < 20  # coalesced
     assert sum(scorer.calls) == sum(len(r) for r in callers)
 
@@ -61,9 +60,9 @@ def test_a_bad_caller_does_not_fail_the_others():
         return await asyncio.gather(*(batcher.submit(r) for r in [[{"id": "warm"}], *callers]))
 
     warm, good, bad, good2 = run(with_batcher(scorer, body))
-    assert good[0] == 200 and good[1]["predictions"] == [{"label": "a"}]
-    assert bad[0] == 400 and bad[1]["message"] == "bad row"
-    assert good2[0] == 200 and [p["label"] for p in good2[1]["predictions"]] == ["c", "d"]
+    assert good.status == 200 and good.body["predictions"] == [{"label": "a"}]
+    assert bad.status == 400 and bad.body["message"] == "bad row"
+    assert good2.status == 200 and [p["label"] for p in good2.body["predictions"]] == ["c", "d"]
 
 
 def test_batches_never_exceed_the_row_limit():
@@ -73,7 +72,7 @@ def test_batches_never_exceed_the_row_limit():
         return await asyncio.gather(*(batcher.submit([{"id": i}, {"id": i}]) for i in range(30)))
 
     answers = run(with_batcher(scorer, body, max_rows=7))
-    assert all(status == 200 for status, _, _ in answers)
+    assert all(answer.status == 200 for answer in answers)
     assert max(scorer.calls) <= 7 and sum(scorer.calls) == 60
 
 

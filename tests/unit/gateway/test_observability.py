@@ -103,12 +103,28 @@ def test_json_formatter_writes_one_object_per_line_with_the_request_id_and_extra
     assert entry["request_id"] == "rid-7" and entry["status"] == 200 and entry["message"] == "GET /x\n 200"
 
 
-def test_admission_refuses_beyond_the_limit_and_counts_it():
+def test_admission_refuses_beyond_the_limit_per_model_and_counts_it():
     metrics = Metrics()
     admission = Admission(2, metrics)
-    assert admission.enter() and admission.enter() and not admission.enter()
-    assert sample(metrics, "gateway_predict_rejected_total") == 1
-    assert sample(metrics, "gateway_predict_pending") == 2
-    admission.leave()
-    assert admission.enter()
+    assert admission.enter("a") and admission.enter("a") and not admission.enter("a")
+    assert admission.enter("b")  # another model has its own limit
+    assert sample(metrics, "gateway_predict_rejected_total", model="a") == 1
+    assert sample(metrics, "gateway_predict_pending", model="a") == 2
+    admission.leave("a")
+    assert admission.enter("a")
+    admission.leave("b")
+    assert "b" not in admission.pending and sample(metrics, "gateway_predict_pending", model="b") == 0
+
+
+def test_per_model_metric_labels_are_bounded():
+    metrics = Metrics()
+    metrics.labels.max_models, metrics.labels.max_versions = 2, 2
+    for version in ("1", "2", "3"):
+        metrics.observe_prediction("m", version, 200, rows=4, seconds=0.01)
+    for model in ("n", "o"):
+        metrics.observe_prediction(model, "1", 200, rows=1, seconds=0.01)
+    assert sample(metrics, "gateway_model_rows_total", model="m", version="2") == 4
+    assert sample(metrics, "gateway_model_rows_total", model="m", version="other") == 4  # a third version
+    assert sample(metrics, "gateway_model_rows_total", model="other", version="other") == 1  # a third model
+    assert sample(metrics, "gateway_model_requests_total", model="m", version="1", status="200") == 1
 
