@@ -7,7 +7,8 @@ Compares, in one run on this machine and on 127.0.0.1 only:
   (c) the gateway's `/predict` (raw rows, micro-batching on),
 with wrk (bounded in time) for single-row requests at concurrency 1, 16, 64 and
 for 1,000-row requests; plus resident memory, model size, and the training time
-of `mlflow run` against a plain scikit-learn script. Prints a table and writes JSON.
+of `mlflow run` against a plain scikit-learn script; the costs of the inference log
+and of canary and shadow traffic on the gateway. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -160,6 +161,40 @@ def in_process(model_dir: Path, raw: pd.DataFrame) -> dict[str, dict[str, float]
     return out
 
 
+def explanations(model_dir: Path, raw: pd.DataFrame) -> dict[str, float]:
+    """Explanations in this process: ours (the model's explain param) against shap.TreeExplainer on the
+    same forest and rows, one row a call and 64 rows a call; and the largest difference between the two."""
+    import shap
+
+    inner = mlflow.pyfunc.load_model(str(model_dir)).unwrap_python_model()
+    compiled = inner._compiled
+    explain = {"explain": True}
+    inner.predict(None, raw.head(2), explain)  # builds the explainer and compiles its kernel: once a model
+    singles = [raw.iloc[[i]] for i in range(40)]
+    ours_single = float(np.median([timed_call(lambda r=row: inner.predict(None, r, explain)) for row in singles]))
+    batch = raw.head(64)
+    ours_batch = median_ms(lambda: inner.predict(None, batch, explain), 5) / len(batch)
+    reference = shap.TreeExplainer(inner._pipeline.named_steps["forest"], feature_perturbation="tree_path_dependent")
+    X = compiled.encode(raw.head(16)).astype(np.float64)
+    shap_single = float(np.median([timed_call(lambda i=i: reference.shap_values(X[i:i + 1], check_additivity=False))
+                                   for i in range(4)]))
+    started = time.perf_counter()
+    values = reference.shap_values(X, check_additivity=False)
+    shap_batch = (time.perf_counter() - started) * 1000 / len(X)
+    ours = compiled.explain(raw.head(16)).contributions
+    theirs = np.einsum("rfc,fk->rkc", values, compiled.feature_columns)
+    return {"ours_single_row_ms": ours_single, "ours_per_row_in_64_ms": ours_batch, "shap_single_row_ms": shap_single,
+            "shap_per_row_in_16_ms": shap_batch, "single_row_speedup": shap_single / ours_single,
+            "throughput_speedup": shap_batch / ours_batch, "max_abs_diff_vs_shap": float(np.abs(ours - theirs).max()),
+            "trees": len(compiled.forest.roots), "max_depth": int(compiled.forest.depths.max())}
+
+
+def timed_call(call) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000
+
+
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))  # NaN -> null
 
@@ -213,6 +248,8 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         # Before the servers compete for the cores; only the model's columns, so that MLflow does not
         # log an "extra inputs" warning on every PyFuncModel.predict call.
         results["in_process_p50_ms"] = in_process(local, raw[schema.columns])
+        print("explanations: ours and shap.TreeExplainer on the same forest ...", flush=True)
+        results["explanations"] = explanations(local, raw[schema.columns])
 
         stack.registry().serve(MODEL, "1")
         stack.start_model_server()
@@ -250,6 +287,18 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
                 measured["rows_per_s"] = measured["rps"] * rows
                 table.append({"scenario": label, "rows": rows, "connections": connections, "target": key,
                               "name": name, **measured})
+        # The inference log's cost: the same single-row load on a second gateway with the log off, beside
+        # the first (log on, the default), each measured twice in turn so that neither gets the quieter moment.
+        off_url = start_gateway_without_log(stack, root)
+        for round_ in range(2):
+            for key, url, name in (("c", targets["c"][1], "gateway /predict (inference log on)"),
+                                   ("d", off_url, "gateway /predict (inference log off)")):
+                print(f"  {name}: 1 row, c=16, round {round_ + 1} ...", flush=True)
+                measured = wrk(url, bodies["c", 1], 16, duration)
+                measured["rows_per_s"] = measured["rps"]
+                table.append({"scenario": f"log cost {round_ + 1}, 1 row, c=16", "rows": 1, "connections": 16,
+                              "target": key, "name": name, **measured})
+        table += rollout_costs(stack, client, bodies["c", 1], duration)
         label, rows, connections = CSV_SCENARIO
         print(f"  gateway /predict: {label} ...", flush=True)
         measured = wrk(targets["c"][1], csv_body, connections, duration, content_type="text/csv")
@@ -264,8 +313,11 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         results["memory_mb"] = {key: process_tree_rss_mb(pid) for key, pid in pids.items() if pid}
         results["model_size_mb"] = {"a": folder_mb(baseline_dir), "b": folder_mb(local)}
         results["targets"] = evaluate_targets(table, results["training"], results["in_process_p50_ms"],
-                                              results.get("soak"))
+                                              results.get("soak"), results.get("explanations"))
     finally:
+        for process in SECOND_GATEWAYS:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
         if baseline is not None:
             os.killpg(baseline.pid, signal.SIGTERM)
             baseline.wait(timeout=30)
@@ -276,10 +328,70 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
     return results
 
 
+def start_gateway_without_log(stack: LocalStack, root: Path) -> str:
+    """A second gateway on the same model server, with the inference log off; stopped with the stack's group."""
+    port = free_port()
+    env = {**stack.env(), "GATEWAY_PORT": str(port), "INFERENCE_LOG_URI": "off", "GATEWAY_TRAINING": "false",
+           "STACK_DIR": str(root / "second-gateway"), "GATEWAY_ACCESS_LOG": str(stack.settings.access_log).lower()}
+    log = root / "gateway-without-log.log"
+    process = subprocess.Popen([str(VENV_BIN / "python"), "-m", "gateway"], cwd=PROJECT_DIR, env=env,
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    SECOND_GATEWAYS.append(process)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(http_ok(f"{url}/health"), 60, "second gateway", process, log)
+    return f"{url}/predict"
+
+
+SECOND_GATEWAYS: list[subprocess.Popen] = []
+# The traffic policies measured against each other (single-row requests, c=16, the same gateway).
+POLICIES = {"single": {"mode": "single"}, "canary": {"mode": "canary", "alias": "challenger", "percent": 10},
+            "shadow": {"mode": "shadow", "alias": "challenger"}}
+
+
+def rollout_costs(stack: LocalStack, client: mlflow.MlflowClient, body: Path, duration: int) -> list[dict]:
+    """The gateway under each traffic policy, with version 2 (the same artifacts registered again, loaded
+    separately like any version) as the challenger; two rounds in turn, as for the log's cost."""
+    first = client.get_model_version(MODEL, "1")
+    client.create_model_version(MODEL, first.source, run_id=first.run_id)
+    client.set_registered_model_alias(MODEL, "challenger", "2")
+    gateway = stack.settings.gateway_url
+    wait_until(lambda: httpx.post(f"{gateway}/models/{MODEL}/predict?alias=challenger", content=body.read_bytes(),
+                                  headers={"Content-Type": "application/json"}, timeout=60).status_code == 200,
+               120, "the challenger loaded")
+    table = []
+    for round_ in range(2):
+        for mode, policy in POLICIES.items():
+            httpx.put(f"{gateway}/models/{MODEL}/traffic", json=policy, timeout=30).raise_for_status()
+            print(f"  gateway /predict, traffic {mode}: 1 row, c=16, round {round_ + 1} ...", flush=True)
+            measured = wrk(f"{gateway}/predict", body, 16, duration)
+            table.append({"scenario": f"traffic {mode} {round_ + 1}, 1 row, c=16", "rows": 1, "connections": 16,
+                          "target": f"traffic {mode}", "name": f"gateway /predict (traffic {mode})",
+                          "rows_per_s": measured["rps"], **measured})
+    httpx.put(f"{gateway}/models/{MODEL}/traffic", json=POLICIES["single"], timeout=30).raise_for_status()
+    return table
+
+
 def evaluate_targets(table: list[dict], training: dict, in_process: dict,
-                     soaked: dict | None = None) -> list[dict[str, Any]]:
+                     soaked: dict | None = None, explained: dict | None = None) -> list[dict[str, Any]]:
     cell = {(r["target"], r["scenario"]): r for r in table}
     checks = []
+    on = sum(r["rps"] for r in table if r["scenario"].startswith("log cost") and r["target"] == "c")
+    off = sum(r["rps"] for r in table if r["scenario"].startswith("log cost") and r["target"] == "d")
+    if off:
+        checks.append({"target": "inference log on >= 90% of off (1 row, c=16, req/s ratio)", "value": on / off,
+                       "met": on >= 0.9 * off})
+    plain16 = cell["a", "1 row, c=16"]["rps"]
+    by_mode = {mode: [r for r in table if r["target"] == f"traffic {mode}"] for mode in POLICIES}
+    if all(by_mode.values()):
+        p99 = {mode: float(np.mean([r["p99_ms"] for r in rows])) for mode, rows in by_mode.items()}
+        rps = {mode: float(np.mean([r["rps"] for r in rows])) for mode, rows in by_mode.items()}
+        checks.append({"target": "shadow: champion p99 <= 1.10x single-mode p99 (1 row, c=16)",
+                       "value": p99["shadow"] / p99["single"], "met": p99["shadow"] <= 1.10 * p99["single"]})
+        for mode in ("canary", "shadow"):
+            checks.append({"target": f"{mode}: gateway >= 20x plain throughput (1 row, c=16)",
+                           "value": rps[mode] / plain16, "met": rps[mode] >= 20 * plain16})
+            checks.append({"target": f"{mode}: gateway p99 < 50 ms (1 row, c=16)", "value": p99[mode],
+                           "met": p99[mode] < 50})
     for connections in (16, 64):
         scenario = f"1 row, c={connections}"
         gateway, plain = cell["c", scenario], cell["a", scenario]
@@ -308,6 +420,11 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict,
                    "met": fast[1] <= 2.0})
     checks.append({"target": "training: mlflow run <= 1.3x plain + 15 s", "value": training["mlflow_run_s"],
                    "met": training["met"]})
+    if explained:
+        checks.append({"target": "explain: single row in process <= 50 ms", "value": explained["ours_single_row_ms"],
+                       "met": explained["ours_single_row_ms"] <= 50})
+        checks.append({"target": "explain: >= 20x shap.TreeExplainer throughput (rows/s ratio)",
+                       "value": explained["throughput_speedup"], "met": explained["throughput_speedup"] >= 20})
     if soaked:
         checks.append({"target": "soak: no failed request", "value": soaked["errors"], "met": soaked["errors"] == 0})
         checks.append({"target": "soak: gateway memory within 10% of warm-up (%)", "value": soaked["rss_growth_pct"],
@@ -316,13 +433,16 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict,
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"{'scenario':16} {'server':45} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+    lines = [f"{'scenario':30} {'server':45} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
              f"{'x plain':>8} {'errors':>6}"]
     plain = {r["scenario"]: r for r in results["load"] if r["target"] == "a"}
     plain[CSV_SCENARIO[0]] = plain["1000 rows, c=2"]
     for r in results["load"]:
+        if r["scenario"].startswith(("log cost", "traffic")):
+            plain[r["scenario"]] = plain["1 row, c=16"]
+    for r in results["load"]:
         ratio = r["rps"] / plain[r["scenario"]]["rps"]
-        lines.append(f"{r['scenario']:16} {r['name']:45} {r['rps']:9.1f} {r['rows_per_s']:10.0f} "
+        lines.append(f"{r['scenario']:30} {r['name']:45} {r['rps']:9.1f} {r['rows_per_s']:10.0f} "
                      f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {ratio:8.1f} {r['errors']:6d}")
     memory, size = results["memory_mb"], results["model_size_mb"]
     lines.append("")
@@ -342,6 +462,13 @@ def report(results: dict[str, Any]) -> str:
     for rows, entries in results["in_process_p50_ms"].items():
         for entry, value in entries.items():
             lines.append(f"  {rows:9} {entry:45} {value:8.3f}")
+    if "explanations" in results:
+        e = results["explanations"]
+        lines.append("")
+        lines.append(f"explanations ({e['trees']} trees, depth up to {e['max_depth']}), ms a row: ours {e['ours_single_row_ms']:.1f}"
+                     f" alone, {e['ours_per_row_in_64_ms']:.2f} in 64; shap.TreeExplainer {e['shap_single_row_ms']:.0f}"
+                     f" alone, {e['shap_per_row_in_16_ms']:.0f} in 16: {e['single_row_speedup']:.0f}x single row,"
+                     f" {e['throughput_speedup']:.0f}x throughput; max |ours - shap| {e['max_abs_diff_vs_shap']:.1e}")
     lines.append("")
     for check in results["targets"]:
         lines.append(f"[{'met' if check['met'] else 'NOT met':7}] {check['target']}: {check['value']:.2f}")

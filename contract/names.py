@@ -15,6 +15,8 @@ DEFAULT_EXPERIMENT = "tabular-classifier"
 
 # The alias of a version being tried beside the served one (the Staging stage's alias).
 CHALLENGER_ALIAS = "challenger"
+# The version a promotion replaced: what POST /models/{name}/rollback restores.
+PREVIOUS_ALIAS = "previous"
 
 # Run and model-version tags written by the steps and read by the gateway.
 TAG_ERROR = "error"  # a failed step's one-line reason
@@ -27,6 +29,18 @@ TAG_TUNING_RUN_ID = "tuning_run_id"
 TAG_TUNED_PARAMS = "tuned_params"
 TAG_JOB_ID = "job_id"
 PROMOTION_TAG_PREFIX = "promotion_"
+# Written by the monitor step: on its run (the summary, JSON) and on the monitored version.
+TAG_MONITORING_SUMMARY = "monitoring_summary"
+TAG_MONITORING_STATUS = "monitoring_status"  # ok, drift or insufficient_data
+TAG_MONITORING_RUN_ID = "monitoring_run_id"
+TAG_MONITORING_DRIFT_SHARE = "monitoring_drift_share"
+TAG_MONITORING_LIVE_ACCURACY = "monitoring_live_accuracy"
+TAG_MONITORING_AT = "monitoring_at"
+# Set on a version by a promotion or a rollback, and on the model by an automatic rollback.
+TAG_PROMOTED_AT = "promoted_at"
+TAG_PROMOTED_BY = "promoted_by"
+TAG_ROLLED_BACK_AT = "rolled_back_at"
+TAG_ROLLBACK_REASON = "rollback_reason"
 
 # MLflow's own tags that tie a step's run to its driver run.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"

@@ -11,13 +11,17 @@ gateway builds its request model from these fields.
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 from contract.errors import ParameterError
-from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET, valid_model_name
+from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET, valid_model_name, valid_version
+
+METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
+PROMOTE = ("never", "if_better", "canary")
 
 # Cells that mean "missing" besides blank ones, unless a run says otherwise (na_values).
 DEFAULT_NA_VALUES: tuple[str, ...] = ("?",)
@@ -38,7 +42,8 @@ class Api:
     bounds: dict[str, Any] = field(default_factory=dict)
 
 
-def param(default: Any, parse: Parser, help: str, api: Api) -> Any:
+def param(default: Any, parse: Parser, help: str, api: Api | None) -> Any:
+    """A parameter; ``api`` None: not one of POST /train's fields (set by the gateway, or a step's own)."""
     return field(default=default, metadata={"parse": parse, "help": help, "api": api})
 
 
@@ -122,6 +127,15 @@ def na_markers(raw: str) -> tuple[str, ...]:
     return column_list(raw)
 
 
+def boolean(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def non_negative_int(raw: str) -> int:
     return _int(raw, minimum=0)
 
@@ -149,15 +163,73 @@ def model_name(raw: str) -> str:
     return raw.strip()
 
 
+def optional_model_name(raw: str) -> str:
+    return model_name(raw) if raw.strip() else ""
+
+
+def optional_version(raw: str) -> str:
+    text = raw.strip()
+    if text and not valid_version(text):
+        raise ValueError("expected a version number (1, 2, ...) or nothing")
+    return text
+
+
+def moment(raw: str) -> float | None:
+    """A time in ISO 8601 (UTC when it gives no offset) as seconds since the epoch; empty: none."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("expected a time in ISO 8601, e.g. 2026-11-27T09:30:00 (UTC unless an offset is given)"
+                         ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def probability(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number between 0 and 1") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError("expected a number strictly between 0 and 1")
+    return value
+
+
+def positive_number(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not value > 0:
+        raise ValueError("must be above 0")
+    return value
+
+
+def non_negative_number(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not value >= 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def metric_list(raw: str) -> tuple[str, ...]:
+    names = column_list(raw)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; expected some of {', '.join(METRICS)}")
+    return names
+
+
 def seed(raw: str) -> int:
     value = _int(raw, minimum=0)
     if value > 2**32 - 1:  # what numpy's random generators accept
         raise ValueError("must be at most 4294967295")
     return value
-
-
-METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
-PROMOTE = ("never", "if_better")
 
 
 def choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -191,6 +263,11 @@ class DataParams:
                                           TEXT)
     test_size: float = param(0.2, open_fraction, "held-out fraction, stratified", Api(float, {"gt": 0, "lt": 1}))
     random_state: int = random_state()
+    # rows the inference log holds true labels for (POST /feedback), added to the data before the split
+    feedback_from: str = param("", optional_model_name, "add the logged rows of this model that have feedback "
+                               "labels to the data; empty = none", TEXT)
+    inference_log: str = param("", optional_text, "the inference log's URL (for feedback_from); empty = "
+                               "INFERENCE_LOG_URI or the local stack's", None)
 
 
 @dataclass(frozen=True)
@@ -222,8 +299,14 @@ class ModelParams:
     metric: str = param("f1", choice(METRICS), "metric that tuning maximises and promotion compares",
                         Api(Literal[METRICS]))
     promote: str = param("never", choice(PROMOTE),
-                         "if_better: serve the new version if it beats the served one on the new test split",
-                         Api(Literal[PROMOTE]))
+                         "if_better: serve the new version if it beats the served one on the new test split; "
+                         "canary: if so, start a canary of it instead (the challenger alias)", Api(Literal[PROMOTE]))
+    min_delta: float = param(0.005, non_negative_number, "the least gain in metric that counts as beating the "
+                             "served version", Api(float, {"ge": 0, "le": 1}))
+    guard_metrics: tuple[str, ...] = param(("accuracy", "roc_auc"), metric_list, "comma-separated metrics that "
+                                           "must not drop by more than guard_tolerance", TEXT)
+    guard_tolerance: float = param(0.01, non_negative_number, "how much a guard metric may drop",
+                                   Api(float, {"ge": 0, "le": 1}))
 
 
 @dataclass(frozen=True)
@@ -243,6 +326,27 @@ class SplitParams:
 
     splits_uri: str = param("", required_text, "artifact URI or folder with train/test Parquet", TEXT)
     target: str = param("", optional_text, "label column; empty = the one preprocess split on", TEXT)
+
+
+@dataclass(frozen=True)
+class MonitorParams:
+    """The ``monitor`` step: which predictions to compare with the training data, and the drift rules."""
+
+    model_name: str = param(DEFAULT_MODEL_NAME, model_name, "registered model whose predictions are monitored", TEXT)
+    version: str = param("", optional_version, "one version; empty = every version with logged predictions",
+                         Api(str, {"max_length": 10}))
+    since: float | None = param(None, moment, "from this time (ISO 8601, UTC unless an offset is given); "
+                                "empty = the start of the log", TEXT)
+    until: float | None = param(None, moment, "until this time (excluded); empty = now", TEXT)
+    inference_log: str = param("", optional_text, "the inference log's URL; empty = INFERENCE_LOG_URI or the "
+                               "local stack's", None)
+    p_value: float = param(0.05, probability, "drift when a test's p-value is below this (KS, chi-squared)", None)
+    distance: float = param(0.1, positive_number, "drift when a distance is above this (normalised Wasserstein, "
+                            "Jensen-Shannon)", None)
+    small_sample: int = param(1000, positive_int, "a sample this small or smaller is compared by a test, a "
+                              "larger one by a distance", None)
+    min_feedback: int = param(30, positive_int, "true labels needed before live quality is computed", None)
+    max_rows: int = param(100_000, positive_int, "the newest logged rows read at most", None)
 
 
 # Spark master URLs: local, local[N], local[*], local[N,F], spark://, yarn, k8s://, mesos://
@@ -267,6 +371,8 @@ class ScoreParams:
     output_path: str = param("scores.parquet", required_text, "Parquet folder written (replaced if it exists)",
                              TEXT)
     spark_master: str = param("local[*]", spark_master, "Spark master URL", TEXT)
+    explain: bool = param(False, boolean, "true: add base_value and contrib_<column> (exact TreeSHAP of the "
+                          "predicted class) to every row", None)
 
 
 def format_value(value: Any) -> str:

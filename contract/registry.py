@@ -21,6 +21,7 @@ what the gateway's routes, the automatic promotion and ``make up`` all call.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from contract.names import CHALLENGER_ALIAS
+from contract.names import CHALLENGER_ALIAS, PREVIOUS_ALIAS, TAG_PROMOTED_AT, TAG_PROMOTED_BY
+from contract.traffic import TAG_TRAFFIC, TrafficPolicy
 
 Stage = Literal["None", "Staging", "Production", "Archived"]
 
@@ -88,16 +90,17 @@ class Pairs:
 
 
 def plan_transition(state: RegistryState, pairs: Pairs, version: str, stage: str,
-                    archive_existing: bool = False) -> list[Change]:
+                    archive_existing: bool = False, restore: bool = False) -> list[Change]:
     """The changes that put ``version`` in ``stage`` and keep the pairs whole.
 
     Ordered so that a model server following either the alias or the stage never
     sees the pair empty: the new holder is set before the old one leaves.
+    ``restore`` lets an Archived version back into Production directly (a rollback).
     """
     current = state.stages[version]
     if current == stage:
         raise Conflict(f"version {version} is already in stage {stage}")
-    if (current, stage) == ("Archived", "Production"):
+    if (current, stage) == ("Archived", "Production") and not restore:
         raise Conflict(f"version {version} is Archived: move it to Staging before Production")
     changes: list[Change] = [SetStage(version, stage)]
     alias = pairs.alias_of(stage)
@@ -216,6 +219,51 @@ class Registry:
     def serve(self, name: str, version: str) -> ModelVersion:
         """Make ``version`` the served one (the serving alias and Production, as the policy says)."""
         return self.set_alias(name, self.pairs.serving_alias, version)
+
+    # --- rollouts ---------------------------------------------------------------------
+    def promote(self, name: str, version: str, by: str = "") -> ModelVersion:
+        """Serve ``version``; the version it replaces keeps the alias ``previous`` (for :meth:`rollback`),
+        and the traffic policy returns to single."""
+        replaced = self.state(name).aliases.get(self.pairs.serving_alias)
+        self.serve(name, version)
+        self._after_switch(name, version, replaced, by)
+        return self.version(name, version)
+
+    def rollback(self, name: str, by: str = "") -> ModelVersion:
+        """Serve the version ``previous`` holds again, even Archived; the one it replaces becomes ``previous``."""
+        state = self.state(name)
+        previous = state.aliases.get(PREVIOUS_ALIAS)
+        if previous is None:
+            raise NotFound(f"model '{name}' has no alias '{PREVIOUS_ALIAS}': nothing to roll back to")
+        replaced = state.aliases.get(self.pairs.serving_alias)
+        if replaced == previous:
+            raise Conflict(f"model '{name}': version {previous} is served already")
+        if state.stages[previous] == "Production":
+            changes = plan_alias(state, self.pairs, self.pairs.serving_alias, previous)
+        else:
+            changes = plan_transition(state, self.pairs, previous, "Production", restore=True)
+        self._apply(name, changes)
+        self._after_switch(name, previous, replaced, by)
+        return self.version(name, previous)
+
+    def _after_switch(self, name: str, served: str, replaced: str | None, by: str) -> None:
+        if replaced and replaced != served:
+            self.client.set_registered_model_alias(name, PREVIOUS_ALIAS, replaced)
+        self.set_traffic(name, TrafficPolicy())
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.client.set_model_version_tag(name, served, TAG_PROMOTED_AT, stamp)
+        self.client.set_model_version_tag(name, served, TAG_PROMOTED_BY, by or "unknown")
+
+    def start_canary(self, name: str, version: str, policy: TrafficPolicy) -> None:
+        """``version`` becomes the challenger, and ``policy`` (a canary of the challenger) applies."""
+        self.set_alias(name, CHALLENGER_ALIAS, version)
+        self.set_traffic(name, policy)
+
+    def traffic(self, name: str) -> TrafficPolicy:
+        return TrafficPolicy.from_tag(self.model(name).tags.get(TAG_TRAFFIC))
+
+    def set_traffic(self, name: str, policy: TrafficPolicy) -> None:
+        self.client.set_registered_model_tag(name, TAG_TRAFFIC, policy.to_tag())
 
     def _planned(self, name: str, plan: Callable[[RegistryState], list[Change]]) -> list[Change]:
         state = self.state(name)

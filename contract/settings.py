@@ -82,11 +82,31 @@ class Settings(BaseSettings):
     # scaled-out gateway pods leave training to the one trainer pod.
     training_enabled: bool = Field(True, validation_alias="GATEWAY_TRAINING")
     max_predict_rows: int = Field(10_000, ge=1, validation_alias="GATEWAY_MAX_PREDICT_ROWS")
+    # An explanation costs ~10-30 ms a row on the default model (a prediction ~10 us): its own, lower limit.
+    max_explain_rows: int = Field(100, ge=1, validation_alias="GATEWAY_MAX_EXPLAIN_ROWS")
     # Any request body above this is refused with 413 before or while it is read.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias="GATEWAY_MAX_BODY_BYTES")
     # Back-pressure: /predict requests waiting at once; beyond, 503 with Retry-After.
     max_pending: int = Field(1024, ge=1, validation_alias="GATEWAY_MAX_PENDING")
     retry_after_seconds: int = Field(1, ge=1, validation_alias="GATEWAY_RETRY_AFTER_SECONDS")
+    # The inference log (contract/inference_log.py): a SQLAlchemy URL; unset: SQLite in STACK_DIR;
+    # "off": nothing is logged.
+    inference_log_uri: str | None = Field(None, validation_alias="INFERENCE_LOG_URI")
+    inference_log_sample_rate: float = Field(1.0, ge=0, le=1, validation_alias="INFERENCE_LOG_SAMPLE_RATE")
+    inference_log_retention_days: float = Field(30.0, gt=0, validation_alias="INFERENCE_LOG_RETENTION_DAYS")
+    # never stored (personal data): comma-separated column names
+    inference_log_exclude_columns: Annotated[list[str], NoDecode] = Field(
+        [], validation_alias="INFERENCE_LOG_EXCLUDE_COLUMNS")
+    # rows waiting to be written at most; beyond (a slow or dead store), new rows are dropped and counted
+    inference_log_buffer_rows: int = Field(100_000, ge=1, validation_alias="INFERENCE_LOG_BUFFER_ROWS")
+    # run the monitor step for every served model this often (minutes); 0: only on request (POST /monitor)
+    monitor_every_minutes: float = Field(0.0, ge=0, validation_alias="MONITOR_EVERY_MINUTES")
+    # Canary rollouts (gateway/rollouts.py): the window of the figures each version is judged on, the requests
+    # each version needs in it before a judgement, and when a canary is rolled back automatically.
+    rollout_window_seconds: float = Field(60.0, gt=0, validation_alias="ROLLOUT_WINDOW_SECONDS")
+    rollout_min_requests: int = Field(20, ge=1, validation_alias="ROLLOUT_MIN_REQUESTS")
+    rollout_max_error_rate_delta: float = Field(0.05, ge=0, le=1, validation_alias="ROLLOUT_MAX_ERROR_RATE_DELTA")
+    rollout_max_p99_ratio: float = Field(3.0, gt=1, validation_alias="ROLLOUT_MAX_P99_RATIO")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="LOG_LEVEL")
     access_log: bool = Field(True, validation_alias="GATEWAY_ACCESS_LOG")
 
@@ -103,6 +123,13 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: object) -> object:
         if isinstance(value, str):
             return [Path(p).expanduser() for p in value.split(":") if p.strip()]
+        return value
+
+    @field_validator("inference_log_exclude_columns", mode="before")
+    @classmethod
+    def _split_columns(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [c.strip() for c in value.split(",") if c.strip()]
         return value
 
     @field_validator("allowed_uri_schemes", mode="before")
@@ -123,6 +150,13 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def inference_log(self) -> str | None:
+        """The inference log's URL, None when it is off."""
+        if self.inference_log_uri is None:
+            return f"sqlite:///{(self.stack_dir / 'inference.db').resolve()}"
+        return None if self.inference_log_uri.strip().lower() in ("", "off", "none") else self.inference_log_uri
 
     @property
     def jobs_db(self) -> Path:

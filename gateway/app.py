@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
@@ -17,11 +18,15 @@ from starlette.routing import Match
 from contract.errors import first_line
 from contract.registry import Registry
 from contract.settings import Settings, get_settings
-from gateway.jobs import STATUSES, JobStore, TrainingJobRunner
+from gateway.inference_log import InferenceLog
+from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
 from gateway.model_client import ModelServerClient
 from gateway.model_info import ModelInfoCache
 from gateway.observability import Admission, JobsCollector, Metrics, RequestContext
-from gateway.routes import health, inference_protocol, models, predict, train
+from gateway.predictor import Predictor
+from gateway.rollouts import Rollouts
+from gateway.routes import explain, feedback, health, inference_protocol, models, monitor, predict, train
+from gateway.routes.health import served_models
 from gateway.schemas import unprocessable
 from runtime.logs import run_service
 
@@ -61,6 +66,14 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
                             headers={"Retry-After": str(settings.retry_after_seconds)})
 
 
+async def canary_versions(registry: Registry, name: str, alias: str | None) -> tuple[str | None, str | None]:
+    """(served version, the version ``alias`` holds) of a model, for the canary watch."""
+    def read() -> tuple[str | None, str | None]:
+        aliases = {a: str(v) for a, v in registry.model(name).aliases.items()}
+        return aliases.get(registry.pairs.serving_alias), aliases.get(alias) if alias else None
+    return await asyncio.to_thread(read)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
@@ -73,17 +86,38 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.add_collector(JobsCollector(app.state.jobs.store.count_by_status, STATUSES))
         # One pooled client for every call to the model server: connections are reused.
         app.state.model_client = ModelServerClient(settings, metrics)
+        app.state.inference_log = InferenceLog(settings, metrics) if settings.inference_log else None
+        if app.state.inference_log:
+            app.state.inference_log.start()
+        app.state.rollouts = Rollouts(app.state.registry, settings, metrics)
+        app.state.predictor = Predictor(settings, app.state.model_client, metrics, app.state.inference_log,
+                                        app.state.rollouts)
+        watcher = asyncio.create_task(app.state.rollouts.watch(
+            lambda name, alias: canary_versions(app.state.registry, name, alias)))
+        schedule = None
         if settings.training_enabled:
             app.state.jobs.start()
+            if settings.monitor_every_minutes:
+                schedule = MonitorSchedule(app.state.jobs, settings.monitor_every_minutes,
+                                           lambda: served_models(settings, app.state.model_client.http))
+                schedule.start()
         # MLflow and pandas leave ~10^6 long-lived objects; a full GC pass over
         # them stalls every request for tens of ms. Park them out of the GC's way.
         gc.freeze()
         try:
             yield
         finally:
+            if schedule:
+                await schedule.stop()
             if settings.training_enabled:
                 app.state.jobs.stop()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await app.state.rollouts.close()
             await app.state.model_client.close()
+            if app.state.inference_log:
+                await app.state.inference_log.stop()
 
     app = FastAPI(
         title="tabular-classifier gateway",
@@ -97,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)
     install_error_handlers(app, settings)
-    for module in (predict, train, models, inference_protocol, health):
+    for module in (predict, explain, feedback, train, monitor, models, inference_protocol, health):
         app.include_router(module.router)
     return app
 

@@ -14,10 +14,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from contract.registry import Registry
 from contract.settings import Settings
+from gateway.inference_log import InferenceLog
 from gateway.jobs import TrainingJobRunner
 from gateway.model_client import ModelServerClient
 from gateway.model_info import ModelInfoCache
 from gateway.observability import Admission, Metrics
+from gateway.predictor import Predictor
+from gateway.rollouts import Rollouts
 
 
 def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
@@ -41,6 +44,9 @@ ModelClientDep = Annotated[ModelServerClient, Depends(app_state("model_client"))
 AdmissionDep = Annotated[Admission, Depends(app_state("admission"))]
 MetricsDep = Annotated[Metrics, Depends(app_state("metrics"))]
 ModelInfoDep = Annotated[ModelInfoCache, Depends(app_state("model_info"))]
+InferenceLogDep = Annotated[InferenceLog | None, Depends(app_state("inference_log"))]
+PredictorDep = Annotated[Predictor, Depends(app_state("predictor"))]
+RolloutsDep = Annotated[Rollouts, Depends(app_state("rollouts"))]
 
 _bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
 

@@ -7,6 +7,7 @@ runs, and otherwise ends with the outcome MLflow recorded for its run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, UTC
 from pathlib import Path
@@ -26,7 +27,13 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from contract.errors import first_line
-from contract.names import PROMOTION_TAG_PREFIX, TAG_ERROR, TAG_JOB_ID, TAG_MODEL_VERSION
+from contract.names import (
+    PROMOTION_TAG_PREFIX,
+    TAG_ERROR,
+    TAG_JOB_ID,
+    TAG_MODEL_VERSION,
+    TAG_MONITORING_SUMMARY,
+)
 from contract.settings import PROJECT_DIR, Settings
 from runtime.processes import VENV_BIN, pid_alive, tool_env
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -48,11 +55,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     log_tail TEXT,
     pid INTEGER,
     entry_point TEXT NOT NULL DEFAULT 'main',
-    promotion TEXT
+    promotion TEXT,
+    summary TEXT
 )
 """
 # Columns added since the first release, for job stores created before them.
-_ADDED_COLUMNS = {"entry_point": "TEXT NOT NULL DEFAULT 'main'", "promotion": "TEXT"}
+_ADDED_COLUMNS = {"entry_point": "TEXT NOT NULL DEFAULT 'main'", "promotion": "TEXT", "summary": "TEXT"}
+# The jobs that train (POST /train) and the one that monitors (POST /monitor): each its experiment.
+TRAINING_ENTRY_POINTS = ("main", "tune")
+MONITOR_ENTRY_POINT = "monitor"
+MONITORING_EXPERIMENT = "monitoring"
 
 
 def _now() -> str:
@@ -76,12 +88,13 @@ class Job:
     pid: int | None
     entry_point: str
     promotion: dict[str, str] | None
+    summary: dict[str, Any] | None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         data = dict(row)
         data["parameters"] = json.loads(data["parameters"])
-        for name in ("metrics", "promotion"):
+        for name in ("metrics", "promotion", "summary"):
             data[name] = json.loads(data[name]) if data[name] else None
         return cls(**data)
 
@@ -125,9 +138,12 @@ class JobStore:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
-    def list(self, limit: int = 100) -> list[Job]:
+    def list(self, entry_points: tuple[str, ...], limit: int = 100) -> list[Job]:
+        """The newest jobs of these entry points first."""
+        marks = ", ".join("?" for _ in entry_points)
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(f"SELECT * FROM jobs WHERE entry_point IN ({marks}) ORDER BY created_at DESC LIMIT ?",
+                              (*entry_points, limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def with_status(self, status: str) -> list[Job]:
@@ -141,7 +157,7 @@ class JobStore:
 
     def update(self, job_id: str, *, only_if: tuple[str, ...] | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``only_if``, only while the job is in one of those statuses."""
-        for name in ("metrics", "promotion"):
+        for name in ("metrics", "promotion", "summary"):
             if fields.get(name) is not None:
                 fields[name] = json.dumps(fields[name])
         assignments = ", ".join(f"{k} = ?" for k in fields)
@@ -234,9 +250,9 @@ class TrainingJobRunner:
         log_path = self.settings.logs_dir / f"job-{job.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
-            experiment_id = (experiment.experiment_id if experiment
-                             else self.client.create_experiment(self.settings.experiment_name))
+            name = MONITORING_EXPERIMENT if job.entry_point == MONITOR_ENTRY_POINT else self.settings.experiment_name
+            experiment = self.client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
             run = self.client.create_run(experiment_id, tags={TAG_JOB_ID: job.id}, run_name=f"job-{job.id}")
         except Exception as err:  # tracking server down: the job fails, the gateway carries on
             self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
@@ -266,6 +282,12 @@ class TrainingJobRunner:
                               error=f"outcome unknown, tracking server unavailable: {first_line(err, 300)}")
             return
         tags = run.data.tags if run else {}
+        if run and run.info.status == "FINISHED" and job.entry_point == MONITOR_ENTRY_POINT:
+            summary = json.loads(tags.get(TAG_MONITORING_SUMMARY) or "{}")
+            self.store.update(job.id, only_if=("running",), status="succeeded", finished_at=_now(),
+                              model_version=tags.get(TAG_MODEL_VERSION) or None, metrics=run.data.metrics,
+                              log_tail=tail, summary=summary)
+            return
         if run and run.info.status == "FINISHED" and tags.get(TAG_MODEL_VERSION):
             promotion = {k.removeprefix(PROMOTION_TAG_PREFIX): v for k, v in tags.items()
                          if k.startswith(PROMOTION_TAG_PREFIX)}
@@ -296,3 +318,34 @@ class TrainingJobRunner:
     def _kill(self, job: Job) -> None:
         if job.pid and pid_alive(job.pid):
             self._kill_process(job.pid)
+
+
+class MonitorSchedule:
+    """Queue the monitor step for every served model every ``MONITOR_EVERY_MINUTES`` (the window: the
+    minutes since the previous run)."""
+
+    def __init__(self, runner: TrainingJobRunner, minutes: float, served_models: Callable[[], Awaitable[list[str]]]):
+        self.runner = runner
+        self.seconds = minutes * 60
+        self.served_models = served_models
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.seconds)
+            since = datetime.fromtimestamp(time.time() - self.seconds, UTC).isoformat()
+            try:
+                names = await self.served_models()
+            except Exception:  # noqa: BLE001 (the model server is down: the next round tries again)
+                continue
+            for name in names:
+                self.runner.submit({"model_name": name, "since": since}, name, entry_point=MONITOR_ENTRY_POINT)

@@ -61,13 +61,15 @@ class ModelServerClient:
             await batcher.stop()
         await self.http.aclose()
 
-    async def invoke(self, records: list[dict[str, Any]], target: Target) -> Answer:
-        """One call to the model server for ``target``. Raises httpx errors."""
+    async def invoke(self, records: list[dict[str, Any]], target: Target,
+                     params: dict[str, Any] | None = None) -> Answer:
+        """One call to the model server for ``target``, with the model's ``params``. Raises httpx errors."""
         self.metrics.batch_rows.observe(len(records))
-        answer = await self.http.post(
-            self.base + target.path(), content=orjson.dumps({"dataframe_records": records}),
-            headers={"Content-Type": "application/json"},
-        )
+        payload: dict[str, Any] = {"dataframe_records": records}
+        if params:
+            payload["params"] = params
+        answer = await self.http.post(self.base + target.path(), content=orjson.dumps(payload),
+                                      headers={"Content-Type": "application/json"})
         try:
             body = orjson.loads(answer.content)
         except orjson.JSONDecodeError:
@@ -75,6 +77,8 @@ class ModelServerClient:
         return Answer(answer.status_code, body, answer.headers.get("X-Model-Version"),
                       answer.headers.get("Retry-After"))
 
-    async def predict(self, records: list[dict[str, Any]], target: Target) -> Answer:
-        batcher = self._batcher(target)
-        return await (batcher.submit(records) if batcher else self.invoke(records, target))
+    async def predict(self, records: list[dict[str, Any]], target: Target,
+                      params: dict[str, Any] | None = None) -> Answer:
+        """Micro-batched with other callers' rows for ``target``, unless ``params`` ask for more than predictions."""
+        batcher = None if params else self._batcher(target)
+        return await (batcher.submit(records) if batcher else self.invoke(records, target, params))

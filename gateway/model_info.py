@@ -18,9 +18,9 @@ from typing import Any
 import mlflow
 import yaml
 
+from contract.model_output import PROBA_PREFIX
 from contract.registry import Registry
 
-PROBA_PREFIX = "proba_"
 SCHEMA_FILE = "artifacts/feature_schema.json"
 CACHED_VERSIONS = 64
 

@@ -15,6 +15,7 @@ so a request pays for it once and in microseconds:
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import re
@@ -82,16 +83,36 @@ class Metrics:
                                        "Time to answer a prediction request, by model and version",
                                        ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.labels = ModelLabels()
+        self.predicted_labels = Counter("gateway_model_predicted_labels", "Rows answered by model, version and "
+                                        "predicted label", ["model", "version", "label"], registry=r)
+        self.rollbacks = Counter("gateway_rollouts_rolled_back", "Canaries rolled back automatically, by model",
+                                 ["model"], registry=r)
+        self.drift_share = Gauge("gateway_model_drift_share", "Share of input columns the latest monitoring run "
+                                 "found drifted, by served model and version", ["model", "version"], registry=r)
+        self.live_accuracy = Gauge("gateway_model_live_accuracy", "Accuracy on the rows with a true label, from the "
+                                   "latest monitoring run, by served model and version", ["model", "version"],
+                                   registry=r)
+        self.log_written = Counter("gateway_inference_log_written_rows", "Predictions written to the inference log",
+                                   registry=r)
+        self.log_dropped = Counter("gateway_inference_log_dropped_rows", "Predictions the inference log could not "
+                                   "keep, by reason (buffer_full: the store was slow or down too long)", ["reason"],
+                                   registry=r)
+        self.log_pending = Gauge("gateway_inference_log_pending_rows", "Predictions waiting to be written to the "
+                                 "inference log", registry=r)
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
 
-    def observe_prediction(self, model: str, version: str | None, status: int, rows: int, seconds: float) -> None:
+    def observe_prediction(self, model: str, version: str | None, status: int, rows: int, seconds: float,
+                           labels: Iterable[Any] = ()) -> None:
         model, version = self.labels(model, version or "none")
         self.model_requests.labels(model, version, str(status)).inc()
         if status == 200:
             self.model_rows.labels(model, version).inc(rows)
             self.model_latency.labels(model, version).observe(seconds)
+            for label, count in collections.Counter(map(str, labels)).items():
+                # a model's classes; a model with hundreds of them counts the rest as "other"
+                self.predicted_labels.labels(model, version, self.labels.value(model, label)).inc(count)
 
     def set_loaded(self, loaded: Iterable[tuple[str, str]]) -> None:
         self.loaded_models.clear()
@@ -114,6 +135,15 @@ class ModelLabels:
         self.max_models = max_models
         self.max_versions = max_versions
         self._versions: dict[str, set[str]] = {}
+        self._values: dict[str, set[str]] = {}
+
+    def value(self, model: str, value: str, most: int = 50) -> str:
+        """A bounded label value of one model (its classes): the first ``most`` seen, then "other"."""
+        values = self._values.setdefault(model, set())
+        if value in values or len(values) < most:
+            values.add(value)
+            return value
+        return "other"
 
     def model(self, name: str) -> str:
         if name in self._versions:

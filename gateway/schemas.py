@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import Stage
-from contract.params import DataParams, ForestParams, ModelParams, TuneParams
+from contract.params import DataParams, ForestParams, ModelParams, TuneParams, moment
 
 
 def unprocessable(loc: list[Any], message: str, kind: str = "value_error") -> HTTPException:
@@ -29,6 +29,8 @@ VersionNumber = Annotated[str, PathParam(pattern=VERSION_PATTERN)]
 AliasName = Annotated[str, PathParam(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN})]
 VersionQuery = Annotated[str | None, Query(pattern=VERSION_PATTERN, description="a version number instead of "
                                            "the served one")]
+ExplainClassesQuery = Annotated[Literal["predicted", "all"], Query(
+    description="explain the predicted class's probability, or every class's as well (by_class)")]
 AliasQuery = Annotated[str | None, Query(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
                                          description="the version holding this alias instead of the served one")]
 
@@ -64,6 +66,7 @@ class ModelRef(BaseModel):
 
 
 class Prediction(BaseModel):
+    id: str = Field(description="the prediction's id: send it back with the true label to POST /feedback")
     label: str | int | float
     probability: float
     probabilities: dict[str, float]
@@ -74,12 +77,31 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class ClassExplanation(BaseModel):
+    base_value: float = Field(description="the model's expected probability of the class over the training rows")
+    contributions: dict[str, float] = Field(
+        description="each raw input column's share (a categorical column's one-hot features summed), largest "
+                    "|value| first; base_value + their sum = the probability")
+
+
+class Explanation(Prediction, ClassExplanation):
+    """A prediction and the exact TreeSHAP explanation of its label's probability."""
+
+    by_class: dict[str, ClassExplanation] | None = Field(
+        None, description="with ?classes=all: the explanation of every class's probability")
+
+
+class ExplainResponse(BaseModel):
+    model: ModelRef
+    explanations: list[Explanation]
+
+
 # --- /train -----------------------------------------------------------------------------
 
 # Every parameter of these groups is a field of POST /train, typed and bounded as the group says
 # (contract.params.Api) and checked by the same parser the step runs.
 TRAIN_GROUPS = (DataParams, ModelParams, ForestParams, TuneParams)
-_PARAMETERS = {f.name: f for group in TRAIN_GROUPS for f in fields(group)}
+_PARAMETERS = {f.name: f for group in TRAIN_GROUPS for f in fields(group) if f.metadata["api"] is not None}
 FOREST_FIELDS = {f.name for f in fields(ForestParams)} - {"random_state"}
 TUNE_FIELDS = {f.name for f in fields(TuneParams)}
 REQUIRED = ("data_path", "target")
@@ -111,6 +133,8 @@ class _TrainBase(BaseModel):
     mode: Literal["train", "tune"] = Field(
         "train", description="tune: search the model's hyperparameters (max_trials, timeout_s, cv_folds) "
                              "instead of taking them")
+    include_feedback: bool = Field(False, description="add the rows the inference log holds a true label for "
+                                   "(POST /feedback) to the data: those of feedback_from, by default model_name")
 
     @model_validator(mode="after")
     def _parameters_of_the_mode(self) -> _TrainBase:
@@ -119,10 +143,16 @@ class _TrainBase(BaseModel):
             raise ValueError(f"{', '.join(wrong)}: not a parameter of mode {self.mode!r}")
         return self
 
+    @model_validator(mode="after")
+    def _feedback_needs_the_switch(self) -> _TrainBase:
+        if "feedback_from" in self.model_fields_set and not self.include_feedback:
+            raise ValueError('feedback_from: only with "include_feedback": true')
+        return self
+
     @field_validator("*", mode="before")
     @classmethod
     def _scalar_and_valid(cls, value: Any, info: Any) -> Any:
-        if value is None or info.field_name == "mode":
+        if value is None or info.field_name in ("mode", "include_feedback"):
             return value
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError("expected a single text or number value")
@@ -137,7 +167,7 @@ class _TrainBase(BaseModel):
     def mlproject_parameters(self) -> dict[str, str]:
         """The set parameters in MLproject string form (``none`` for an explicit null)."""
         return {name: "none" if getattr(self, name) is None else str(getattr(self, name))
-                for name in self.model_fields_set - {"mode"}}
+                for name in self.model_fields_set - {"mode", "include_feedback"}}
 
 
 TrainRequest = create_model(
@@ -171,6 +201,71 @@ class JobOut(BaseModel):
         "champion_score, reason")
 
 
+# --- /monitor ---------------------------------------------------------------------------
+
+
+class MonitorRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_name: str = Field(pattern=MODEL_NAME_PATTERN, description="the registered model whose logged predictions "
+                            "are compared with its training data")
+    version: str | None = Field(None, pattern=VERSION_PATTERN, description="one version; default: every version "
+                                "with logged predictions in the window")
+    since: str | None = Field(None, max_length=64, description="ISO 8601, UTC unless an offset is given; default: "
+                              "the start of the log")
+    until: str | None = Field(None, max_length=64, description="ISO 8601 (excluded); default: now")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _moment(cls, value: str | None) -> str | None:
+        if value is not None:
+            moment(value)  # ValueError in words
+        return value
+
+
+class MonitorSummary(BaseModel):
+    status: Literal["ok", "drift", "insufficient_data"]
+    rows: int
+    drift_share: float
+    drifted_features: list[str]
+    live_metrics: dict[str, float] = Field(description="accuracy, precision, recall, f1, roc_auc of the rows "
+                                           "with a true label (empty until there are enough)")
+    feedback_rows: int = 0
+    version: str | None = None
+    reason: str | None = None
+
+
+class MonitorJobOut(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model_name: str
+    parameters: dict[str, str]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    run_id: str | None = Field(description="the monitoring run (experiment 'monitoring'): report, figures, table")
+    summary: MonitorSummary | None
+    error: str | None
+    log_tail: str | None
+
+
+# --- feedback ---------------------------------------------------------------------------
+
+
+class TrueLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=64, description="a prediction's id, as its answer gave it")
+    label: str | int | float = Field(description="the true class, one of the model's classes")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: list[TrueLabel] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int = Field(description="labels stored (sending one again replaces it)")
+
+
 # --- registry ---------------------------------------------------------------------------
 
 class StageRequest(BaseModel):
@@ -188,6 +283,34 @@ class AliasRequest(BaseModel):
     @classmethod
     def _int_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class TrafficRequest(BaseModel):
+    """How the model's requests are shared: single (the default), canary or shadow (see contract/traffic.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["single", "canary", "shadow"]
+    alias: str | None = Field(None, min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
+                              description="canary, shadow: the alias of the version to try (e.g. challenger)")
+    percent: float | None = Field(None, gt=0, lt=100, description="canary: the share of requests it answers")
+    sticky_key: str | None = Field(None, min_length=1, max_length=256, description="canary: an input column; "
+                                   "requests with the same value always go to the same version")
+
+
+class TrafficOut(BaseModel):
+    mode: Literal["single", "canary", "shadow"]
+    alias: str | None
+    percent: float | None
+    sticky_key: str | None
+    figures: dict[str, Any] = Field(description="canary and shadow: per version (served, canary or shadow) the "
+                                    "requests in the window, error rate, p50 and p99 in ms; shadow: the agreement of "
+                                    "labels and the mean absolute difference of probabilities")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alias: str = Field(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
+                       description="the alias of the version to serve (e.g. challenger)")
 
 
 class ModelVersionOut(BaseModel):
@@ -244,6 +367,16 @@ class ModelSchemaOut(BaseModel):
     example: dict[str, Any] = Field(description="a valid body for /models/{name}/predict, from the logged "
                                     "input example")
     example_csv: str = Field(description="the same rows as a text/csv body")
+
+
+class ImportanceOut(BaseModel):
+    """A version's global feature importance, as its training run logged it."""
+
+    name: str
+    version: str
+    method: str = Field(description="how it was computed")
+    importance: dict[str, float] = Field(description="per raw input column (a categorical column's one-hot "
+                                         "features summed), largest first; they sum to 1")
 
 
 # --- health -----------------------------------------------------------------------------

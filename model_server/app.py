@@ -142,8 +142,12 @@ class ModelServer:
             if version is None and alias is not None:
                 return not_found(f"model '{name}' has no alias '{alias}'")
             followed = self.follower.follow(pair)
-            self.pool.background(self.follower.reconcile(pair))
-            if version is not None:
+            loaded = self.pool.loaded.get((name, version)) if version is not None else None
+            if loaded is not None and loaded.alive:
+                await self.follower.reconcile(pair)  # another alias of a loaded version: no wait
+            else:
+                self.pool.background(self.follower.reconcile(pair))
+            if version is not None and not followed.serving:
                 return unavailable(f"loading version {version} of '{name}'; retry shortly",
                                    self.settings.retry_after_seconds)
         if followed.missing and pair != self.default:

@@ -33,8 +33,8 @@ from model_server import protocol, wire
 
 log = logging.getLogger("model_server.worker")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-# Below this many rows a request is scored in the event loop; above, in a thread (the compiled
-# forest releases the GIL, so a big request does not hold up small ones).
+# Below this many rows a request is scored in the event loop; above, or with params (explanations), in a
+# thread (the compiled forest and its TreeSHAP release the GIL, so a big request does not hold up small ones).
 INLINE_ROWS = 64
 MODEL_PACKAGE = "pyfunc"
 
@@ -108,7 +108,7 @@ class Worker:
         try:
             request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON))
             rows = len(request.records) if request.records is not None else len(request.table)
-            if rows <= INLINE_ROWS:
+            if rows <= INLINE_ROWS and not request.params:  # params (explain) cost more: a thread too
                 return 200, protocol.CONTENT_TYPE_JSON, self.model.score(request)
             return 200, protocol.CONTENT_TYPE_JSON, await asyncio.to_thread(self.model.score, request)
         except protocol.ProtocolError as err:

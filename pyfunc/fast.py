@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import chain, repeat
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numba
@@ -31,6 +32,8 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from pyfunc.cleaning import MISSING, FeatureSchema, clean_columns, clean_records
+from pyfunc.explain import TreeExplainer
+from pyfunc.pipeline import feature_columns
 
 
 # One node a 16-byte record: a path down a tree reads one record per level, and since a left child
@@ -64,6 +67,16 @@ class CompiledForest:
     roots: np.ndarray
     nodes: np.ndarray  # NODE records of every tree, one after the other
     value: np.ndarray  # class probabilities at each node (the leaves' are read)
+    cover: np.ndarray  # the training weight through each node (explanations need it, predictions not)
+    depths: np.ndarray  # each tree's depth
+
+    @cached_property
+    def explainer(self) -> TreeExplainer:
+        """TreeSHAP of this forest, built on first use (a model never asked to explain never pays for it)."""
+        nodes = self.nodes
+        return TreeExplainer.build(self.roots, nodes["right"].copy(), nodes["feature"].copy(),
+                                   nodes["threshold"].copy(), self.cover, self.value, self.depths, average=True,
+                                   probabilities=True)
 
     @classmethod
     def from_estimators(cls, estimators: list) -> CompiledForest:
@@ -84,7 +97,9 @@ class CompiledForest:
             total = leaf.sum(axis=1, keepdims=True)
             total[total == 0.0] = 1.0
             values.append(leaf / total)
-        return cls(roots=offsets, nodes=nodes, value=np.concatenate(values))
+        return cls(roots=offsets, nodes=nodes, value=np.concatenate(values),
+                   cover=np.concatenate([t.weighted_n_node_samples for t in trees]).astype(np.float64),
+                   depths=np.array([t.max_depth for t in trees], dtype=np.int64))
 
     def predict_proba(self, X32: np.ndarray) -> np.ndarray:
         return _forest_proba(X32, self.roots, self.nodes, self.value)
@@ -104,6 +119,7 @@ class CompiledPipeline:
     n_features: int
     forest: CompiledForest
     classes: np.ndarray
+    feature_columns: np.ndarray  # features x input columns (pyfunc/pipeline.py: feature_columns)
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline, schema: FeatureSchema) -> CompiledPipeline:
@@ -131,7 +147,8 @@ class CompiledPipeline:
         if forest.n_features_in_ != position:
             raise ValueError(f"forest expects {forest.n_features_in_} features, preprocessing gives {position}")
         compiled = cls(schema, numeric_fill, np.asarray(center, np.float64), np.asarray(scale, np.float64),
-                       lookups, position, CompiledForest.from_estimators(forest.estimators_), forest.classes_)
+                       lookups, position, CompiledForest.from_estimators(forest.estimators_), forest.classes_,
+                       feature_columns(pipeline, schema))
         compiled.predict_proba(pd.DataFrame([{c: None for c in schema.columns}]))  # compile the kernel now
         return compiled
 
@@ -166,3 +183,20 @@ class CompiledPipeline:
 
     def predict_proba_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         return self.forest.predict_proba(self.encode_records(records))
+
+    def explain(self, frame: pd.DataFrame) -> Explanation:
+        """Probabilities and their exact TreeSHAP decomposition per input column (pyfunc/explain.py)."""
+        X = self.encode(frame)
+        phi = self.forest.explainer.contributions(X)  # rows x features x classes
+        # a categorical column's share is the sum of its one-hot features' (SHAP values add up)
+        by_column = np.einsum("rfc,fk->rkc", phi, self.feature_columns)
+        return Explanation(self.forest.predict_proba(X), self.forest.explainer.base, by_column)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """``base[c] + contributions[r, :, c].sum() == proba[r, c]`` for every row and class, to rounding."""
+
+    proba: np.ndarray  # rows x classes
+    base: np.ndarray  # classes: the forest's expected output over the training rows
+    contributions: np.ndarray  # rows x input columns (FeatureSchema.columns order) x classes

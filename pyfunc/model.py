@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from pyfunc.cleaning import FeatureSchema, InvalidInputError
-from pyfunc.fast import CompiledPipeline
+from pyfunc.fast import CompiledPipeline, Explanation
 from pyfunc.pipeline import load_pipeline
 
 # Names of the artifacts logged with the model (see steps/train.py).
@@ -23,6 +23,16 @@ FEATURE_SCHEMA_FILE = "feature_schema.json"
 # ERROR_COLUMN instead of failing the call ("raise", the default, as /predict does).
 ON_INVALID_PARAM = "on_invalid"
 ERROR_COLUMN = "error"
+# predict(..., params={"explain": True}): each row's exact TreeSHAP explanation of the predicted class,
+# BASE_VALUE_COLUMN plus one contrib_<column> a raw input column (flat columns: Spark and CSV readers take
+# them as they are). With EXPLAIN_CLASSES_PARAM "all", EXPLANATIONS_COLUMN adds every class's, as an object
+# {class: {"base_value": b, "contributions": {column: value}}}.
+EXPLAIN_PARAM = "explain"
+EXPLAIN_CLASSES_PARAM = "explain_classes"
+EXPLAIN_CLASSES = ("predicted", "all")
+BASE_VALUE_COLUMN = "base_value"
+CONTRIB_PREFIX = "contrib_"
+EXPLANATIONS_COLUMN = "explanations"
 
 
 def proba_column(label: Any) -> str:
@@ -35,6 +45,27 @@ def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index) 
     columns = {"label": classes[best], "probability": proba[np.arange(len(best)), best]}
     columns.update({proba_column(label): proba[:, i] for i, label in enumerate(classes)})
     return pd.DataFrame(columns, index=index)
+
+
+def contrib_column(column: str) -> str:
+    return f"{CONTRIB_PREFIX}{column}"
+
+
+def add_explanations(scored: pd.DataFrame, explanation: Explanation, columns: list[str], classes: np.ndarray,
+                     every_class: bool) -> pd.DataFrame:
+    """``scored`` (:func:`format_predictions` of ``explanation.proba``) plus the explanation columns."""
+    rows = np.arange(len(scored))
+    best = explanation.proba.argmax(axis=1)
+    extra = {BASE_VALUE_COLUMN: explanation.base[best]}
+    extra.update({contrib_column(c): explanation.contributions[rows, j, best] for j, c in enumerate(columns)})
+    if every_class:
+        labels = [str(c) for c in classes]
+        base = explanation.base.tolist()
+        extra[EXPLANATIONS_COLUMN] = [
+            {label: {"base_value": base[k], "contributions": dict(zip(columns, row[:, k].tolist(), strict=True))}
+             for k, label in enumerate(labels)}
+            for row in explanation.contributions]
+    return pd.concat([scored, pd.DataFrame(extra, index=scored.index)], axis=1)
 
 
 def prediction_records(classes: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
@@ -84,38 +115,50 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if (params or {}).get(ON_INVALID_PARAM, "raise") == "report":
-            return self._predict_reporting_errors(frame)
-        proba = self._compiled.predict_proba(frame)
-        return format_predictions(self._compiled.classes, proba, frame.index)
+        params = params or {}
+        explain = bool(params.get(EXPLAIN_PARAM, False))
+        every_class = params.get(EXPLAIN_CLASSES_PARAM, "predicted")
+        if every_class not in EXPLAIN_CLASSES:
+            raise InvalidInputError(f"{EXPLAIN_CLASSES_PARAM} must be one of {', '.join(EXPLAIN_CLASSES)}, not "
+                                    f"{every_class!r}", [EXPLAIN_CLASSES_PARAM])
+        if params.get(ON_INVALID_PARAM, "raise") == "report":
+            return self._predict_reporting_errors(frame, explain, every_class == "all")
+        return self._scored(frame, explain, every_class == "all")
 
-    def _predict_reporting_errors(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _scored(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
+        classes = self._compiled.classes
+        if not explain:
+            return format_predictions(classes, self._compiled.predict_proba(frame), frame.index)
+        explanation = self._compiled.explain(frame)
+        scored = format_predictions(classes, explanation.proba, frame.index)
+        return add_explanations(scored, explanation, self._schema.columns, classes, every_class)
+
+    def _predict_reporting_errors(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
         """:meth:`predict` plus an ``error`` column: a row that cannot be scored gets its reason
         there and empty predictions, instead of failing the rows around it (batch scoring)."""
         try:
-            scored = self.predict(None, frame)
+            scored = self._scored(frame, explain, every_class)
         except InvalidInputError:
             if any(column not in frame.columns for column in self._schema.columns):
                 raise  # a missing column fails every row alike: the caller's whole input is wrong
-            return self._score_rows_one_by_one(frame)
+            return self._score_rows_one_by_one(frame, explain, every_class)
         # a None per row: pandas 3 turns pd.Series(None, dtype=object) into NaN, a bare NaN in JSON
         scored[ERROR_COLUMN] = pd.Series([None] * len(scored), index=scored.index, dtype=object)
         return scored
 
-    def _score_rows_one_by_one(self, frame: pd.DataFrame) -> pd.DataFrame:
-        # the records path is the frame path, bit for bit (tests/unit/test_pyfunc_contract.py)
-        classes = self._compiled.classes
-        proba = np.full((len(frame), len(classes)), np.nan)
+    def _score_rows_one_by_one(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
+        """Each row checked on its own, then the valid ones scored together."""
         errors: list[str | None] = []
-        for i, record in enumerate(frame[self._schema.columns].to_dict(orient="records")):
+        for record in frame[self._schema.columns].to_dict(orient="records"):
             try:
-                proba[i] = self._compiled.predict_proba_records([record])[0]
+                self._compiled.encode_records([record])
                 errors.append(None)
             except InvalidInputError as err:
                 errors.append(err.message.replace(" row 0:", ":"))
-        scored = format_predictions(classes, np.nan_to_num(proba), frame.index)
-        failed = np.array([e is not None for e in errors])
-        scored.loc[failed, :] = None  # missing, in each column's own type
+        valid = np.flatnonzero([e is None for e in errors])
+        scored = self._scored(frame.iloc[valid].reset_index(drop=True), explain, every_class)
+        scored = scored.set_axis(valid).reindex(np.arange(len(frame)))  # missing, in each column's own type
+        scored.index = frame.index
         scored[ERROR_COLUMN] = pd.Series(errors, index=scored.index, dtype=object)
         return scored
 

@@ -51,26 +51,27 @@ def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any]) -> P
     )
 
 
-def input_column_importance(pipeline: Pipeline, schema: FeatureSchema) -> dict[str, float]:
-    """The forest's impurity importances summed back onto the raw input columns.
+def feature_columns(pipeline: Pipeline, schema: FeatureSchema) -> np.ndarray:
+    """features x input columns, 1 where a feature of the forest comes from a column.
 
-    One-hot encoding turns a categorical column into one feature per category;
-    a user asks about ``education``, not ``education_Bachelors``.
+    A numeric column gives one feature; one-hot encoding turns a categorical column into a block of
+    features, one a category. Anything additive over features (importances, SHAP values) sums back
+    onto the columns a user asks about (``education``, not ``education_Bachelors``) as ``x @ this``.
     """
-    importances = pipeline.named_steps["forest"].feature_importances_
-    widths: list[tuple[str, int]] = [(name, 1) for name in schema.numeric]
+    widths = [1] * len(schema.numeric)
     if schema.categorical:
         encoder = pipeline.named_steps["preprocess"].named_transformers_["categorical"]
-        categories = encoder.named_steps["onehot"].categories_
-        widths += [(name, len(c)) for name, c in zip(schema.categorical, categories, strict=True)]
-    totals: dict[str, float] = {}
-    start = 0
-    for name, width in widths:
-        totals[name] = float(np.sum(importances[start : start + width]))
-        start += width
-    if start != len(importances):
-        raise RuntimeError(f"pipeline has {len(importances)} features, schema accounts for {start}")
-    return dict(sorted(totals.items(), key=lambda item: item[1], reverse=True))
+        widths += [len(c) for c in encoder.named_steps["onehot"].categories_]
+    n_features = pipeline.named_steps["forest"].n_features_in_
+    if sum(widths) != n_features:
+        raise RuntimeError(f"pipeline has {n_features} features, schema accounts for {sum(widths)}")
+    return np.repeat(np.eye(len(widths)), widths, axis=0)
+
+
+def input_column_importance(pipeline: Pipeline, schema: FeatureSchema) -> dict[str, float]:
+    """The forest's impurity importances summed back onto the raw input columns."""
+    totals = pipeline.named_steps["forest"].feature_importances_ @ feature_columns(pipeline, schema)
+    return dict(sorted(zip(schema.columns, totals.tolist(), strict=True), key=lambda item: item[1], reverse=True))
 
 
 def save_pipeline(pipeline: Pipeline, path: Path) -> None:

@@ -10,6 +10,7 @@ independent second stack.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -76,6 +77,7 @@ TRACKING_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 # Read by the stack itself (the tracking server's stores go on its command line).
 STACK_ONLY_SETTINGS = frozenset({"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"})
+INHERITED_EXPERIMENT = frozenset({"MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"})
 
 
 class LocalStack:
@@ -94,7 +96,10 @@ class LocalStack:
             # Always set, so a token in a stray .env file cannot leak into a stack without one.
             "GATEWAY_API_TOKEN": self.settings.api_token or "",
         })
-        return tool_env(**values)
+        # The stack picks its experiments itself: an experiment exported in the caller's shell would make
+        # `mlflow run --experiment-name` refuse to start ("Specify only one of ...").
+        inherited = {k: v for k, v in os.environ.items() if k not in INHERITED_EXPERIMENT}
+        return tool_env(inherited, **values)
 
     def pid_file(self, service: str) -> Path:
         return self.run_dir / f"{service}.pid"

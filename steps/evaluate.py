@@ -11,6 +11,8 @@ from pathlib import Path
 
 import matplotlib
 
+from contract.params import METRICS
+
 matplotlib.use("Agg")  # no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -27,29 +29,30 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 
-def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None
-) -> dict[str, float]:
-    """accuracy, precision, recall, f1, roc_auc.
+def score(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None) -> float:
+    """One metric of predicted probabilities (labels: the most probable class).
 
     Binary: precision/recall/F1/ROC-AUC of ``positive``. Multiclass (``positive``
     None): macro averages and one-vs-rest macro ROC-AUC.
     """
+    if metric == "roc_auc":
+        if positive is not None:
+            return float(roc_auc_score(y_true == positive, proba[:, list(classes).index(positive)]))
+        return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes))
     y_pred = classes[proba.argmax(axis=1)]
-    metrics = {"accuracy": accuracy_score(y_true, y_pred)}
-    if positive is not None:
-        column = list(classes).index(positive)
-        scores = {"pos_label": positive, "average": "binary", "zero_division": 0}
-        metrics["roc_auc"] = roc_auc_score(y_true == positive, proba[:, column])
-    else:
-        scores = {"labels": classes, "average": "macro", "zero_division": 0}
-        metrics["roc_auc"] = roc_auc_score(
-            y_true, proba, multi_class="ovr", average="macro", labels=classes
-        )
-    metrics["precision"] = precision_score(y_true, y_pred, **scores)
-    metrics["recall"] = recall_score(y_true, y_pred, **scores)
-    metrics["f1"] = f1_score(y_true, y_pred, **scores)
-    return {name: float(value) for name, value in metrics.items()}
+    if metric == "accuracy":
+        return float(accuracy_score(y_true, y_pred))
+    options = ({"pos_label": positive, "average": "binary", "zero_division": 0} if positive is not None
+               else {"labels": classes, "average": "macro", "zero_division": 0})
+    return float({"precision": precision_score, "recall": recall_score, "f1": f1_score}[metric](
+        y_true, y_pred, **options))
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None
+) -> dict[str, float]:
+    """accuracy, roc_auc, precision, recall, f1 (see :func:`score`)."""
+    return {metric: score(metric, y_true, proba, classes, positive) for metric in METRICS}
 
 
 def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray, path: Path) -> None:

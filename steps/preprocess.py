@@ -25,9 +25,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from contract.errors import DataError, ParameterError
+from contract.errors import DataError, ParameterError, first_line
+from contract.inference_log import logged_rows, open_log
 from contract.params import DataParams, parse_cli, to_arguments
-from pyfunc.cleaning import normalize_missing
+from contract.settings import get_settings
+from pyfunc.cleaning import as_category, column_key, normalize_missing
 from steps.runs import log_params_once, step_run
 from steps.sources import read_raw_csv
 
@@ -100,12 +102,39 @@ def profile_of(raw_rows: int, frame: pd.DataFrame, counts: pd.Series, params: Da
     }
 
 
+def as_text(value: Any) -> str:
+    """A logged JSON cell as the CSV would hold it (the model reads both alike)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(as_category(value))
+
+
+def feedback_rows(params: DataParams, columns: list[str]) -> pd.DataFrame:
+    """The logged rows of ``params.feedback_from`` that have a true label (POST /feedback), as raw text
+    cells under the file's ``columns``, the label under the target."""
+    uri = params.inference_log or get_settings().inference_log
+    if uri is None:
+        raise ParameterError("feedback_from", params.feedback_from, "the inference log is off (INFERENCE_LOG_URI=off)")
+    try:
+        rows = logged_rows(open_log(uri), params.feedback_from, labelled_only=True, limit=10_000_000)
+    except Exception as err:  # noqa: BLE001 (the store's failure, as the caller's one line)
+        raise ParameterError("inference_log", uri, f"cannot read the inference log: {first_line(err, 300)}") from None
+    frame = pd.DataFrame([{**{column_key(k): as_text(v) for k, v in row.inputs.items()},
+                           params.target: as_text(row.true_label)} for row in rows], dtype=object)
+    return frame.reindex(columns=columns, fill_value="").fillna("")
+
+
 def preprocess(params: DataParams, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Write the splits, their metadata and a raw input example to ``out_dir``.
 
     Returns the train and test splits and the data profile.
     """
     raw = read_raw_csv(params.data_path)
+    from_feedback = 0
+    if params.feedback_from:
+        labelled = feedback_rows(params, list(raw.columns))
+        from_feedback = len(labelled)
+        raw = pd.concat([raw, labelled], ignore_index=True)
     features = feature_columns(list(raw.columns), params)
     absent = [c for c in params.drop_columns if c not in raw.columns]
     if absent:
@@ -129,7 +158,7 @@ def preprocess(params: DataParams, out_dir: Path) -> tuple[pd.DataFrame, pd.Data
     (out_dir / EXAMPLE_FILE).write_text(example.to_json(orient="records", indent=1), encoding="utf-8")
     meta = SplitMeta(params.target, list(params.na_values), features, params.data_path)
     (out_dir / META_FILE).write_text(json.dumps(asdict(meta), indent=2), encoding="utf-8")
-    return train, test, profile_of(len(raw), frame, counts, params, train, test)
+    return train, test, {**profile_of(len(raw), frame, counts, params, train, test), "feedback_rows": from_feedback}
 
 
 def describe_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, target: str) -> list[dict]:

@@ -1,37 +1,66 @@
-"""The champion/challenger rule: a new version is served only if it beats the served one.
+"""The champion/challenger rule: a new version is served only if it clearly beats the served one.
 
-Both are scored on the new version's test split, on the metric the run was
-asked to compare. The served version is scored with the code logged with it,
-in a process of its own (``mlflow models predict``), never with this
-checkout's ``pyfunc``. :func:`decide` is the rule as a pure function; the
-decision and both scores become tags on the new version and on the run, so
-``GET /train/{job_id}`` and the MLflow UI show them. A promotion goes through
-the registry policy (``contract.registry``): serving alias and Production
-together, the version it replaces Archived.
+Both are scored on the new version's test split, the served one (the
+champion) with the code logged with it, in a process of its own (``mlflow
+models predict``), never with this checkout's ``pyfunc``. The new version
+wins only when all three hold:
+
+1. its ``metric`` is higher by at least ``min_delta`` (a tie is never a win);
+2. the gain is significant on that split: a paired bootstrap of the metric's
+   difference (``BOOTSTRAP_RESAMPLES`` resamples of the test rows, the same rows
+   for both models, seeded with ``random_state``) gives a 95% interval whose
+   lower end is above 0;
+3. no guard metric (``guard_metrics``, accuracy and ROC-AUC by default) drops by
+   more than ``guard_tolerance``.
+
+:func:`decide` is the rule as a pure function. The decision, both scores, the
+difference with its interval and the condition that decided are tags on the
+new version and on the run (``GET /train/{job_id}`` shows them). A promotion
+goes through the registry policy (``contract.registry``): the serving alias and
+Production together, the version it replaces Archived and held by the alias
+``previous``. With ``promote=canary`` a winner becomes the challenger and a
+canary of it starts instead (``contract.traffic``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import mlflow
+import numpy as np
 import pandas as pd
 
-from contract.errors import ProjectError, first_line
+from contract.errors import ProjectError
 from contract.names import PROMOTION_TAG_PREFIX
+from contract.params import ModelParams
 from contract.registry import Registry
 from contract.settings import get_settings
+from contract.traffic import TrafficPolicy
 from pyfunc.model import proba_column
 from steps import evaluate
 from steps.splits import Labels
+from steps.versions import predict_with_own_code
 
-MLFLOW = Path(sys.executable).parent / "mlflow"
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    min_delta: float = 0.005
+    guards: tuple[str, ...] = ("accuracy", "roc_auc")
+    guard_tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both versions scored on the same test rows: every metric, and the bootstrap interval of the gain."""
+
+    new: dict[str, float]
+    champion: dict[str, float]
+    interval: tuple[float, float]  # of new - champion on ``metric``
 
 
 @dataclass(frozen=True)
@@ -42,49 +71,78 @@ class Decision:
     champion_version: str | None
     champion_score: float | None
     reason: str
+    decided_by: str  # no_champion, unscored, min_delta, significance, guard:<metric>, every_condition
+    difference: float | None = None
+    interval: tuple[float, float] | None = None
+    guards: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
         values = {"decision": "promoted" if self.promoted else "kept", "metric": self.metric,
-                  "new_score": f"{self.new_score:.6f}", "reason": self.reason,
+                  "new_score": f"{self.new_score:.6f}", "reason": self.reason, "decided_by": self.decided_by,
                   "champion_version": self.champion_version or "",
-                  "champion_score": "" if self.champion_score is None else f"{self.champion_score:.6f}"}
+                  "champion_score": "" if self.champion_score is None else f"{self.champion_score:.6f}",
+                  "difference": "" if self.difference is None else f"{self.difference:.6f}",
+                  "interval": "" if self.interval is None else f"[{self.interval[0]:.6f}, {self.interval[1]:.6f}]",
+                  "guards": json.dumps(self.guards, sort_keys=True)}
         return {PROMOTION_TAG_PREFIX + k: v for k, v in values.items()}
 
 
-def decide(metric: str, new_score: float, champion_version: str | None, champion_score: float | None,
+def decide(rule: Rule, new_score: float, champion_version: str | None, scores: Scores | None,
            unscored_reason: str = "") -> Decision:
-    """Promote when there is no champion, or when the new score is strictly higher (a tie is no win)."""
+    """The rule: no champion, or a gain of at least ``min_delta`` that is significant and costs no guard."""
+    metric = rule.metric
     if champion_version is None:
-        return Decision(True, metric, new_score, None, None, "no champion yet")
-    if champion_score is None:
-        return Decision(False, metric, new_score, champion_version, None, unscored_reason)
-    if new_score > champion_score:
-        return Decision(True, metric, new_score, champion_version, champion_score,
-                        f"{metric} {new_score:.4f} > champion's {champion_score:.4f}")
-    return Decision(False, metric, new_score, champion_version, champion_score,
-                    f"{metric} {new_score:.4f} <= champion's {champion_score:.4f}")
+        return Decision(True, metric, new_score, None, None, "no champion yet", "no_champion")
+    if scores is None:
+        return Decision(False, metric, new_score, champion_version, None, unscored_reason, "unscored")
+    old = scores.champion[metric]
+    difference = scores.new[metric] - old
+    guards = {g: {"new": scores.new[g], "champion": scores.champion[g]} for g in rule.guards}
+    common = {"difference": difference, "interval": scores.interval, "guards": guards}
+    if not difference > 0 or difference < rule.min_delta:
+        return Decision(False, metric, new_score, champion_version, old,
+                        f"{metric} {scores.new[metric]:.4f} vs champion's {old:.4f}: a gain of {difference:+.4f}, "
+                        f"less than min_delta {rule.min_delta}", "min_delta", **common)
+    low, high = scores.interval
+    if not low > 0:
+        return Decision(False, metric, new_score, champion_version, old,
+                        f"{metric} gain {difference:+.4f} is not significant: its {CONFIDENCE:.0%} bootstrap "
+                        f"interval [{low:+.4f}, {high:+.4f}] does not exclude 0", "significance", **common)
+    for guard, values in guards.items():
+        drop = values["champion"] - values["new"]
+        if drop > rule.guard_tolerance:
+            return Decision(False, metric, new_score, champion_version, old,
+                            f"guard {guard} drops by {drop:.4f} ({values['champion']:.4f} -> {values['new']:.4f}), "
+                            f"more than guard_tolerance {rule.guard_tolerance}", f"guard:{guard}", **common)
+    return Decision(True, metric, new_score, champion_version, old,
+                    f"{metric} {scores.new[metric]:.4f} > champion's {old:.4f} by {difference:+.4f} "
+                    f"({CONFIDENCE:.0%} interval [{low:+.4f}, {high:+.4f}]), no guard dropped", "every_condition",
+                    **common)
 
 
-def predict_with_own_code(model_uri: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` scored by ``model_uri`` in a process that loads the model with its logged code."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, answer = Path(tmp) / "input.json", Path(tmp) / "predictions.json"
-        source.write_text(json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split"))}))
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        done = subprocess.run(
-            [str(MLFLOW), "models", "predict", "-m", model_uri, "-i", str(source), "-o", str(answer),
-             "-t", "json", "--env-manager", "local"],
-            cwd=tmp, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            raise ProjectError(f"scoring {model_uri} failed: {first_line(last, 300)}")
-        predictions = json.loads(answer.read_text())["predictions"]
-    return pd.DataFrame(predictions)
+def paired_bootstrap(metric: str, labels: Labels, new: np.ndarray, old: np.ndarray, seed: int,
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """The ``CONFIDENCE`` interval of ``metric(new) - metric(old)`` over resamples of the test rows."""
+    rng = np.random.default_rng(seed)
+    y = labels.test
+    differences = []
+    for _ in range(resamples):
+        rows = rng.integers(0, len(y), len(y))
+        try:
+            differences.append(evaluate.score(metric, y[rows], new[rows], labels.classes, labels.positive)
+                               - evaluate.score(metric, y[rows], old[rows], labels.classes, labels.positive))
+        except ValueError:  # a resample with one class only has no ROC-AUC: skipped
+            continue
+    if not differences:
+        return (float("nan"), float("nan"))
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    return float(low), float(high)
 
 
-def champion_score(model_name: str, serving_alias: str, metric: str, test: pd.DataFrame,
-                   labels: Labels) -> tuple[str | None, float | None, str]:
-    """(version, score, why not scored) of the served version on these rows."""
+def champion_proba(model_name: str, serving_alias: str, test: pd.DataFrame,
+                   labels: Labels) -> tuple[str | None, np.ndarray | None, str]:
+    """(version, probabilities on these rows, why not scored) of the served version."""
     client = mlflow.MlflowClient()
     try:
         version = str(client.get_model_version_by_alias(model_name, serving_alias).version)
@@ -97,20 +155,29 @@ def champion_score(model_name: str, serving_alias: str, metric: str, test: pd.Da
     columns = [proba_column(c) for c in labels.classes]
     if not set(columns) <= set(predicted.columns):
         return version, None, f"champion version {version} predicts other classes"
-    proba = predicted[columns].to_numpy(dtype=float)
-    score = evaluate.classification_metrics(labels.test, proba, labels.classes, labels.positive)[metric]
-    return version, score, ""
+    return version, predicted[columns].to_numpy(dtype=float), ""
 
 
-def promote_if_better(model_name: str, version: str, metric: str, new_metrics: dict[str, float],
-                      test: pd.DataFrame, labels: Labels) -> Decision:
+def promote_if_better(model: ModelParams, version: str, new_metrics: dict[str, float], new_proba: np.ndarray,
+                      test: pd.DataFrame, labels: Labels, seed: int) -> Decision:
     registry = Registry(mlflow.MlflowClient(), get_settings().serve_alias)
-    champion, score, why = champion_score(model_name, registry.pairs.serving_alias, metric, test, labels)
-    decision = decide(metric, new_metrics[metric], champion, score, why)
-    if decision.promoted:
-        registry.serve(model_name, version)
+    rule = Rule(model.metric, model.min_delta, model.guard_metrics, model.guard_tolerance)
+    champion, old_proba, why = champion_proba(model.model_name, registry.pairs.serving_alias, test, labels)
+    scores = None
+    if old_proba is not None:
+        old_metrics = evaluate.classification_metrics(labels.test, old_proba, labels.classes, labels.positive)
+        interval = paired_bootstrap(model.metric, labels, new_proba, old_proba, seed)
+        scores = Scores(new_metrics, old_metrics, interval)
+    decision = decide(rule, new_metrics[model.metric], champion, scores, why)
+    if decision.promoted and model.promote == "canary" and champion is not None:
+        registry.start_canary(model.model_name, version, TrafficPolicy.canary_default())
+        print(f"promotion: version {version} is the challenger; a canary of it starts: {decision.reason}")
+    elif decision.promoted:
+        registry.promote(model.model_name, version)
+        print(f"promotion: version {version} promoted: {decision.reason}")
+    else:
+        print(f"promotion: version {version} kept out: {decision.reason}")
     for key, value in decision.tags().items():
-        registry.client.set_model_version_tag(model_name, version, key, value)
+        registry.client.set_model_version_tag(model.model_name, version, key, value)
     mlflow.set_tags(decision.tags())
-    print(f"promotion: version {version} {'promoted' if decision.promoted else 'kept out'}: {decision.reason}")
     return decision

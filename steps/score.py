@@ -4,7 +4,8 @@ Reads CSV (``.csv``/``.csv.gz``) or Parquet, a file or a folder, from a local
 path or any URI Spark can read; scores every row with the registered pyfunc
 through ``mlflow.pyfunc.spark_udf`` (the same model and the same cleaning as
 ``/predict``); writes Parquet with every input column plus ``label``,
-``probability``, ``proba_<class>`` and ``error``. A row that cannot be scored
+``probability``, ``proba_<class>`` and ``error`` (with ``explain=true`` also ``base_value`` and
+``contrib_<column>``, the exact TreeSHAP explanation of the predicted class). A row that cannot be scored
 (text in a numeric column, say) keeps empty predictions and the reason in
 ``error``; it does not fail the job.
 """
@@ -27,7 +28,14 @@ from contract.names import DEFAULT_MODEL_NAME
 from contract.params import ScoreParams, parse_cli
 from contract.settings import get_settings
 from pyfunc.cleaning import FeatureSchema, column_key
-from pyfunc.model import ERROR_COLUMN, FEATURE_SCHEMA_FILE, ON_INVALID_PARAM
+from pyfunc.model import (
+    BASE_VALUE_COLUMN,
+    ERROR_COLUMN,
+    EXPLAIN_PARAM,
+    FEATURE_SCHEMA_FILE,
+    ON_INVALID_PARAM,
+    contrib_column,
+)
 from steps.runs import log_params_once, step_run
 from steps.sources import local_path
 
@@ -71,25 +79,36 @@ class ScoredModel:
     path: Path
     columns: list[str]
     outputs: Schema
+    params: list[str]  # the predict params its signature declares
 
 
 def fetch_model(uri: str) -> ScoredModel:
     """The model at ``uri``, read without loading it here (the Spark workers load it)."""
     try:
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        outputs = Model.load(path / "MLmodel").get_output_schema()
+        mlmodel = Model.load(path / "MLmodel")
     except Exception as err:  # any store's failure becomes the caller's one-line message
         raise ParameterError("model_uri", uri, f"cannot load: {first_line(err, 300)}") from None
     schema_file = path / "artifacts" / FEATURE_SCHEMA_FILE
+    outputs, params = mlmodel.get_output_schema(), mlmodel.get_params_schema()
     if outputs is None or not schema_file.is_file():
         raise ParameterError("model_uri", uri, "not a model of this project (no output signature or feature schema)")
-    return ScoredModel(path, FeatureSchema.from_json(schema_file.read_text(encoding="utf-8")).columns, outputs)
+    return ScoredModel(path, FeatureSchema.from_json(schema_file.read_text(encoding="utf-8")).columns, outputs,
+                       [spec.name for spec in params.params] if params else [])
 
 
-def result_type(outputs: Schema) -> str:
-    """The Spark struct of the model's outputs (its signature) plus ``error``."""
-    fields = [f"`{spec.name}` {SPARK_TYPES.get(spec.type.name, 'string')}" for spec in outputs.inputs]
-    return ", ".join([*fields, f"`{ERROR_COLUMN}` string"])
+def output_columns(model: ScoredModel, explain: bool) -> list[tuple[str, str]]:
+    """(name, Spark type) of what the model adds to a row: its signature's outputs, the explanation's
+    columns when asked for, then ``error``."""
+    columns = [(spec.name, SPARK_TYPES.get(spec.type.name, "string")) for spec in model.outputs.inputs]
+    if explain:
+        columns += [(BASE_VALUE_COLUMN, "double"), *((contrib_column(c), "double") for c in model.columns)]
+    return [*columns, (ERROR_COLUMN, "string")]
+
+
+def result_type(columns: list[tuple[str, str]]) -> str:
+    """The Spark struct of :func:`output_columns`."""
+    return ", ".join(f"`{name}` {kind}" for name, kind in columns)
 
 
 def start_spark(master: str):  # noqa: ANN201 (pyspark is imported late: it is slow to import)
@@ -119,8 +138,12 @@ def run_score(params: ScoreParams) -> dict[str, float]:
     check_input_path(params.input_path)
     model = fetch_model(model_uri_of(params))
     needed = model.columns
-    outputs = result_type(model.outputs)
-    output_names = [spec.name for spec in model.outputs.inputs] + [ERROR_COLUMN]
+    if params.explain and EXPLAIN_PARAM not in model.params:
+        raise ParameterError("explain", "true", "the model was trained before models could explain their "
+                             "predictions; train a new version")
+    columns = output_columns(model, params.explain)
+    outputs = result_type(columns)
+    output_names = [name for name, _ in columns]
 
     from pyspark.sql import functions as F  # noqa: N812
 
@@ -141,7 +164,7 @@ def run_score(params: ScoreParams) -> dict[str, float]:
             raise ParameterError("input_path", params.input_path,
                                  f"has column(s) named like the output: {', '.join(map(repr, clashing))}; rename them")
         udf = mlflow.pyfunc.spark_udf(spark, str(model.path), result_type=outputs, env_manager="local",
-                                      params={ON_INVALID_PARAM: "report"})
+                                      params={ON_INVALID_PARAM: "report", EXPLAIN_PARAM: params.explain})
         # Columns reach the model by name only inside a struct.
         scored = frame.withColumn("_prediction", udf(F.struct(*[F.col(f"`{c}`") for c in needed])))
         # spark_udf casts a string field holding any text with astype(str), so a missing value
@@ -169,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     with step_run("score"):
         (params,) = parse_cli(argv, ScoreParams)
         log_params_once({"model_uri": model_uri_of(params), "input_path": params.input_path,
-                         "output_path": params.output_path, "spark_master": params.spark_master})
+                         "output_path": params.output_path, "spark_master": params.spark_master,
+                         "explain": params.explain})
         figures = run_score(params)
         mlflow.log_metrics(figures)
         mlflow.set_tag("output_path", params.output_path)

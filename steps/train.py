@@ -20,7 +20,16 @@ from contract.names import TAG_MODEL_NAME, TAG_MODEL_VERSION, TAG_TARGET, TAG_TR
 from contract.params import ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
-from pyfunc.model import FEATURE_SCHEMA_FILE, ON_INVALID_PARAM, PIPELINE_ARTIFACT, SCHEMA_ARTIFACT, proba_column
+from pyfunc.model import (
+    EXPLAIN_CLASSES,
+    EXPLAIN_CLASSES_PARAM,
+    EXPLAIN_PARAM,
+    FEATURE_SCHEMA_FILE,
+    ON_INVALID_PARAM,
+    PIPELINE_ARTIFACT,
+    SCHEMA_ARTIFACT,
+    proba_column,
+)
 from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
 from steps import evaluate
 from steps.preprocess import log_datasets
@@ -51,8 +60,10 @@ def model_signature(classes: np.ndarray) -> ModelSignature:
     outputs += [ColSpec("double", proba_column(c)) for c in classes]
     return ModelSignature(
         outputs=Schema(outputs),
-        # "report": rows that cannot be scored get an `error` column instead of failing the batch
-        params=ParamSchema([ParamSpec(ON_INVALID_PARAM, "string", "raise")]),
+        # "report": rows that cannot be scored get an `error` column instead of failing the batch;
+        # explain: the exact TreeSHAP contributions of each input column (pyfunc/model.py)
+        params=ParamSchema([ParamSpec(ON_INVALID_PARAM, "string", "raise"), ParamSpec(EXPLAIN_PARAM, "boolean", False),
+                            ParamSpec(EXPLAIN_CLASSES_PARAM, "string", EXPLAIN_CLASSES[0])]),
     )
 
 
@@ -71,9 +82,9 @@ def _param_text(columns: list[str]) -> str:
 
 
 def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams,
-                   out_dir: Path) -> tuple[Pipeline, FeatureSchema, dict[str, float]]:
+                   out_dir: Path) -> tuple[Pipeline, FeatureSchema, dict[str, float], np.ndarray]:
     """Fit the pipeline, score the test split once (metrics, figures, the compiled-path check),
-    write report artifacts to ``out_dir``; return pipeline, schema, metrics."""
+    write report artifacts to ``out_dir``; return pipeline, schema, metrics, the test split's probabilities."""
     features = splits.meta.features
     schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
     if not schema.columns:
@@ -107,7 +118,7 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams,
     importance = pd.Series(input_column_importance(pipeline, schema), name="importance")
     importance.rename_axis("column").to_csv(out_dir / "feature_importance.csv")
     evaluate.plot_importance(importance, out_dir / "feature_importance.png")
-    return pipeline, schema, metrics
+    return pipeline, schema, metrics, proba
 
 
 PARITY_TOLERANCE = 1e-6
@@ -174,7 +185,7 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
         out_dir = Path(tmp)
         reports = out_dir / "reports"
         reports.mkdir()
-        pipeline, schema, metrics = fit_and_report(splits, labels, forest, reports)
+        pipeline, schema, metrics, proba = fit_and_report(splits, labels, forest, reports)
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(reports))
         info = log_model(pipeline, schema, splits, model.model_name, out_dir)
@@ -183,8 +194,8 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
     client = mlflow.MlflowClient()
     client.set_model_version_tag(model.model_name, version, TAG_TARGET, target)
     client.set_model_version_tag(model.model_name, version, TAG_TRAIN_RUN_ID, run.info.run_id)
-    if model.promote == "if_better":
-        promote_if_better(model.model_name, version, model.metric, metrics, splits.test, labels)
+    if model.promote != "never":
+        promote_if_better(model, version, metrics, proba, splits.test, labels, forest.random_state)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"train: registered {model.model_name} version {version} ({summary})")
     return version

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 import httpx
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contract.settings import Settings
-from gateway.deps import MetricsDep, ModelHttpDep, SettingsDep
+from contract.names import TAG_MONITORING_DRIFT_SHARE, TAG_MONITORING_LIVE_ACCURACY
+from contract.registry import Registry
+from gateway.deps import MetricsDep, ModelHttpDep, RegistryDep, SettingsDep
+from gateway.observability import Metrics
 from gateway.schemas import Health, ModelRef, Readiness
 
 router = APIRouter(tags=["health"])
@@ -30,6 +36,14 @@ async def model_server_status(settings: Settings, http: httpx.AsyncClient) -> di
     except (httpx.HTTPError, ValueError) as err:
         return f"model server unreachable at {settings.model_server}: {type(err).__name__}"
     return body if isinstance(body, dict) else f"model server at {settings.model_server} answered {body!r}"
+
+
+async def served_models(settings: Settings, http: httpx.AsyncClient) -> list[str]:
+    """The models the model server serves now (under the serving policy)."""
+    body = await model_server_status(settings, http)
+    if not isinstance(body, dict):
+        raise RuntimeError(body)
+    return [m["name"] for m in body.get("models", []) if m["status"] == "serving" and m["alias"] is None]
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
@@ -52,7 +66,8 @@ async def ready(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"}})
-async def prometheus_metrics(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) -> Response:
+async def prometheus_metrics(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep,
+                             registry: RegistryDep) -> Response:
     """Requests by route and status, latencies, model-server errors, batch sizes, jobs, the served and loaded
     versions, and predictions by model and version."""
     body = await model_server_status(settings, http)
@@ -60,4 +75,35 @@ async def prometheus_metrics(settings: SettingsDep, http: ModelHttpDep, metrics:
     metrics.set_served(body["model_name"] if serving else None, body["version"] if serving else None)
     loaded = body.get("loaded", []) if isinstance(body, dict) else []
     metrics.set_loaded((entry["name"], entry["version"]) for entry in loaded)
+    served = [(m["name"], m["version"]) for m in (body.get("models", []) if isinstance(body, dict) else [])
+              if m["status"] == "serving" and m["alias"] is None]
+    await monitoring_gauges(metrics, registry, served)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+_monitoring_cache: dict[str, Any] = {"at": 0.0, "served": []}
+MONITORING_REFRESH_SECONDS = 30.0
+
+
+async def monitoring_gauges(metrics: Metrics, registry: Registry, served: list[tuple[str, str]]) -> None:
+    """The latest drift share and live accuracy of each served version, from the tags the monitor step set;
+    read from the registry at most every 30 s, whatever the scrape rate."""
+    if served == _monitoring_cache["served"] and time.monotonic() - _monitoring_cache["at"] < MONITORING_REFRESH_SECONDS:
+        return
+    _monitoring_cache.update(at=time.monotonic(), served=served)
+
+    def read() -> list[tuple[str, str, dict[str, str]]]:
+        found = []
+        for name, version in served:
+            with contextlib.suppress(Exception):  # a registry hiccup: the gauges keep their last value
+                found.append((name, version, registry.version(name, version).tags))
+        return found
+
+    metrics.drift_share.clear()
+    metrics.live_accuracy.clear()
+    for name, version, tags in await run_in_threadpool(read):
+        model, version_label = metrics.labels(name, version)
+        if TAG_MONITORING_DRIFT_SHARE in tags:
+            metrics.drift_share.labels(model, version_label).set(float(tags[TAG_MONITORING_DRIFT_SHARE]))
+        if TAG_MONITORING_LIVE_ACCURACY in tags:
+            metrics.live_accuracy.labels(model, version_label).set(float(tags[TAG_MONITORING_LIVE_ACCURACY]))

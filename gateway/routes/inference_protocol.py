@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse
 from contract.registry import NotFound
 from gateway.deps import (
     AdmissionDep,
-    MetricsDep,
     ModelClientDep,
     ModelHttpDep,
     ModelInfoDep,
+    PredictorDep,
     RegistryDep,
     SettingsDep,
 )
@@ -34,7 +34,7 @@ from gateway.inference_protocol import (
 from gateway.model_client import Target
 from gateway.model_info import NotOurModel
 from gateway.routes.health import model_server_status
-from gateway.routes.predict import admitted, check_rows, predict_rows
+from gateway.routes.predict import admitted, check_rows
 from gateway.schemas import ModelName, VersionNumber
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -68,12 +68,17 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "tabular-classifier", "version": mlflow.__version__, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/health/live", summary="Server live", responses={200: {"description": "live (empty body)"}})
+# The health routes answer with an empty body: no JSON media type in the schema.
+EMPTY = {"response_class": Response}
+
+
+@router.get("/health/live", summary="Server live", responses={200: {"description": "live (empty body)"}}, **EMPTY)
 def live() -> Response:
     return health(True)
 
 
-@router.get("/health/ready", summary="Server ready", responses={400: {"description": "not ready (empty body)"}})
+@router.get("/health/ready", summary="Server ready", responses={200: {"description": "ready (empty body)"},
+            400: {"description": "not ready (empty body)"}}, **EMPTY)
 async def ready(settings: SettingsDep, http: ModelHttpDep) -> Response:
     """Ready when the model server serves ``MODEL_NAME``."""
     body = await model_server_status(settings, http)
@@ -103,13 +108,14 @@ async def model_ready(target: Target, model: ModelClientDep, settings: SettingsD
     return health(False)
 
 
-@router.get("/models/{name}/ready", summary="Model ready", responses={400: {"description": "not ready"}, **ERRORS})
+@router.get("/models/{name}/ready", summary="Model ready", responses={
+    200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}, **ERRORS}, **EMPTY)
 async def ready_model(name: ModelName, model: ModelClientDep, settings: SettingsDep, http: ModelHttpDep) -> Response:
     return await model_ready(Target(name), model, settings, http)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready",
-            responses={400: {"description": "not ready"}, **ERRORS})
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses={
+    200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}, **ERRORS}, **EMPTY)
 async def ready_version(name: ModelName, version: VersionNumber, model: ModelClientDep, settings: SettingsDep,
                         http: ModelHttpDep) -> Response:
     return await model_ready(Target(name, version=version), model, settings, http)
@@ -129,7 +135,7 @@ def model_metadata(name: str, version: str | None, registry: RegistryDep, info: 
         return protocol_error(404, str(err))
     except NotOurModel as err:
         return protocol_error(400, str(err))
-    return JSONResponse(metadata(name, versions, described.columns, described.outputs))
+    return JSONResponse(metadata(name, versions, described.columns, [*described.outputs, ("prediction_id", "string")]))
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
@@ -145,17 +151,20 @@ def model_metadata_version(name: ModelName, version: VersionNumber, registry: Re
     return model_metadata(name, version, registry, info, settings)
 
 
-async def infer(request: Request, target: Target, settings: SettingsDep, model: ModelClientDep,
-                admission: AdmissionDep, metrics: MetricsDep, info: ModelInfoDep) -> Response:
+async def infer(request: Request, target: Target, settings: SettingsDep, predictor: PredictorDep,
+                admission: AdmissionDep, info: ModelInfoDep) -> Response:
     async def answer() -> Response:
         parsed = parse_infer_request(await request.body(), request.headers.get("inference-header-content-length"))
-        check_rows(parsed.records, settings.max_predict_rows)
-        version, predictions = await predict_rows(parsed.records, target, settings, model, metrics)
+        check_rows(parsed.records, settings.max_predict_rows, "GATEWAY_MAX_PREDICT_ROWS")
+        done = await predictor.predict(parsed.records, target)
+        version, predictions = done.version, [{**row, "prediction_id": i} for row, i in zip(done.rows, done.ids,
+                                                                                        strict=True)]
         try:
             outputs = (await run_in_threadpool(info.get, target.name, version)).outputs
         except NotOurModel:  # a model from elsewhere (mode mlflow): its columns as they come
             outputs = [(key, "double" if isinstance(value, float) else "string")
-                       for key, value in (predictions[0] if predictions else {}).items()]
+                       for key, value in (done.rows[0] if done.rows else {}).items()]
+        outputs = [*outputs, ("prediction_id", "string")]  # for POST /feedback
         return Response(infer_response(target.name, version, parsed, predictions, outputs),
                         media_type="application/json", headers={"X-Model-Version": version})
 
@@ -175,16 +184,15 @@ INFER = {"requestBody": {"required": True, "content": {"application/json": {"sch
 
 
 @router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER, responses=ERRORS)
-async def infer_served(name: ModelName, request: Request, settings: SettingsDep, model: ModelClientDep,
-                       admission: AdmissionDep, metrics: MetricsDep, info: ModelInfoDep) -> Response:
+async def infer_served(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
+                       admission: AdmissionDep, info: ModelInfoDep) -> Response:
     """One input tensor per column (``BYTES`` for raw cells, numbers accepted, shape ``[n]``); outputs
-    ``label``, ``probability`` and ``proba_<class>``. The served version answers."""
-    return await infer(request, Target(name), settings, model, admission, metrics, info)
+    ``label``, ``probability``, ``proba_<class>`` and ``prediction_id``. The served version answers."""
+    return await infer(request, Target(name), settings, predictor, admission, info)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference with a version", openapi_extra=INFER,
              responses=ERRORS)
 async def infer_version(name: ModelName, version: VersionNumber, request: Request, settings: SettingsDep,
-                        model: ModelClientDep, admission: AdmissionDep, metrics: MetricsDep,
-                        info: ModelInfoDep) -> Response:
-    return await infer(request, Target(name, version=version), settings, model, admission, metrics, info)
+                        predictor: PredictorDep, admission: AdmissionDep, info: ModelInfoDep) -> Response:
+    return await infer(request, Target(name, version=version), settings, predictor, admission, info)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 from fastapi import APIRouter, HTTPException, status
@@ -15,7 +18,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from contract.registry import Conflict, NotFound, Registry
-from gateway.deps import Authorized, ModelHttpDep, ModelInfoDep, RegistryDep, SettingsDep
+from contract.traffic import TrafficPolicy
+from gateway.deps import Authorized, ModelHttpDep, ModelInfoDep, RegistryDep, RolloutsDep, SettingsDep
 from gateway.model_info import ModelInfo, NotOurModel
 from gateway.routes.health import model_server_status
 from gateway.schemas import (
@@ -23,13 +27,17 @@ from gateway.schemas import (
     AliasQuery,
     AliasRequest,
     ColumnOut,
+    ImportanceOut,
     ModelName,
     ModelSchemaOut,
     ModelVersionOut,
+    PromoteRequest,
     RegisteredModelOut,
     RegisteredModelSummary,
     ServingOut,
     StageRequest,
+    TrafficOut,
+    TrafficRequest,
     VersionNumber,
     checked_alias,
     VersionQuery,
@@ -144,6 +152,31 @@ def get_version(name: ModelName, version: VersionNumber, registry: RegistryDep) 
     return registry_errors(lambda: described(registry, name, version))
 
 
+# The training run's artifact (steps/train.py) and what it holds.
+IMPORTANCE_ARTIFACT = "feature_importance.csv"
+IMPORTANCE_METHOD = ("impurity: the forest's mean decrease in Gini impurity (scikit-learn's feature_importances_),"
+                     " summed over each column's features")
+
+
+@router.get("/{name}/versions/{version}/importance", response_model=ImportanceOut,
+            responses={**ERRORS, 409: {"description": "the version's run logged no feature importance"}})
+def get_importance(name: ModelName, version: VersionNumber, registry: RegistryDep) -> ImportanceOut:
+    """The feature importance logged when the version was trained, one value a raw input column, largest first.
+    For why one prediction came out as it did, see ``POST /models/{name}/explain``."""
+    def read() -> ImportanceOut:
+        found = registry.version(name, version)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = registry.client.download_artifacts(found.run_id, IMPORTANCE_ARTIFACT, tmp)
+                rows = list(csv.DictReader(Path(path).read_text(encoding="utf-8").splitlines()))
+                importance = {row["column"]: float(row["importance"]) for row in rows}
+            except (MlflowException, OSError, KeyError, ValueError):
+                raise Conflict(f"the run of version {version} of '{name}' logged no {IMPORTANCE_ARTIFACT}") from None
+        ordered = dict(sorted(importance.items(), key=lambda item: item[1], reverse=True))
+        return ImportanceOut(name=name, version=version, method=IMPORTANCE_METHOD, importance=ordered)
+    return registry_errors(read)
+
+
 @router.post("/{name}/versions/{version}/stage", response_model=ModelVersionOut,
              dependencies=[Authorized], responses=CHANGES)
 def transition_stage(name: ModelName, version: VersionNumber, body: StageRequest,
@@ -175,3 +208,70 @@ def delete_alias(name: ModelName, alias: AliasName, registry: RegistryDep) -> Re
     checked_alias(alias)
     registry_errors(lambda: registry.delete_alias(name, alias))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- rollouts --------------------------------------------------------------------------------
+
+
+@router.get("/{name}/traffic", response_model=TrafficOut, responses=ERRORS)
+def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -> TrafficOut:
+    """The model's traffic policy and, for a canary or a shadow, each version's figures in the rollout
+    window (as this gateway replica saw them)."""
+    def read() -> TrafficOut:
+        policy = registry.traffic(name)
+        aliases = {a: str(v) for a, v in registry.model(name).aliases.items()}
+        versions = {"served": aliases.get(registry.pairs.serving_alias)}
+        if policy.mode != "single" and policy.alias:
+            versions[policy.mode] = aliases.get(policy.alias)
+        figures = rollouts.figures(name, {role: v for role, v in versions.items() if v}) if policy.mode != "single" \
+            else {}
+        return TrafficOut(**asdict(policy), figures=figures)
+    return registry_errors(read)
+
+
+@router.put("/{name}/traffic", response_model=TrafficOut, dependencies=[Authorized], responses=CHANGES)
+def set_traffic(name: ModelName, body: TrafficRequest, registry: RegistryDep, rollouts: RolloutsDep) -> TrafficOut:
+    """Set the traffic policy: ``single``, ``canary`` (``alias``, ``percent``, optional ``sticky_key``) or
+    ``shadow`` (``alias``). Stored in the registry: every gateway replica applies it within a few seconds."""
+    policy = TrafficPolicy(body.mode, body.alias, body.percent, body.sticky_key)
+    problems = policy.problems(registry.pairs.serving_alias)
+    if body.alias:
+        checked_alias(body.alias, "body")
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail=[{"loc": ["body", f], "msg": m, "type": "value_error"} for f, m in problems])
+
+    def write() -> TrafficOut:
+        aliases = dict(registry.model(name).aliases)
+        if policy.alias and policy.alias not in aliases:
+            raise NotFound(f"model '{name}' has no alias '{policy.alias}'")
+        registry.set_traffic(name, policy)
+        rollouts.set_policy(name, policy)
+        return TrafficOut(**asdict(policy), figures={})
+    return registry_errors(write)
+
+
+@router.post("/{name}/promote", response_model=ModelVersionOut, dependencies=[Authorized], responses=CHANGES)
+def promote(name: ModelName, body: PromoteRequest, registry: RegistryDep, rollouts: RolloutsDep) -> ModelVersionOut:
+    """Serve the version ``alias`` holds (serving alias and Production, the one it replaces Archived and held by
+    the alias ``previous``); the traffic policy returns to single. No request fails on the way."""
+    checked_alias(body.alias, "body")
+
+    def move() -> ModelVersionOut:
+        version = dict(registry.model(name).aliases).get(body.alias)
+        if version is None:
+            raise NotFound(f"model '{name}' has no alias '{body.alias}'")
+        registry.promote(name, str(version), by="gateway")
+        rollouts.set_policy(name, TrafficPolicy())
+        return described(registry, name, str(version))
+    return registry_errors(move)
+
+
+@router.post("/{name}/rollback", response_model=ModelVersionOut, dependencies=[Authorized], responses=CHANGES)
+def rollback(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -> ModelVersionOut:
+    """Serve again the version the last promotion replaced (alias ``previous``), in one call."""
+    def move() -> ModelVersionOut:
+        restored = registry.rollback(name, by="gateway")
+        rollouts.set_policy(name, TrafficPolicy())
+        return described(registry, name, str(restored.version))
+    return registry_errors(move)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
+from contract.model_output import PROBA_PREFIX
 from contract.settings import Settings
 from contract.tables import csv_records
-from gateway.deps import AdmissionDep, MetricsDep, ModelClientDep, SettingsDep
-from gateway.model_client import ModelServerClient, Target
-from gateway.observability import Admission, Metrics
+from gateway.deps import AdmissionDep, PredictorDep, SettingsDep
+from gateway.model_client import Target
+from gateway.observability import Admission
+from gateway.predictor import Predictor
 from gateway.schemas import (
     AliasQuery,
     ModelName,
@@ -27,31 +27,22 @@ from gateway.schemas import (
 )
 
 router = APIRouter(tags=["predict"])
-PROBA_PREFIX = "proba_"
 JSON, CSV = "application/json", "text/csv"
 
-def model_error_message(body: Any) -> str:
-    """Our model's own message from an MLflow scoring-server error.
-
-    MLflow wraps it as "Failed to predict data '<the whole input>'. \\nError: <message>";
-    the input is the caller's own data, so only the message goes back.
-    """
-    message = str(body.get("message", "")) if isinstance(body, dict) else str(body)
-    return message.rsplit("\nError: ", 1)[-1].strip()
-
-
-def to_predictions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_predictions(rows: list[dict[str, Any]], ids: list[str]) -> list[dict[str, Any]]:
     """Model-server rows as :class:`Prediction` objects (every row of one answer has the same classes)."""
     if not rows:
         return []
     keys = [k for k in rows[0] if k.startswith(PROBA_PREFIX)]
     classes = [k.removeprefix(PROBA_PREFIX) for k in keys]
     probabilities = itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
-    return [{"label": row["label"], "probability": row["probability"],
-             "probabilities": dict(zip(classes, probabilities(row), strict=True))} for row in rows]
+    return [{"id": prediction_id, "label": row["label"], "probability": row["probability"],
+             "probabilities": dict(zip(classes, probabilities(row), strict=True))}
+            for prediction_id, row in zip(ids, rows, strict=True)]
 
 
-def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[dict[str, Any]]:
+def parse_predict_body(body: bytes, content_type: str, max_rows: int,
+                       limit: str = "GATEWAY_MAX_PREDICT_ROWS") -> list[dict[str, Any]]:
     """The rows of a prediction body: ``{"records": [...]}`` as :class:`PredictRequest` describes, or CSV.
 
     Done by hand with orjson rather than by pydantic: on a 1,000-row request the
@@ -65,7 +56,7 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
             raise unprocessable(["body"], str(err), "csv_invalid") from None
         if not records:
             raise unprocessable(["body"], "the CSV body has a header but no rows", "too_short")
-        return check_rows(records, max_rows)
+        return check_rows(records, max_rows, limit)
     if media not in (JSON, ""):
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             detail=f"Content-Type must be {JSON} or {CSV}, not {content_type!r}")
@@ -86,7 +77,7 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
         raise unprocessable(["body", "records"], "records must be a list of row objects", "list_type")
     if not records:
         raise unprocessable(["body", "records"], "records must hold at least one row", "too_short")
-    check_rows(records, max_rows)
+    check_rows(records, max_rows, limit)
     # The cells are the model's to check: it refuses a list or an object in one of its columns naming
     # the column and the row (a 422 here), and ignores the columns it does not use, whatever they hold.
     for i, row in enumerate(records):
@@ -95,40 +86,11 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int) -> list[di
     return records
 
 
-def check_rows(records: list, max_rows: int) -> list:
+def check_rows(records: list, max_rows: int, limit: str) -> list:
     if len(records) > max_rows:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            detail=f"records: {len(records)} rows, at most {max_rows} per request")
+                            detail=f"records: {len(records)} rows, at most {max_rows} per request ({limit})")
     return records
-
-
-async def predict_rows(records: list[dict[str, Any]], target: Target, settings: Settings,
-                       model: ModelServerClient, metrics: Metrics) -> tuple[str, list[dict[str, Any]]]:
-    """The model server's predictions for ``records`` from ``target``: (version, rows); the errors as HTTP errors."""
-    started = time.perf_counter()
-    try:
-        answer = await model.predict(records, target)
-    except httpx.HTTPError as err:
-        metrics.model_server_errors.labels("unreachable").inc()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            detail=f"model server unreachable at {settings.model_server}: {type(err).__name__}",
-                            ) from None
-    metrics.observe_prediction(target.name, answer.version, answer.status, len(records),
-                               time.perf_counter() - started)
-    if answer.status == 503:
-        metrics.model_server_errors.labels("unavailable").inc()
-        headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=model_error_message(answer.body),
-                            headers=headers)
-    if answer.status == 404:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=model_error_message(answer.body))
-    if answer.status == 400 and answer.body.get("error_code") == "INVALID_PARAMETER_VALUE":
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=model_error_message(answer.body))
-    if answer.status != 200:
-        metrics.model_server_errors.labels("bad_gateway").inc()
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY,
-                            detail=f"model server answered {answer.status}: {model_error_message(answer.body)}")
-    return answer.version or "unknown", answer.body["predictions"]
 
 
 async def admitted(request: Request, model: str, admission: Admission, settings: Settings,
@@ -150,16 +112,17 @@ async def admitted(request: Request, model: str, admission: Admission, settings:
         admission.leave(model)
 
 
-async def answer_predict(request: Request, target: Target, settings: Settings, model: ModelServerClient,
-                         admission: Admission, metrics: Metrics) -> Response:
+async def answer_predict(request: Request, target: Target, settings: Settings, predictor: Predictor,
+                         admission: Admission) -> Response:
     async def answer() -> Response:
         records = parse_predict_body(await request.body(), request.headers.get("content-type", ""),
                                      settings.max_predict_rows)
-        version, rows = await predict_rows(records, target, settings, model, metrics)
+        done = await predictor.predict(records, target)
         # Serialised here with orjson: the shape is PredictResponse's, without a
         # second validation pass over every prediction.
-        body = {"model": {"name": target.name, "version": version}, "predictions": to_predictions(rows)}
-        return Response(orjson.dumps(body), media_type=JSON, headers={"X-Model-Version": version})
+        body = {"model": {"name": target.name, "version": done.version},
+                "predictions": to_predictions(done.rows, done.ids)}
+        return Response(orjson.dumps(body), media_type=JSON, headers={"X-Model-Version": done.version})
 
     return await admitted(request, target.name, admission, settings, answer)
 
@@ -178,24 +141,23 @@ RESPONSES = {
 
 
 @router.post("/predict", response_model=PredictResponse, openapi_extra=BODY, responses=RESPONSES)
-async def predict(request: Request, settings: SettingsDep, model: ModelClientDep, admission: AdmissionDep,
-                  metrics: MetricsDep) -> Response:
+async def predict(request: Request, settings: SettingsDep, predictor: PredictorDep,
+                  admission: AdmissionDep) -> Response:
     """Score raw rows with the served version of the default model (``MODEL_NAME``); predictions come back
     in input order.
 
     Body: ``{"records": [{column: value, ...}, ...]}`` (see PredictRequest), or ``text/csv`` with a header row.
     """
-    return await answer_predict(request, Target(settings.model_name), settings, model, admission, metrics)
+    return await answer_predict(request, Target(settings.model_name), settings, predictor, admission)
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY, responses=RESPONSES)
-async def predict_model(name: ModelName, request: Request, settings: SettingsDep, model: ModelClientDep,
-                        admission: AdmissionDep, metrics: MetricsDep, version: VersionQuery = None,
-                        alias: AliasQuery = None) -> Response:
+async def predict_model(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
+                        admission: AdmissionDep, version: VersionQuery = None, alias: AliasQuery = None) -> Response:
     """Score raw rows with any registered model: its served version (``SERVE_ALIAS``), or ``?version=N``,
     or ``?alias=A``. Loaded on its first request (503 with ``Retry-After`` meanwhile), then followed."""
     if version and alias:
         raise unprocessable(["query"], "give version or alias, not both")
     if alias:
         checked_alias(alias, "query")
-    return await answer_predict(request, Target(name, alias, version), settings, model, admission, metrics)
+    return await answer_predict(request, Target(name, alias, version), settings, predictor, admission)

@@ -12,7 +12,7 @@ from contract.errors import DataError, ParameterError
 from contract.settings import Settings
 from contract.tables import CSV_SUFFIXES, column_name, csv_header
 from gateway.deps import Authorized, JobsDep, SettingsDep
-from gateway.jobs import Job
+from gateway.jobs import TRAINING_ENTRY_POINTS, Job
 from gateway.schemas import JobOut, TrainAccepted, TrainRequest, unprocessable
 
 async def training_enabled(settings: SettingsDep) -> None:
@@ -77,9 +77,10 @@ def job_out(job: Job) -> JobOut:
                   promotion=job.promotion)
 
 
-def found(job: Job | None, job_id: str) -> Job:
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no training job '{job_id}'")
+def found(job: Job | None, job_id: str, entry_points: tuple[str, ...] = TRAINING_ENTRY_POINTS,
+          kind: str = "training") -> Job:
+    if job is None or job.entry_point not in entry_points:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {kind} job '{job_id}'")
     return job
 
 
@@ -91,6 +92,11 @@ def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> 
     parameters["data_path"] = resolve_data_path(body.data_path, settings)
     check_target(parameters["data_path"], body.target)
     parameters["model_name"] = body.model_name or settings.model_name
+    if body.include_feedback:
+        if settings.inference_log is None:
+            raise unprocessable(["body", "include_feedback"], "the inference log is off (INFERENCE_LOG_URI=off)")
+        # the log's URL reaches the job through its environment (INFERENCE_LOG_URI), never a command line
+        parameters["feedback_from"] = body.feedback_from or parameters["model_name"]
     job = jobs.submit(parameters, parameters["model_name"], entry_point="tune" if body.mode == "tune" else "main")
     location = f"/train/{job.id}"
     accepted = TrainAccepted(job_id=job.id, status=job.status, location=location)
@@ -100,7 +106,7 @@ def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> 
 @router.get("", response_model=list[JobOut])
 def list_jobs(jobs: JobsDep) -> list[JobOut]:
     """The newest 100 jobs first."""
-    return [job_out(j) for j in jobs.store.list()]
+    return [job_out(j) for j in jobs.store.list(TRAINING_ENTRY_POINTS)]
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "unknown job"}})

@@ -83,42 +83,75 @@ def postgres_bin() -> Path:
     return Path(initdb).parent
 
 
-@pytest.fixture(scope="module")
-def postgres_uri() -> Iterator[str]:
-    """A real PostgreSQL server on 127.0.0.1 in a temporary data directory; its URI for MLflow.
+class PostgresServer:
+    """A real PostgreSQL server on 127.0.0.1 in a temporary data directory, for one test module.
 
     PostgreSQL refuses to run as root, so as root it runs as the 'postgres' user.
+    ``durable=False`` turns fsync off (faster; for tests that never kill it).
     """
-    bindir = postgres_bin()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="pg-test-"))
-    data, password_file = root / "data", root / "password"
-    password = "pg-test-password"
-    password_file.write_text(password)
-    if as_user:
-        shutil.chown(root, "postgres")
-        shutil.chown(password_file, "postgres")
-    port = free_port("127.0.0.1")
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "mlflow", "-E", "UTF8",
-                    "--auth=scram-sha-256", f"--pwfile={password_file}"],
-                   check=True, capture_output=True)
-    server = subprocess.Popen(
-        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-         "-k", str(root), "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("wb"), start_new_session=True,
-    )
-    try:
+
+    def __init__(self, durable: bool):
+        self.bindir = postgres_bin()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = Path(tempfile.mkdtemp(prefix="pg-test-"))
+        self.data = self.root / "data"
+        self.password = "pg-test-password"
+        self.port = free_port("127.0.0.1")
+        self.durable = durable
+        password_file = self.root / "password"
+        password_file.write_text(self.password)
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(password_file, "postgres")
+        subprocess.run([*self.as_user, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "mlflow", "-E",
+                        "UTF8", "--auth=scram-sha-256", f"--pwfile={password_file}"], check=True, capture_output=True)
+        self.process: subprocess.Popen | None = None
+
+    def uri(self, database: str = "mlflow") -> str:
+        return f"postgresql://mlflow:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = [] if self.durable else ["-c", "fsync=off"]
+        self.process = subprocess.Popen(
+            [*self.as_user, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.root), *options],
+            stdout=subprocess.DEVNULL, stderr=(self.root / "server.log").open("ab"), start_new_session=True)
         deadline = time.monotonic() + 60
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+        while subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                              capture_output=True).returncode != 0:
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"PostgreSQL did not start: {(root / 'server.log').read_text()[-2000:]}")
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"PostgreSQL did not start: {(self.root / 'server.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        env = {**os.environ, "PGPASSWORD": password}
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+
+    def create_database(self, name: str) -> None:
+        env = {**os.environ, "PGPASSWORD": self.password}
+        subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", name],
                        check=True, env=env, capture_output=True)
-        yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"
+
+    def kill(self) -> None:
+        """``kill -9`` of the server and every backend (a crash, or the OOM killer)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A durable server (fsync on) with the databases the stack uses: mlflow and inference."""
+    server = PostgresServer(durable=True)
+    try:
+        server.start()
+        server.create_database("mlflow")
+        server.create_database("inference")
+        yield server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()

@@ -69,3 +69,8 @@ def run_step(tracking: Tracking, module: str, *args: str) -> subprocess.Complete
 
 def assert_succeeded(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+
+
+def answers(predictions: list[dict]) -> list[dict]:
+    """Predictions without their ids (every answer has new ones)."""
+    return [{k: v for k, v in p.items() if k != "id"} for p in predictions]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import signal
 import threading
@@ -176,8 +177,18 @@ def test_a_tune_job_with_promote_if_better_records_its_decision(api, auth):
     promotion = job["promotion"]
     assert promotion["decision"] in ("promoted", "kept") and promotion["metric"] == "f1"
     assert promotion["champion_version"] == champion_before
-    better = float(promotion["new_score"]) > float(promotion["champion_score"])
+    # the rigorous rule (steps/promotion.py): promoted only when every condition held, and the record
+    # says which one decided; the figures it gives agree with that
+    difference, (low, _) = float(promotion["difference"]), json.loads(promotion["interval"].replace(" ", ""))
+    assert promotion["decided_by"] in ("min_delta", "significance", "every_condition") \
+        or promotion["decided_by"].startswith("guard:"), promotion
+    better = promotion["decided_by"] == "every_condition"
     assert (promotion["decision"] == "promoted") == better
+    assert not better or (difference >= 0.005 and low > 0), promotion
+    if promotion["decided_by"] == "min_delta":
+        assert difference < 0.005, promotion
+    if promotion["decided_by"] == "significance":
+        assert low <= 0, promotion
     aliases = api.get(f"/models/{MODEL}").json()["aliases"]
     assert aliases["champion"] == (job["model_version"] if better else champion_before)
     stages = {v["version"]: v["stage"] for v in versions(api)}
@@ -256,7 +267,7 @@ def test_overload_gets_503_with_retry_after_and_nothing_else(api, stack):
     assert all(a.headers["Retry-After"] == "1" and "GATEWAY_MAX_PENDING" in a.json()["detail"] for a in refused)
     assert all(len(a.json()["predictions"]) == 2000 for a in answers if a.status_code == 200)
     metrics = api.get("/metrics").text
-    assert f"gateway_predict_rejected_total {float(len(refused))}" in metrics
+    assert f'gateway_predict_rejected_total{{model="{MODEL}"}} {float(len(refused))}' in metrics
     assert api.post("/predict", json={"records": RECORDS[:1]}).status_code == 200
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -23,7 +24,7 @@ from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
 from stack.local import LocalStack, http_ok, wait_until
 from tests.conftest import census_rows, mixed_frame
 from tests.integration.conftest import TOKEN, running_stack
-from tests.integration.helpers import finished_job, start_training, wait_for
+from tests.integration.helpers import answers, finished_job, start_training, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator
             assert job["status"] == "succeeded", job
             api.put(f"/models/{name}/aliases/champion", json={"version": "1"}, headers=AUTH).raise_for_status()
         yield local
+
+
+@pytest.fixture(scope="module")
+def mlflow_serve(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow models serve`` of version 1 of CENSUS, beside the stack: its URL."""
+    logs = tmp_path_factory.mktemp("serve") / "serve.log"
+    port = free_port()
+    serve = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{CENSUS}/1", "-h", "127.0.0.1",
+         "-p", str(port), "--env-manager", "local"],
+        env=tool_env(MLFLOW_TRACKING_URI=stack.tracking_uri), stdout=subprocess.DEVNULL, stderr=logs.open("wb"),
+        start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(http_ok(f"{url}/ping"), 180, "mlflow models serve", serve, logs)
+        yield url
+    finally:
+        stop_process_group(serve.pid)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +118,11 @@ def test_a_version_or_an_alias_by_name_and_clear_404s(api):
     by_version = predicted(api, f"/models/{CENSUS}/predict?version=1", json={"records": RECORDS[:2]})
     assert by_version["model"]["version"] == "1"
     assert api.put(f"/models/{CENSUS}/aliases/nightly", json={"version": "1"}, headers=AUTH).status_code == 200
-    by_alias = predicted(api, f"/models/{CENSUS}/predict?alias=nightly", json={"records": RECORDS[:2]})
-    assert by_alias["predictions"] == by_version["predictions"]
+    # version 1 is loaded already: a new alias on it answers on its first request, no 503 while "loading"
+    by_alias = api.post(f"/models/{CENSUS}/predict?alias=nightly", json={"records": RECORDS[:2]})
+    assert by_alias.status_code == 200, by_alias.text
+    assert [(p["label"], p["probability"]) for p in by_alias.json()["predictions"]] == \
+        [(p["label"], p["probability"]) for p in by_version["predictions"]]
     for path, words in (("/models/nope/predict", "no registered model named 'nope'"),
                         (f"/models/{CENSUS}/predict?version=99", "no version 99"),
                         (f"/models/{CENSUS}/predict?alias=nobody", "no alias 'nobody'")):
@@ -117,11 +139,12 @@ def test_the_schema_says_what_to_send_and_its_example_is_a_valid_body(api):
     assert schema["missing_values"] == ["?"] and schema["outputs"][:2] == ["label", "probability"]
     as_json = api.post(f"/models/{CENSUS}/predict", json=schema["example"])
     as_csv = api.post(f"/models/{CENSUS}/predict", content=schema["example_csv"], headers={"content-type": "text/csv"})
-    assert as_json.status_code == 200 and as_json.json() == as_csv.json()
+    assert as_json.status_code == 200 and as_csv.status_code == 200
+    assert answers(as_json.json()["predictions"]) == answers(as_csv.json()["predictions"])
     assert api.get("/models/nope/schema").status_code == 404
 
 
-def test_rows_from_a_csv_with_spaces_after_the_commas_predict_the_same_everywhere(api, stack, tmp_path):
+def test_rows_from_a_csv_with_spaces_after_the_commas_predict_the_same_everywhere(api, mlflow_serve):
     clean = predicted(api, f"/models/{CENSUS}/predict", json={"records": RECORDS})["predictions"]
     text = spaced_csv(RAW)
     assert text.startswith("age, class_of_worker, ")
@@ -129,7 +152,7 @@ def test_rows_from_a_csv_with_spaces_after_the_commas_predict_the_same_everywher
     assert as_csv.status_code == 200, as_csv.text
     spaced_json = [{f" {k}": v for k, v in row.items()} for row in RECORDS]
     as_json = api.post(f"/models/{CENSUS}/predict", json={"records": spaced_json})
-    assert as_csv.json()["predictions"] == clean == as_json.json()["predictions"]
+    assert answers(as_csv.json()["predictions"]) == answers(clean) == answers(as_json.json()["predictions"])
     unknown = api.post(f"/models/{CENSUS}/predict", json={"records": [{**RECORDS[0], "Age": 3, "agee": 1}]})
     assert unknown.status_code == 200  # extra columns are ignored...
     missing = {k: v for k, v in RECORDS[0].items() if k != "age"}
@@ -138,27 +161,72 @@ def test_rows_from_a_csv_with_spaces_after_the_commas_predict_the_same_everywher
     assert "missing required column(s): 'age'" in refused.text and "'Age'" in refused.text
 
     # `mlflow models serve` of the same version, with the same rows
-    port = free_port()
-    serve = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{CENSUS}/1", "-h", "127.0.0.1",
-         "-p", str(port), "--env-manager", "local"],
-        env=tool_env(MLFLOW_TRACKING_URI=stack.tracking_uri), stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "serve.log").open("wb"), start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(http_ok(f"{url}/ping"), 180, "mlflow models serve", serve, tmp_path / "serve.log")
-        for body, content_type in ((text, "text/csv"),
-                                   (RAW.rename(columns=lambda c: f" {c}").to_json(orient="split"), "application/json")):
-            if content_type == "application/json":
-                body = f'{{"dataframe_split": {body}}}'
-            answer = httpx.post(f"{url}/invocations", content=body, headers={"content-type": content_type}, timeout=60)
-            assert answer.status_code == 200, answer.text[:2000]
-            rows = answer.json()["predictions"]
-            assert [r["label"] for r in rows] == [p["label"] for p in clean]
-            np.testing.assert_allclose([r["proba_50000+."] for r in rows],
-                                       [p["probabilities"]["50000+."] for p in clean], rtol=0, atol=1e-12)
-    finally:
-        stop_process_group(serve.pid)
+    for body, content_type in ((text, "text/csv"),
+                               (RAW.rename(columns=lambda c: f" {c}").to_json(orient="split"), "application/json")):
+        if content_type == "application/json":
+            body = f'{{"dataframe_split": {body}}}'
+        answer = httpx.post(f"{mlflow_serve}/invocations", content=body, headers={"content-type": content_type},
+                            timeout=60)
+        assert answer.status_code == 200, answer.text[:2000]
+        rows = answer.json()["predictions"]
+        assert [r["label"] for r in rows] == [p["label"] for p in clean]
+        np.testing.assert_allclose([r["proba_50000+."] for r in rows],
+                                   [p["probabilities"]["50000+."] for p in clean], rtol=0, atol=1e-12)
+
+
+def test_explanations_agree_across_the_gateway_the_pyfunc_and_mlflow_models_serve(api, stack, mlflow_serve):
+    explained = predicted(api, f"/models/{CENSUS}/explain?classes=all", json={"records": RECORDS})
+    assert explained["model"] == {"name": CENSUS, "version": "1"}
+    rows = explained["explanations"]
+    plain = predicted(api, f"/models/{CENSUS}/predict", json={"records": RECORDS})["predictions"]
+    assert [(r["label"], r["probabilities"]) for r in rows] == [(p["label"], p["probabilities"]) for p in plain]
+    columns = [c["name"] for c in api.get(f"/models/{CENSUS}/schema").json()["columns"]]
+    for row in rows:
+        values = list(row["contributions"].values())
+        assert sorted(row["contributions"]) == sorted(columns) and values == sorted(values, key=abs, reverse=True)
+        assert row["base_value"] + sum(values) == pytest.approx(row["probability"], abs=1e-6)  # local accuracy
+        for label, part in row["by_class"].items():
+            total = part["base_value"] + sum(part["contributions"].values())
+            assert total == pytest.approx(row["probabilities"][label], abs=1e-6)
+        assert row["by_class"][row["label"]]["contributions"] == row["contributions"]
+    as_csv = api.post(f"/models/{CENSUS}/explain?classes=all", content=spaced_csv(RAW), headers={"content-type": "text/csv"})
+    assert answers(as_csv.json()["explanations"]) == answers(rows)
+
+    # the same numbers from `mlflow models serve` of the version, and from the pyfunc in this process
+    body = {"dataframe_records": RECORDS, "params": {"explain": True}}
+    served = httpx.post(f"{mlflow_serve}/invocations", json=body, timeout=60)
+    assert served.status_code == 200, served.text[:2000]
+    source = mlflow.MlflowClient(stack.tracking_uri, registry_uri=stack.tracking_uri) \
+        .get_model_version_download_uri(CENSUS, "1")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=stack.tracking_uri)
+    in_process = mlflow.pyfunc.load_model(local).predict(RAW, params={"explain": True}).to_dict(orient="records")
+    for row, other, mine in zip(rows, served.json()["predictions"], in_process, strict=True):
+        for source in (other, mine):
+            assert source["base_value"] == pytest.approx(row["base_value"], abs=1e-12)
+            for column, value in row["contributions"].items():
+                assert source[f"contrib_{column}"] == pytest.approx(value, abs=1e-12), column
+
+    # limits and errors as /predict's, with the explanation's own row limit
+    too_many = api.post(f"/models/{CENSUS}/explain", json={"records": RECORDS * 5})
+    assert too_many.status_code == 413 and "GATEWAY_MAX_EXPLAIN_ROWS" in too_many.text
+    missing = api.post(f"/models/{CENSUS}/explain", json={"records": [{k: v for k, v in RECORDS[0].items()
+                                                                       if k != "age"}]})
+    assert missing.status_code == 422 and "'age'" in missing.text
+    assert api.post(f"/models/{CENSUS}/explain?classes=some", json={"records": RECORDS[:1]}).status_code == 422
+    assert api.post("/models/nope/explain", json={"records": RECORDS[:1]}).status_code == 404
+    assert 'route="/models/{name}/explain",status="200"' in api.get("/metrics").text
+
+
+def test_the_importance_logged_at_training_per_input_column(api):
+    answer = api.get(f"/models/{CENSUS}/versions/1/importance")
+    assert answer.status_code == 200, answer.text
+    importance = answer.json()
+    columns = [c["name"] for c in api.get(f"/models/{CENSUS}/schema").json()["columns"]]
+    assert importance["version"] == "1" and sorted(importance["importance"]) == sorted(columns)
+    values = list(importance["importance"].values())
+    assert values == sorted(values, reverse=True) and sum(values) == pytest.approx(1.0)
+    assert "impurity" in importance["method"]
+    assert api.get(f"/models/{CENSUS}/versions/99/importance").status_code == 404
 
 
 def test_tritonclient_infers_over_the_open_inference_protocol(api, stack):

@@ -50,9 +50,9 @@ def raw(tracking: Tracking) -> pd.DataFrame:
     return dirty_input()
 
 
-def score(tracking: Tracking, input_path: Path, output_path: Path) -> pd.DataFrame:
+def score(tracking: Tracking, input_path: Path, output_path: Path, *params: str) -> pd.DataFrame:
     result = mlflow_run(tracking, f"model_uri=models:/{MODEL}@champion", f"input_path={input_path}",
-                        f"output_path={output_path}", "spark_master=local[2]", entry_point="score")
+                        f"output_path={output_path}", "spark_master=local[2]", *params, entry_point="score")
     assert_succeeded(result)
     return pd.read_parquet(output_path).sort_values("row_id", key=lambda s: s.astype(int)).reset_index(drop=True)
 
@@ -89,6 +89,17 @@ def test_csv_scoring_on_spark_matches_pyfunc_exactly_and_reports_bad_rows(tracki
     assert run.data.metrics["rows"] == len(raw) and run.data.metrics["rows_with_error"] == len(BAD_ROWS)
 
 
+def test_rows_from_a_csv_with_spaces_after_the_commas_score_the_same(tracking, raw, tmp_path):
+    """A header written ``age, class_of_worker, ...`` (a space after each comma) finds the model's columns,
+    by the rule training applied to its own header; the answers are the same as from a clean file."""
+    source = tmp_path / "spaced.csv"
+    raw.to_csv(source, index=False)
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join([", ".join(lines[0].split(",")), *lines[1:]]) + "\n")
+    assert source.read_text().startswith("row_id, age, ")
+    assert_matches_pyfunc(score(tracking, source, tmp_path / "spaced.parquet"), raw)
+
+
 def test_a_parquet_folder_scores_the_same(tracking, raw, tmp_path):
     folder = tmp_path / "input"
     folder.mkdir()
@@ -98,8 +109,26 @@ def test_a_parquet_folder_scores_the_same(tracking, raw, tmp_path):
     assert_matches_pyfunc(score(tracking, folder, tmp_path / "out.parquet"), raw)
 
 
+def test_explain_true_adds_the_models_own_explanations(tracking, raw, tmp_path):
+    part = raw.head(300)
+    source = tmp_path / "part.csv"
+    part.to_csv(source, index=False)
+    scored = score(tracking, source, tmp_path / "explained.parquet", "explain=true")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    expected = model.predict(part.drop(index=[17]), params={"explain": True})
+    contrib = [c for c in expected.columns if c.startswith("contrib_")]
+    assert contrib == [f"contrib_{c}" for c in model.unwrap_python_model()._schema.columns]  # one an input column
+    got = scored.drop(index=[17])
+    for column in ["label", "probability", "base_value", *contrib]:
+        assert got[column].tolist() == expected[column].tolist(), column
+    assert pd.isna(scored.loc[17, "base_value"]) and "'age'" in scored.loc[17, "error"]
+    # the explanations add up to the probability of the predicted class
+    np.testing.assert_allclose(got["base_value"] + got[contrib].sum(axis=1), got["probability"], atol=1e-9)
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--spark_master", "nonsense"], "spark_master='nonsense'"),
+    (["--explain", "maybe"], "explain='maybe': expected true or false"),
     (["--input_path", "/no/such/file.csv"], "input_path='/no/such/file.csv': no such file"),
     (["--input_path", "MLproject"], "input_path='MLproject': expected .csv"),
     (["--model_uri", "models:/no-such-model/1"], "model_uri='models:/no-such-model/1': cannot load"),

@@ -10,6 +10,7 @@ from contract.params import (
     DataParams,
     ForestParams,
     ModelParams,
+    MonitorParams,
     ScoreParams,
     SplitParams,
     TuneParams,
@@ -25,6 +26,7 @@ ENTRY_POINT_GROUPS = {
     "train": (SplitParams, ModelParams, ForestParams),
     "score": (ScoreParams,),
     "tune": (DataParams, ModelParams, TuneParams),
+    "monitor": (MonitorParams,),
 }
 
 

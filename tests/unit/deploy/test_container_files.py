@@ -59,7 +59,7 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(comp
             assert condition == {"condition": "service_healthy"}, name
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert set(services["mlflow"]["depends_on"]) == {"postgres"}
-    assert set(services["gateway"]["depends_on"]) == {"mlflow", "model-server"}
+    assert set(services["gateway"]["depends_on"]) == {"postgres", "mlflow", "model-server"}  # + the inference log
 
 
 def test_mlflow_uses_postgres_proxied_artifacts_on_a_volume_and_allowed_hosts(compose):

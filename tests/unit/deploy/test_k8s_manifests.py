@@ -122,7 +122,7 @@ def test_network_policies_let_only_the_gateway_reach_the_model_server():
             admitted[target] = allowed_from(policy)
     assert admitted["model-server"] == {"gateway"}
     assert admitted["mlflow"] == {"gateway", "trainer", "model-server"}  # the model server loads artifacts
-    assert admitted["postgres"] == {"mlflow"}
+    assert admitted["postgres"] == {"mlflow", "gateway", "trainer"}  # the registry; the inference log
     assert admitted["gateway"] is None and admitted["trainer"] is None  # the entry points
 
 

@@ -30,10 +30,13 @@ def test_updates_can_be_guarded_by_status(tmp_path):
 def test_lists_newest_first_and_counts_by_status(tmp_path):
     store = JobStore(tmp_path / "jobs.db")
     ids = [store.add({}, "m").id for _ in range(3)]
+    monitoring = store.add({}, "m", entry_point="monitor").id
     store.update(ids[0], status="failed")
-    assert [j.id for j in store.list()] == ids[::-1]
+    assert [j.id for j in store.list(("main", "tune"))] == ids[::-1]  # the jobs of these entry points only
+    assert [j.id for j in store.list(("monitor",))] == [monitoring]
+    store.update(monitoring, status="succeeded")
     assert [j.id for j in store.with_status("queued")] == ids[1:]
-    assert store.count_by_status() == {"queued": 2, "failed": 1}
+    assert store.count_by_status() == {"queued": 2, "failed": 1, "succeeded": 1}
 
 
 def test_a_store_from_the_first_release_is_migrated_in_place(tmp_path):
@@ -46,4 +49,4 @@ def test_a_store_from_the_first_release_is_migrated_in_place(tmp_path):
                    " VALUES ('old', 'succeeded', '2026-01-01T00:00:00+00:00', '{}', 'm')")
     store = JobStore(path)
     old = store.get("old")
-    assert old.entry_point == "main" and old.promotion is None and old.status == "succeeded"
+    assert old.entry_point == "main" and old.promotion is None and old.summary is None and old.status == "succeeded"

@@ -140,7 +140,9 @@ def test_the_logged_model_carries_signature_example_and_skops_pipeline(models):
         "label", "probability", "proba_no", "proba_yes"
     ]
     assert model.metadata.get_params_schema().to_dict() == [
-        {"name": "on_invalid", "type": "string", "default": "raise", "shape": None}]
+        {"name": "on_invalid", "type": "string", "default": "raise", "shape": None},
+        {"name": "explain", "type": "boolean", "default": False, "shape": None},
+        {"name": "explain_classes", "type": "string", "default": "predicted", "shape": None}]
     example = json.loads((local / "input_example.json").read_text())
     assert example["columns"] == ["age", "hours", "colour", "city"]
     # the pipeline is stored with skops (no pickle) and loads with our trusted types only
@@ -166,3 +168,38 @@ def test_records_path_names_missing_and_nested_values(models):
     with pytest.raises(InvalidInputError, match="'colour' row 1") as err:
         inner.predict_records(records)
     assert err.value.columns == ["colour"]
+
+
+@pytest.mark.parametrize("kind", ["binary", "multi"])
+def test_explain_param_adds_base_value_and_a_contribution_per_input_column(models, kind):
+    model = models[kind]
+    plain = model.predict(RAW_ROWS)
+    explained = model.predict(RAW_ROWS, params={"explain": True})
+    pd.testing.assert_frame_equal(explained[plain.columns], plain)  # the predictions are unchanged
+    contrib = [f"contrib_{c}" for c in FEATURES]
+    assert list(explained.columns) == [*plain.columns, "base_value", *contrib]
+    # local accuracy: the predicted class's probability, from the base value and the columns' shares
+    np.testing.assert_allclose(explained["base_value"] + explained[contrib].sum(axis=1), plain["probability"],
+                               rtol=0, atol=1e-9)
+    every = model.predict(RAW_ROWS, params={"explain": True, "explain_classes": "all"})
+    for i, row in every.iterrows():
+        assert set(row["explanations"]) == {str(c) for c in model.unwrap_python_model()._compiled.classes}
+        for label, part in row["explanations"].items():
+            assert list(part["contributions"]) == FEATURES
+            total = part["base_value"] + sum(part["contributions"].values())
+            assert total == pytest.approx(plain.loc[i, f"proba_{label}"], abs=1e-9)
+        predicted = row["explanations"][str(row["label"])]
+        assert predicted["base_value"] == row["base_value"]
+        assert [predicted["contributions"][c] for c in FEATURES] == row[contrib].tolist()
+
+
+def test_explain_composes_with_on_invalid_report_and_refuses_unknown_classes(models):
+    bad = RAW_ROWS.copy()
+    bad.loc[1, "hours"] = "forty"
+    reported = models["binary"].predict(bad, params={"explain": True, "on_invalid": "report"})
+    assert reported["error"].notna().tolist() == [False, True, False, False]
+    assert reported.loc[1, ["base_value", "contrib_age", "label"]].isna().all()
+    good = models["binary"].predict(bad.loc[[0, 2, 3]], params={"explain": True})
+    pd.testing.assert_frame_equal(reported.loc[[0, 2, 3], good.columns].astype(good.dtypes), good)
+    with pytest.raises(InvalidInputError, match="explain_classes must be one of predicted, all"):
+        models["binary"].predict(RAW_ROWS, params={"explain": True, "explain_classes": "some"})

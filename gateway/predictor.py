@@ -1,0 +1,145 @@
+"""From rows to answered predictions: the model server called as the traffic policy says, every answer
+counted, logged and given its ids. One object for every route that predicts (/predict, /models/{name}/predict,
+the V2 infer), so they answer alike."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import HTTPException, status
+
+from contract import inference_log as log_tables
+from contract.model_output import BASE_VALUE_COLUMN, EXPLAIN_CLASSES, EXPLAIN_CLASSES_PARAM, EXPLAIN_PARAM
+from contract.settings import Settings
+from contract.traffic import TrafficPolicy, to_canary
+from gateway.batching import Answer
+from gateway.inference_log import InferenceLog, prediction_ids
+from gateway.model_client import ModelServerClient, Target
+from gateway.observability import Metrics
+from gateway.rollouts import Rollouts, request_key
+from runtime.logs import request_id_var
+
+
+@dataclass(frozen=True)
+class Predicted:
+    version: str
+    rows: list[dict[str, Any]]  # as the model server answered: label, probability, proba_<class>
+    ids: list[str]  # one prediction id a row
+
+
+def model_error_message(body: Any) -> str:
+    """Our model's own message from an MLflow scoring-server error.
+
+    MLflow wraps it as "Failed to predict data '<the whole input>'. \\nError: <message>";
+    the input is the caller's own data, so only the message goes back.
+    """
+    message = str(body.get("message", "")) if isinstance(body, dict) else str(body)
+    return message.rsplit("\nError: ", 1)[-1].strip()
+
+
+def the_callers_fault(answer: Answer) -> bool:
+    """A refusal of the caller's rows (the model names the column), not a failure of the version."""
+    return answer.status == 400 and isinstance(answer.body, dict) and \
+        answer.body.get("error_code") == "INVALID_PARAMETER_VALUE"
+
+
+class Predictor:
+    def __init__(self, settings: Settings, model: ModelServerClient, metrics: Metrics,
+                 inference_log: InferenceLog | None, rollouts: Rollouts):
+        self.settings = settings
+        self.model = model
+        self.metrics = metrics
+        self.inference_log = inference_log
+        self.rollouts = rollouts
+
+    async def predict(self, records: list[dict[str, Any]], target: Target) -> Predicted:
+        """Predictions for ``records``, each with its id and logged; the errors as HTTP errors."""
+        started = time.perf_counter()
+        served = target.alias is None and target.version is None  # the served version, under the policy
+        policy = self.rollouts.policy(target.name) if served else TrafficPolicy()
+        answer = None
+        if policy.mode == "canary" and to_canary(policy, request_key(policy, records, request_id_var.get())):
+            tried = await self._call(records, Target(target.name, alias=policy.alias))
+            if tried is not None and (tried.status == 200 or the_callers_fault(tried)):
+                answer = tried  # else the served version answers below: the caller sees no canary failure
+        if answer is None:
+            answer = await self._call(records, target)
+        predicted = self._answered(records, target, self._checked(answer), started)
+        if policy.mode == "shadow" and policy.alias:
+            self.rollouts.run_later(self._shadow(records, Target(target.name, alias=policy.alias), predicted.rows,
+                                                 predicted.ids))
+        return predicted
+
+    async def explain(self, records: list[dict[str, Any]], target: Target, every_class: bool) -> Predicted:
+        """Predictions with their explanations (``base_value``, ``contrib_<column>``, and ``explanations`` when
+        ``every_class``), from the served version or the one ``target`` names: never a canary or a shadow,
+        whose answers the caller would not see explained."""
+        started = time.perf_counter()
+        params = {EXPLAIN_PARAM: True, EXPLAIN_CLASSES_PARAM: EXPLAIN_CLASSES[1 if every_class else 0]}
+        answer = self._checked(await self._call(records, target, params))
+        rows = answer.body["predictions"]
+        if rows and BASE_VALUE_COLUMN not in rows[0]:  # MLflow drops params a version's signature lacks
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                detail=f"version {answer.version} of '{target.name}' was trained before models "
+                                       "could explain their predictions; train a new version")
+        return self._answered(records, target, answer, started)
+
+    def _answered(self, records: list[dict[str, Any]], target: Target, answer: Answer, started: float) -> Predicted:
+        """A successful answer's predictions with their ids, logged."""
+        version, rows, ids = answer.version or "unknown", answer.body["predictions"], prediction_ids(len(records))
+        if self.inference_log is not None:
+            self.inference_log.record(ids, request_id_var.get(), target.name, version, records, rows,
+                                      (time.perf_counter() - started) * 1000)
+        return Predicted(version, rows, ids)
+
+    async def _call(self, records: list[dict[str, Any]], target: Target,
+                    params: dict[str, Any] | None = None) -> Answer | None:
+        """One call, counted for its version (None when the model server did not answer)."""
+        started = time.perf_counter()
+        try:
+            answer = await self.model.predict(records, target, params)
+        except httpx.HTTPError:
+            self.metrics.model_server_errors.labels("unreachable").inc()
+            return None
+        seconds = time.perf_counter() - started
+        rows = answer.body.get("predictions", []) if answer.status == 200 else []
+        self.metrics.observe_prediction(target.name, answer.version, answer.status, len(records), seconds,
+                                        (row.get("label") for row in rows))
+        failed = answer.status != 200 and not the_callers_fault(answer)
+        self.rollouts.observe(target.name, answer.version, failed, seconds)
+        return answer
+
+    def _checked(self, answer: Answer | None) -> Answer:
+        """``answer`` if it is a success; else the HTTP error the caller gets."""
+        if answer is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                detail=f"model server unreachable at {self.settings.model_server}")
+        if answer.status == 200:
+            return answer
+        if answer.status == 503:
+            self.metrics.model_server_errors.labels("unavailable").inc()
+            headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=model_error_message(answer.body),
+                                headers=headers)
+        if answer.status == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=model_error_message(answer.body))
+        if the_callers_fault(answer):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=model_error_message(answer.body))
+        self.metrics.model_server_errors.labels("bad_gateway").inc()
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY,
+                            detail=f"model server answered {answer.status}: {model_error_message(answer.body)}")
+
+    async def _shadow(self, records: list[dict[str, Any]], target: Target, served: list[dict[str, Any]],
+                      ids: list[str]) -> None:
+        """After the answer: the shadow version's answers for the same rows, logged and compared."""
+        answer = await self._call(records, target)
+        if answer is None or answer.status != 200:
+            return
+        rows = answer.body["predictions"]
+        self.rollouts.compare_shadow(target.name, served, rows)
+        if self.inference_log is not None:
+            self.inference_log.record(ids, request_id_var.get(), target.name, answer.version or "unknown", records,
+                                      rows, 0.0, role=log_tables.SHADOW)

@@ -1,0 +1,185 @@
+"""After deployment: the inference log, feedback, drift and live quality, on real processes.
+
+One stack (mode fast, the inference log in SQLite under STACK_DIR) and a data set
+made for the purpose: 5,000 rows to train on, then 3,000 rows drawn from the same
+generator, then 3,000 with one numeric column shifted and one categorical
+column's mix changed. The monitor step must flag exactly those two.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stack.local import LocalStack
+from tests.integration.conftest import TOKEN, running_stack
+from tests.integration.helpers import finished_job, start_training, wait_for
+
+pytestmark = pytest.mark.integration
+
+MODEL = "watched"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def synthetic(n: int, seed: int, shift: float = 0.0, mix: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 80, n)
+    hours = rng.normal(40, 10, n) + shift
+    colour = rng.choice(["red", "green", "blue"], n)
+    city = rng.choice(["Oslo", "Lima", "Pune", "Kobe"], n, p=list(mix))
+    score = age / 80 + (colour == "red") * 0.6 + (city == "Oslo") * 0.3 + rng.normal(0, 0.25, n)
+    return pd.DataFrame({"age": age.astype(str), "hours": hours.round(2).astype(str), "colour": colour, "city": city,
+                         "label": np.where(score > 0.95, "yes", "no")})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[LocalStack]:
+    synthetic(5000, seed=1).to_csv(data_root / "watched.csv", index=False)
+    with running_stack(tmp_path_factory.mktemp("monitoring"), data_root, model_name=MODEL) as local, \
+            httpx.Client(base_url=local.settings.gateway_url, timeout=120) as api:
+        job = finished_job(api, start_training(api, AUTH, data_path="watched.csv", target="label", model_name=MODEL,
+                                               n_estimators=10))
+        assert job["status"] == "succeeded", job
+        api.put(f"/models/{MODEL}/aliases/champion", json={"version": "1"}, headers=AUTH).raise_for_status()
+        wait_for(lambda: api.get("/ready").status_code == 200, 120, "version 1 served")
+        yield local
+
+
+@pytest.fixture(scope="module")
+def api(stack: LocalStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.settings.gateway_url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def traffic(api: httpx.Client) -> dict:
+    """Baseline rows, then changed rows, each phase between two instants; the answers kept."""
+    phases = {}
+    for name, frame in (("baseline", synthetic(3000, seed=2)),
+                        ("changed", synthetic(3000, seed=3, shift=5.0, mix=(0.55, 0.15, 0.15, 0.15)))):
+        start = time.time()
+        answer = api.post("/predict", json={"records": frame.drop(columns=["label"]).to_dict(orient="records")})
+        assert answer.status_code == 200, answer.text[:500]
+        phases[name] = {"since": start, "until": time.time() + 0.001, "frame": frame,
+                        "predictions": answer.json()["predictions"]}
+        time.sleep(0.01)
+    return phases
+
+
+def iso(t: float) -> str:
+    return pd.Timestamp(t, unit="s", tz="UTC").isoformat()
+
+
+def monitored(api: httpx.Client, **window) -> dict:
+    accepted = api.post("/monitor", json={"model_name": MODEL, **window}, headers=AUTH)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    job = wait_for(lambda: (j := api.get(f"/monitor/{job_id}").json())["status"] in ("succeeded", "failed") and j,
+                   300, "monitoring job")
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_every_prediction_has_an_id_and_is_logged(api, traffic):
+    ids = [p["id"] for p in traffic["baseline"]["predictions"] + traffic["changed"]["predictions"]]
+    assert len(set(ids)) == len(ids) == 6000
+    wait_for(lambda: metric(api, "gateway_inference_log_written_rows_total") >= 6000, 30, "rows written")
+    assert metric(api, "gateway_inference_log_dropped_rows_total", reason="buffer_full") == 0
+
+
+def metric(api: httpx.Client, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(api.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_rows_drawn_like_the_training_data_show_no_drift(api, traffic):
+    job = monitored(api, since=iso(traffic["baseline"]["since"]), until=iso(traffic["baseline"]["until"]))
+    summary = job["summary"]
+    assert summary["rows"] == 3000 and summary["drifted_features"] == [] and summary["status"] == "ok", summary
+
+
+def test_the_shifted_numeric_and_the_remixed_categorical_column_are_flagged_and_only_they(api, traffic):
+    job = monitored(api, since=iso(traffic["changed"]["since"]), until=iso(traffic["changed"]["until"]))
+    summary = job["summary"]
+    assert summary["rows"] == 3000 and sorted(summary["drifted_features"]) == ["city", "hours"], summary
+    assert summary["status"] == "drift" and summary["drift_share"] == 0.5
+
+
+def test_the_monitoring_run_holds_the_report_the_figures_and_tags_the_version(api, stack, traffic):
+    job = monitored(api, since=iso(traffic["changed"]["since"]), until=iso(traffic["changed"]["until"]))
+    client = mlflow.MlflowClient(stack.tracking_uri)
+    run = client.get_run(job["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "monitoring"
+    files = {a.path for a in client.list_artifacts(job["run_id"])} | {
+        a.path for a in client.list_artifacts(job["run_id"], "figures")}
+    assert {"report.html", "drift_table.csv", "drift.json", "figures/hours.png", "figures/city.png"} <= files
+    assert "figures/age.png" not in files  # figures of the drifted columns only
+    local = mlflow.artifacts.download_artifacts(run_id=job["run_id"], artifact_path="report.html",
+                                                tracking_uri=stack.tracking_uri)
+    page = Path(local).read_text()
+    assert "<html" in page and "data:image/png;base64," in page and "wasserstein" in page
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=job["run_id"], artifact_path="drift_table.csv",
+                                                            tracking_uri=stack.tracking_uri))
+    assert dict(zip(table["column"], table["method"])) == {"age": "wasserstein", "hours": "wasserstein",
+                                                           "colour": "jensenshannon", "city": "jensenshannon"}
+    tags = client.get_model_version(MODEL, "1").tags
+    assert tags["monitoring_status"] == "drift" and float(tags["monitoring_drift_share"]) == 0.5
+    assert tags["monitoring_run_id"] == job["run_id"]
+    wait_for(lambda: metric(api, "gateway_model_drift_share", model=MODEL, version="1") == 0.5, 60,
+             "the drift share in /metrics")
+
+
+def test_feedback_gives_live_accuracy_equal_to_what_the_answers_and_true_labels_give(api, traffic):
+    baseline = traffic["baseline"]
+    truth = baseline["frame"]["label"].tolist()
+    labels = [{"id": p["id"], "label": t} for p, t in zip(baseline["predictions"], truth, strict=True)]
+    first = api.post("/feedback", json={"labels": [{**labels[0], "label": "no" if truth[0] == "yes" else "yes"}]},
+                     headers=AUTH)
+    assert first.status_code == 200 and first.json() == {"accepted": 1}
+    answer = api.post("/feedback", json={"labels": labels}, headers=AUTH)  # the second label of row 0 wins
+    assert answer.status_code == 200 and answer.json() == {"accepted": 3000}, answer.text[:300]
+    mixed = api.post("/feedback", json={"labels": [labels[1], {"id": "no-such-id", "label": "yes"},
+                                                   {"id": labels[2]["id"], "label": "maybe"}]}, headers=AUTH)
+    assert mixed.status_code == 422 and mixed.json()["accepted"] == 1
+    assert [d["loc"][-1] for d in mixed.json()["detail"]] == ["id", "label"]
+    assert "not a class" in mixed.json()["detail"][1]["msg"]
+    assert api.post("/feedback", json={"labels": labels[:1]}).status_code == 401  # a write: the token
+
+    expected = np.mean([p["label"] == t for p, t in zip(baseline["predictions"], truth, strict=True)])
+    job = monitored(api, since=iso(baseline["since"]), until=iso(baseline["until"]))
+    live = job["summary"]["live_metrics"]
+    assert job["summary"]["feedback_rows"] == 3000
+    assert live["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert {"precision", "recall", "f1", "roc_auc"} <= set(live)
+
+
+def test_a_window_without_rows_is_insufficient_data_and_unknown_models_are_404(api):
+    job = monitored(api, since="2001-01-01T00:00:00", until="2001-01-02T00:00:00")
+    assert job["summary"]["status"] == "insufficient_data" and job["summary"]["rows"] == 0
+    assert api.post("/monitor", json={"model_name": "nope"}, headers=AUTH).status_code == 404
+    assert api.post("/monitor", json={"model_name": MODEL, "version": "9"}, headers=AUTH).status_code == 404
+    bad = api.post("/monitor", json={"model_name": MODEL, "since": "yesterday"}, headers=AUTH)
+    assert bad.status_code == 422 and "ISO 8601" in bad.text
+
+
+def test_retraining_with_feedback_adds_the_labelled_rows_to_the_training_data(api, stack):
+    job = finished_job(api, start_training(api, AUTH, data_path="watched.csv", target="label", model_name=MODEL,
+                                           n_estimators=5, include_feedback=True))
+    assert job["status"] == "succeeded" and job["model_version"] == "2", job
+    client = mlflow.MlflowClient(stack.tracking_uri)
+    driver = client.get_run(job["run_id"])
+    prepared = client.get_run(driver.data.tags["preprocess_run_id"])
+    assert prepared.data.metrics["feedback_rows"] == 3000
+    assert prepared.data.metrics["rows_read"] == 5000 + 3000
+    assert prepared.data.params["feedback_from"] == MODEL

@@ -1,0 +1,138 @@
+"""Explanations: the compiled TreeSHAP against the ``shap`` package, the reference implementation.
+
+Every check is per raw input column: shap's values on the preprocessed features, summed over each
+column's features (a categorical column's one-hot block), must equal ours within 1e-6, and the base
+value plus the contributions must give back the predicted probability (local accuracy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import shap
+
+from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
+from pyfunc.explain import TreeExplainer, quadrature
+from pyfunc.fast import CompiledForest, CompiledPipeline
+from pyfunc.pipeline import build_pipeline
+from tests.conftest import census_rows, mixed_frame
+
+TOLERANCE = 1e-6
+
+
+def fit(frame: pd.DataFrame, target: str, forest: dict) -> tuple[CompiledPipeline, object, FeatureSchema]:
+    features = [c for c in frame.columns if c != target]
+    schema = infer_feature_schema(frame[features], ["?"])
+    pipeline = build_pipeline(schema, {"random_state": 0, "n_jobs": 1, **forest})
+    pipeline.fit(clean_raw_frame(frame, schema), frame[target].to_numpy())
+    return CompiledPipeline.from_pipeline(pipeline, schema), pipeline, schema
+
+
+def shap_by_column(pipeline, schema: FeatureSchema, compiled: CompiledPipeline, rows: pd.DataFrame) -> tuple:
+    """shap's values (rows x columns x classes) and expected values, on the features the forest sees."""
+    X = compiled.encode(rows).astype(np.float64)  # the float32 features the forest compares, exactly
+    explainer = shap.TreeExplainer(pipeline.named_steps["forest"], feature_perturbation="tree_path_dependent")
+    values = explainer.shap_values(X, check_additivity=False)  # rows x features x classes
+    return np.einsum("rfc,fk->rkc", values, compiled.feature_columns), np.asarray(explainer.expected_value)
+
+
+def assert_matches_shap_and_adds_up(compiled, pipeline, schema, rows: pd.DataFrame) -> None:
+    ours = compiled.explain(rows)
+    reference, expected = shap_by_column(pipeline, schema, compiled, rows)
+    assert ours.contributions.shape == (len(rows), len(schema.columns), len(compiled.classes))
+    np.testing.assert_allclose(ours.contributions, reference, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(ours.base, expected, rtol=0, atol=TOLERANCE)
+    # local accuracy, on every row and class, against the probabilities the model returns
+    np.testing.assert_allclose(ours.base + ours.contributions.sum(axis=1), compiled.predict_proba(rows),
+                               rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(ours.proba, compiled.predict_proba(rows))
+    assert np.abs(ours.contributions).max() > 0.01  # not a vacuous comparison of zeros
+
+
+@pytest.fixture(scope="module")
+def census():
+    frame = census_rows(3000)
+    # unlimited depth, as the default model: deep paths with features split on again and again
+    compiled, pipeline, schema = fit(frame.head(2800), "income", {"n_estimators": 12})
+    return compiled, pipeline, schema, frame.tail(200).drop(columns=["income"])
+
+
+def test_census_slice_matches_shap_per_column_and_adds_up(census):
+    compiled, pipeline, schema, rows = census
+    assert compiled.forest.depths.max() > 20  # the deep trees that make shap slow
+    assert_matches_shap_and_adds_up(compiled, pipeline, schema, rows)
+
+
+def test_a_row_explained_alone_equals_the_same_row_in_a_batch(census):
+    compiled, _, _, rows = census
+    batch = compiled.explain(rows.head(40)).contributions
+    for i in (0, 17, 39):  # rows in the first and the third batch of the kernel (16 rows a batch)
+        alone = compiled.explain(rows.iloc[[i]]).contributions[0]
+        np.testing.assert_allclose(alone, batch[i], rtol=0, atol=1e-12)
+
+
+def test_multiclass_matches_shap_per_column_and_adds_up():
+    frame = mixed_frame(n=600, seed=4, labels=(3, 7, 11))
+    compiled, pipeline, schema = fit(frame, "label", {"n_estimators": 15})
+    assert len(compiled.classes) == 3
+    assert_matches_shap_and_adds_up(compiled, pipeline, schema, frame.drop(columns="label").head(80))
+
+
+def shops_frame(n: int = 1500) -> pd.DataFrame:
+    """A categorical column of 60 levels that decides the label, beside a noise column."""
+    rng = np.random.default_rng(7)
+    level = rng.integers(0, 60, n)
+    return pd.DataFrame({"amount": rng.normal(0, 1, n).round(3).astype(str),
+                         "shop": [f"shop-{k}" for k in level],
+                         "label": np.where((level % 5 == 0) | (rng.random(n) < 0.1), "fraud", "ok")})
+
+
+def test_a_categorical_of_many_levels_is_summed_back_onto_its_column():
+    frame = shops_frame()
+    # depth-limited: on paths through ~60 distinct features shap's own values lose local accuracy
+    # (docs/explanations.md), so they could not serve as the reference there
+    compiled, pipeline, schema = fit(frame, "label", {"n_estimators": 10, "max_depth": 14})
+    assert compiled.feature_columns[:, schema.columns.index("shop")].sum() == 60  # one feature a level
+    rows = frame.drop(columns="label").head(60)
+    assert_matches_shap_and_adds_up(compiled, pipeline, schema, rows)
+    ours = compiled.explain(rows).contributions
+    # the level decides the label: its column carries most of each prediction's explanation
+    shop, amount = schema.columns.index("shop"), schema.columns.index("amount")
+    assert np.mean(np.abs(ours[:, shop, 0]) > np.abs(ours[:, amount, 0])) > 0.8
+
+
+def test_quadrature_is_exact_for_the_degree_it_is_chosen_for():
+    nodes, weights = quadrature(4)  # exact up to degree 7 on [0, 1]
+    for degree in range(8):
+        assert float(np.sum(weights * nodes**degree)) == pytest.approx(1 / (degree + 1), abs=1e-14)
+    assert float(np.sum(weights * nodes**8)) != pytest.approx(1 / 9, abs=1e-9)
+
+
+def test_a_summed_ensemble_and_zero_cover_are_handled():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    compiled = CompiledForest.from_estimators(forest.estimators_)
+    nodes = compiled.nodes
+    summed = TreeExplainer.build(compiled.roots, nodes["right"].copy(), nodes["feature"].copy(),
+                                 nodes["threshold"].copy(), compiled.cover, compiled.value, compiled.depths,
+                                 average=False, probabilities=False)
+    phi = summed.contributions(X[:20])
+    np.testing.assert_allclose(summed.base + phi.sum(axis=1), compiled.predict_proba(X[:20]) * 5, atol=1e-9)
+    with pytest.raises(ValueError, match="no training weight"):
+        TreeExplainer.build(compiled.roots, nodes["right"].copy(), nodes["feature"].copy(), nodes["threshold"].copy(),
+                            np.zeros_like(compiled.cover), compiled.value, compiled.depths, average=True,
+                            probabilities=True)
+
+
+def test_local_accuracy_holds_on_paths_through_dozens_of_distinct_features():
+    frame = shops_frame()
+    compiled, _, _ = fit(frame, "label", {"n_estimators": 10})
+    assert compiled.forest.explainer.points.max() >= 20  # paths through 40 and more distinct features
+    rows = frame.drop(columns="label").head(100)
+    ours = compiled.explain(rows)
+    np.testing.assert_allclose(ours.base + ours.contributions.sum(axis=1), ours.proba, rtol=0, atol=1e-9)
