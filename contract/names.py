@@ -25,6 +25,7 @@ TAG_MODEL_VERSION = "model_version"
 TAG_TRAIN_RUN_ID = "train_run_id"
 TAG_PREPROCESS_RUN_ID = "preprocess_run_id"
 TAG_TARGET = "target"
+TAG_DECISION_THRESHOLD = "decision_threshold"  # a version's cut-off, or "argmax" (multiclass)
 TAG_TUNING_RUN_ID = "tuning_run_id"
 TAG_TUNED_PARAMS = "tuned_params"
 TAG_JOB_ID = "job_id"

@@ -136,6 +136,16 @@ def boolean(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def threshold(raw: str) -> str | float:
+    text = raw.strip().lower()
+    if text == "auto":
+        return text
+    try:
+        return open_fraction(text)
+    except ValueError:
+        raise ValueError("expected auto or a number strictly between 0 and 1") from None
+
+
 def non_negative_int(raw: str) -> int:
     return _int(raw, minimum=0)
 
@@ -307,6 +317,10 @@ class ModelParams:
                                            "must not drop by more than guard_tolerance", TEXT)
     guard_tolerance: float = param(0.01, non_negative_number, "how much a guard metric may drop",
                                    Api(float, {"ge": 0, "le": 1}))
+    threshold: str | float = param(
+        "auto", threshold, "binary targets: positive_class is the label from this probability of it on; auto = the "
+        "cut-off that maximises metric (f1 for roc_auc) on out-of-fold predictions of the training split",
+        Api(Literal["auto"] | float))
 
 
 @dataclass(frozen=True)

@@ -322,6 +322,8 @@ class ModelVersionOut(BaseModel):
     run_id: str | None
     metrics: dict[str, float]
     created_at: str
+    threshold: float | None = Field(None, description="binary targets: the positive class is the label from this "
+                                    "probability of it on; None: the most probable class")
 
 
 class RegisteredModelSummary(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from pyfunc.pipeline import load_pipeline
 # Names of the artifacts logged with the model (see steps/train.py).
 PIPELINE_ARTIFACT = "pipeline"
 SCHEMA_ARTIFACT = "feature_schema"
+DECISION_ARTIFACT = "decision"  # the label's rule (DecisionRule); a version without it: argmax
+DECISION_FILE = "decision.json"
 # The file behind SCHEMA_ARTIFACT, in the model's artifacts/ folder: the input columns and their kinds.
 FEATURE_SCHEMA_FILE = "feature_schema.json"
 # predict(..., params={"on_invalid": "report"}): rows that cannot be scored get their reason in
@@ -39,9 +43,48 @@ def proba_column(label: Any) -> str:
     return f"proba_{label}"
 
 
-def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index) -> pd.DataFrame:
+@dataclass(frozen=True)
+class DecisionRule:
+    """How the label is chosen from the probabilities: the most probable class (argmax) or, for a binary
+    target with a threshold, the positive class once its probability reaches the threshold (chosen by the
+    train step). The probabilities are returned as they are either way, for callers with their own cut-off."""
+
+    positive_index: int | None = None  # the positive class's column in ``classes``
+    threshold: float | None = None
+
+    @staticmethod
+    def to_json(positive: Any, threshold: float | None) -> str:
+        return json.dumps({"positive_class": None if positive is None else str(positive), "threshold": threshold})
+
+    @classmethod
+    def from_json(cls, text: str, classes: np.ndarray) -> DecisionRule:
+        data = json.loads(text)
+        if data.get("threshold") is None:
+            return cls()
+        return cls([str(c) for c in classes].index(data["positive_class"]), float(data["threshold"]))
+
+    def best(self, proba: np.ndarray) -> np.ndarray:
+        """The label's column for each row."""
+        if self.threshold is None:
+            return proba.argmax(axis=1)
+        positive = self.positive_index
+        return np.where(proba[:, positive] >= self.threshold, positive, 1 - positive)
+
+    def best_of_row(self, row: list[float]) -> int:
+        """:meth:`best` of one row, in plain Python (the records path)."""
+        if self.threshold is None:
+            return max(range(len(row)), key=row.__getitem__)  # first maximum, like argmax
+        positive = self.positive_index
+        return positive if row[positive] >= self.threshold else 1 - positive
+
+
+ARGMAX = DecisionRule()
+
+
+def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index,
+                       rule: DecisionRule = ARGMAX) -> pd.DataFrame:
     """One row per input row: ``label``, ``probability`` of it, and ``proba_<class>`` for each class."""
-    best = proba.argmax(axis=1)
+    best = rule.best(proba)
     columns = {"label": classes[best], "probability": proba[np.arange(len(best)), best]}
     columns.update({proba_column(label): proba[:, i] for i, label in enumerate(classes)})
     return pd.DataFrame(columns, index=index)
@@ -52,10 +95,10 @@ def contrib_column(column: str) -> str:
 
 
 def add_explanations(scored: pd.DataFrame, explanation: Explanation, columns: list[str], classes: np.ndarray,
-                     every_class: bool) -> pd.DataFrame:
+                     every_class: bool, rule: DecisionRule = ARGMAX) -> pd.DataFrame:
     """``scored`` (:func:`format_predictions` of ``explanation.proba``) plus the explanation columns."""
     rows = np.arange(len(scored))
-    best = explanation.proba.argmax(axis=1)
+    best = rule.best(explanation.proba)
     extra = {BASE_VALUE_COLUMN: explanation.base[best]}
     extra.update({contrib_column(c): explanation.contributions[rows, j, best] for j, c in enumerate(columns)})
     if every_class:
@@ -68,13 +111,13 @@ def add_explanations(scored: pd.DataFrame, explanation: Explanation, columns: li
     return pd.concat([scored, pd.DataFrame(extra, index=scored.index)], axis=1)
 
 
-def prediction_records(classes: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
+def prediction_records(classes: np.ndarray, proba: np.ndarray, rule: DecisionRule = ARGMAX) -> list[dict[str, Any]]:
     """The rows of :func:`format_predictions` as JSON-ready dicts (what the scoring server returns)."""
     labels = classes.tolist()
     names = [proba_column(label) for label in labels]
     rows = []
     for row in proba.tolist():
-        best = max(range(len(row)), key=row.__getitem__)  # first maximum, like argmax
+        best = rule.best_of_row(row)
         record = {"label": labels[best], "probability": row[best]}
         record.update(zip(names, row, strict=True))
         rows.append(record)
@@ -88,10 +131,12 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     compiled form (``pyfunc/fast.py``), bit-identical and much cheaper.
     """
 
-    def __init__(self, pipeline: Pipeline | None = None, schema: FeatureSchema | None = None):
-        # Direct construction serves tests and in-process use; MLflow fills both in load_context.
+    def __init__(self, pipeline: Pipeline | None = None, schema: FeatureSchema | None = None,
+                 rule: DecisionRule = ARGMAX):
+        # Direct construction serves tests and in-process use; MLflow fills them in load_context.
         self._pipeline = pipeline
         self._schema = schema
+        self._rule = rule
         self._compiled = (
             CompiledPipeline.from_pipeline(pipeline, schema) if pipeline is not None and schema else None
         )
@@ -105,6 +150,9 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         # more than a few rows, and servers scale with processes.
         self._pipeline.named_steps["forest"].n_jobs = 1
         self._compiled = CompiledPipeline.from_pipeline(self._pipeline, self._schema)
+        decision = context.artifacts.get(DECISION_ARTIFACT)
+        self._rule = (DecisionRule.from_json(Path(decision).read_text(encoding="utf-8"), self._compiled.classes)
+                      if decision else ARGMAX)
 
     def predict(
         self,
@@ -128,10 +176,10 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     def _scored(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
         classes = self._compiled.classes
         if not explain:
-            return format_predictions(classes, self._compiled.predict_proba(frame), frame.index)
+            return format_predictions(classes, self._compiled.predict_proba(frame), frame.index, self._rule)
         explanation = self._compiled.explain(frame)
-        scored = format_predictions(classes, explanation.proba, frame.index)
-        return add_explanations(scored, explanation, self._schema.columns, classes, every_class)
+        scored = format_predictions(classes, explanation.proba, frame.index, self._rule)
+        return add_explanations(scored, explanation, self._schema.columns, classes, every_class, self._rule)
 
     def _predict_reporting_errors(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
         """:meth:`predict` plus an ``error`` column: a row that cannot be scored gets its reason
@@ -169,4 +217,4 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         """
         if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
-        return prediction_records(self._compiled.classes, self._compiled.predict_proba_records(records))
+        return prediction_records(self._compiled.classes, self._compiled.predict_proba_records(records), self._rule)

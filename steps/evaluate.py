@@ -29,8 +29,10 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 
-def score(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None) -> float:
-    """One metric of predicted probabilities (labels: the most probable class).
+def score(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
+          y_pred: np.ndarray | None = None) -> float:
+    """One metric of a model's answers: ROC-AUC from the probabilities, the others from the labels it
+    returned, ``y_pred`` (None: the most probable class).
 
     Binary: precision/recall/F1/ROC-AUC of ``positive``. Multiclass (``positive``
     None): macro averages and one-vs-rest macro ROC-AUC.
@@ -39,7 +41,8 @@ def score(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarra
         if positive is not None:
             return float(roc_auc_score(y_true == positive, proba[:, list(classes).index(positive)]))
         return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes))
-    y_pred = classes[proba.argmax(axis=1)]
+    if y_pred is None:
+        y_pred = classes[proba.argmax(axis=1)]
     if metric == "accuracy":
         return float(accuracy_score(y_true, y_pred))
     options = ({"pos_label": positive, "average": "binary", "zero_division": 0} if positive is not None
@@ -49,10 +52,47 @@ def score(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarra
 
 
 def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None
+    y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
+    y_pred: np.ndarray | None = None,
 ) -> dict[str, float]:
     """accuracy, roc_auc, precision, recall, f1 (see :func:`score`)."""
-    return {metric: score(metric, y_true, proba, classes, positive) for metric in METRICS}
+    return {metric: score(metric, y_true, proba, classes, positive, y_pred) for metric in METRICS}
+
+
+# The cut-offs tried: a grid (as scikit-learn's TunedThresholdClassifierCV) fine enough for a forest's
+# probabilities, which move in steps of 1/n_estimators.
+THRESHOLDS = np.round(np.linspace(0.01, 0.99, 99), 2)
+
+
+def best_threshold(is_positive: np.ndarray, proba_positive: np.ndarray, metric: str) -> float:
+    """The cut-off of :data:`THRESHOLDS` that maximises ``metric`` for these (out-of-fold) probabilities;
+    f1 for roc_auc, which does not depend on one. Of equal scores, the one nearest 0.5."""
+    known = ~np.isnan(proba_positive)  # a row in no out-of-bag sample has no out-of-fold probability
+    y, p = is_positive[known], proba_positive[known]
+    by_labels = metric if metric != "roc_auc" else "f1"
+    function = {"accuracy": accuracy_score, "precision": precision_score, "recall": recall_score,
+                "f1": f1_score}[by_labels]
+    options = {} if by_labels == "accuracy" else {"zero_division": 0}
+    scores = np.array([function(y, p >= t, **options) for t in THRESHOLDS])
+    best = np.flatnonzero(scores == scores.max())
+    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - 0.5))]])
+
+
+def plot_threshold(is_positive: np.ndarray, proba_positive: np.ndarray, chosen: float, path: Path) -> None:
+    """Precision, recall and F1 of the positive class against the cut-off, on the test split."""
+    curves = {name: [function(is_positive, proba_positive >= t, zero_division=0) for t in THRESHOLDS]
+              for name, function in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score))}
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, values in curves.items():
+        ax.plot(THRESHOLDS, values, label=name)
+    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen {chosen:.2f}")
+    ax.axvline(0.5, color="lightgrey", linestyle=":")
+    ax.set_xlabel("threshold on the positive class's probability")
+    ax.set_title("Precision and recall against the threshold (test split)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray, path: Path) -> None:

@@ -101,7 +101,8 @@ def live_quality(rows: Sequence[LoggedRow], version: Version, minimum: int) -> t
     by_text = {str(c): c for c in version.classes}
     y_true = np.array([by_text.get(str(r.true_label), r.true_label) for r in labelled])
     proba = np.array([[float(r.probabilities.get(str(c), 0.0)) for c in version.classes] for r in labelled])
-    metrics = evaluate.classification_metrics(y_true, proba, np.array(version.classes), version.positive)
+    y_pred = np.array([by_text.get(str(r.label), r.label) for r in labelled])  # what the version answered
+    metrics = evaluate.classification_metrics(y_true, proba, np.array(version.classes), version.positive, y_pred)
     return len(labelled), metrics
 
 

@@ -30,6 +30,7 @@ from contract.inference_log import logged_rows, open_log
 from contract.params import DataParams, parse_cli, to_arguments
 from contract.settings import get_settings
 from pyfunc.cleaning import as_category, column_key, normalize_missing
+from steps.profile import data_profile, profile_html
 from steps.runs import log_params_once, step_run
 from steps.sources import read_raw_csv
 
@@ -40,6 +41,8 @@ META_FILE = "preprocess.json"
 EXAMPLE_FILE = "input_example.json"
 DATASETS_FILE = "datasets.json"
 EXAMPLE_ROWS = 5
+DATA_PROFILE_JSON = "data_profile.json"  # steps/profile.py, logged at the run's root
+DATA_PROFILE_HTML = "data_profile.html"
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,11 @@ def run_preprocess(params: DataParams) -> dict[str, Any]:
         log_datasets(described)
         mlflow.log_artifacts(str(out_dir), artifact_path=SPLITS_DIR)
     mlflow.log_dict(profile, "profile.json")
+    # what a person looks at before modelling: per column its kind, missing share, distribution and
+    # association with the target (steps/profile.py), on the training split
+    detailed = data_profile(train, params.target, feature_columns(list(train.columns), params), list(params.na_values))
+    mlflow.log_dict(detailed, DATA_PROFILE_JSON)
+    mlflow.log_text(profile_html(detailed), DATA_PROFILE_HTML)
     mlflow.log_metrics({k: v for k, v in profile.items() if isinstance(v, int)})
     print(
         f"preprocess: {profile['rows']} rows ({profile['train_rows']} train,"

@@ -120,7 +120,19 @@ def decide(rule: Rule, new_score: float, champion_version: str | None, scores: S
                     **common)
 
 
-def paired_bootstrap(metric: str, labels: Labels, new: np.ndarray, old: np.ndarray, seed: int,
+@dataclass(frozen=True)
+class Answers:
+    """A version's answers on the test rows: probabilities, and the labels it returns (its own cut-off)."""
+
+    proba: np.ndarray
+    labels: np.ndarray
+
+    def score(self, metric: str, labels: Labels, rows: np.ndarray) -> float:
+        return evaluate.score(metric, labels.test[rows], self.proba[rows], labels.classes, labels.positive,
+                              self.labels[rows])
+
+
+def paired_bootstrap(metric: str, labels: Labels, new: Answers, old: Answers, seed: int,
                      resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
     """The ``CONFIDENCE`` interval of ``metric(new) - metric(old)`` over resamples of the test rows."""
     rng = np.random.default_rng(seed)
@@ -129,8 +141,7 @@ def paired_bootstrap(metric: str, labels: Labels, new: np.ndarray, old: np.ndarr
     for _ in range(resamples):
         rows = rng.integers(0, len(y), len(y))
         try:
-            differences.append(evaluate.score(metric, y[rows], new[rows], labels.classes, labels.positive)
-                               - evaluate.score(metric, y[rows], old[rows], labels.classes, labels.positive))
+            differences.append(new.score(metric, labels, rows) - old.score(metric, labels, rows))
         except ValueError:  # a resample with one class only has no ROC-AUC: skipped
             continue
     if not differences:
@@ -140,9 +151,9 @@ def paired_bootstrap(metric: str, labels: Labels, new: np.ndarray, old: np.ndarr
     return float(low), float(high)
 
 
-def champion_proba(model_name: str, serving_alias: str, test: pd.DataFrame,
-                   labels: Labels) -> tuple[str | None, np.ndarray | None, str]:
-    """(version, probabilities on these rows, why not scored) of the served version."""
+def champion_answers(model_name: str, serving_alias: str, test: pd.DataFrame,
+                     labels: Labels) -> tuple[str | None, Answers | None, str]:
+    """(version, its answers on these rows, why not scored) of the served version."""
     client = mlflow.MlflowClient()
     try:
         version = str(client.get_model_version_by_alias(model_name, serving_alias).version)
@@ -155,18 +166,21 @@ def champion_proba(model_name: str, serving_alias: str, test: pd.DataFrame,
     columns = [proba_column(c) for c in labels.classes]
     if not set(columns) <= set(predicted.columns):
         return version, None, f"champion version {version} predicts other classes"
-    return version, predicted[columns].to_numpy(dtype=float), ""
+    by_text = {str(c): c for c in labels.classes}
+    returned = np.array([by_text.get(str(label), label) for label in predicted["label"]])
+    return version, Answers(predicted[columns].to_numpy(dtype=float), returned), ""
 
 
-def promote_if_better(model: ModelParams, version: str, new_metrics: dict[str, float], new_proba: np.ndarray,
+def promote_if_better(model: ModelParams, version: str, new_metrics: dict[str, float], new: Answers,
                       test: pd.DataFrame, labels: Labels, seed: int) -> Decision:
     registry = Registry(mlflow.MlflowClient(), get_settings().serve_alias)
     rule = Rule(model.metric, model.min_delta, model.guard_metrics, model.guard_tolerance)
-    champion, old_proba, why = champion_proba(model.model_name, registry.pairs.serving_alias, test, labels)
+    champion, old, why = champion_answers(model.model_name, registry.pairs.serving_alias, test, labels)
     scores = None
-    if old_proba is not None:
-        old_metrics = evaluate.classification_metrics(labels.test, old_proba, labels.classes, labels.positive)
-        interval = paired_bootstrap(model.metric, labels, new_proba, old_proba, seed)
+    if old is not None:
+        old_metrics = evaluate.classification_metrics(labels.test, old.proba, labels.classes, labels.positive,
+                                                      old.labels)
+        interval = paired_bootstrap(model.metric, labels, new, old, seed)
         scores = Scores(new_metrics, old_metrics, interval)
     decision = decide(rule, new_metrics[model.metric], champion, scores, why)
     if decision.promoted and model.promote == "canary" and champion is not None:

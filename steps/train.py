@@ -6,6 +6,7 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -13,14 +14,19 @@ import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
 from contract.errors import DataError, ParameterError, ProjectError
-from contract.names import TAG_MODEL_NAME, TAG_MODEL_VERSION, TAG_TARGET, TAG_TRAIN_RUN_ID
+from contract.names import TAG_DECISION_THRESHOLD, TAG_MODEL_NAME, TAG_MODEL_VERSION, TAG_TARGET, TAG_TRAIN_RUN_ID
 from contract.params import ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
 from pyfunc.model import (
+    ARGMAX,
+    DECISION_ARTIFACT,
+    DECISION_FILE,
     EXPLAIN_CLASSES,
     EXPLAIN_CLASSES_PARAM,
     EXPLAIN_PARAM,
@@ -28,12 +34,13 @@ from pyfunc.model import (
     ON_INVALID_PARAM,
     PIPELINE_ARTIFACT,
     SCHEMA_ARTIFACT,
+    DecisionRule,
     proba_column,
 )
 from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
 from steps import evaluate
 from steps.preprocess import log_datasets
-from steps.promotion import promote_if_better
+from steps.promotion import Answers, promote_if_better
 from steps.runs import PROJECT_DIR, log_params_once, step_run
 from steps.splits import Labels, Splits, load_splits, prepare_labels
 
@@ -81,15 +88,27 @@ def _param_text(columns: list[str]) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
-def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams,
-                   out_dir: Path) -> tuple[Pipeline, FeatureSchema, dict[str, float], np.ndarray]:
-    """Fit the pipeline, score the test split once (metrics, figures, the compiled-path check),
-    write report artifacts to ``out_dir``; return pipeline, schema, metrics, the test split's probabilities."""
+@dataclass(frozen=True)
+class Fitted:
+    pipeline: Pipeline
+    schema: FeatureSchema
+    rule: DecisionRule  # how the model picks its label (a binary target's threshold)
+    metrics: dict[str, float]
+    answers: Answers  # on the test split: probabilities and the labels the model returns
+
+
+def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: ModelParams,
+                   out_dir: Path) -> Fitted:
+    """Fit the pipeline, choose its threshold on the training split, score the test split once (metrics,
+    figures, the compiled-path check), write report artifacts to ``out_dir``."""
     features = splits.meta.features
     schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
     if not schema.columns:
         raise DataError("every feature column is empty in the training split")
     classes, positive, y_test = labels.classes, labels.positive, labels.test
+    if positive is None and model.threshold != "auto":
+        raise ParameterError("threshold", str(model.threshold),
+                             f"a threshold applies to binary targets; this one has {len(classes)} classes")
     mlflow.log_params(
         {
             "numeric_columns": _param_text(schema.numeric),
@@ -102,23 +121,53 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams,
         }
     )
 
-    pipeline = build_pipeline(schema, forest.sklearn_kwargs())
+    kwargs = forest.sklearn_kwargs()
+    if positive is not None and model.threshold == "auto":
+        kwargs["oob_score"] = True  # out-of-bag probabilities: out-of-fold predictions of the training rows, no refit
+    pipeline = build_pipeline(schema, kwargs)
     started = time.perf_counter()
-    pipeline.fit(clean_raw_frame(splits.train, schema), labels.train)
+    train = clean_raw_frame(splits.train, schema)
+    pipeline.fit(train, labels.train)
     fit_seconds = time.perf_counter() - started
+    rule = decision_rule(pipeline, train, labels, model, forest.random_state)
 
     proba = reference_proba(pipeline, schema, splits.test)
-    metrics = evaluate.classification_metrics(y_test, proba, pipeline.classes_, positive)
+    y_pred = classes[rule.best(proba)]
+    metrics = evaluate.classification_metrics(y_test, proba, pipeline.classes_, positive, y_pred)
+    if rule.threshold is not None:
+        at_half = classes[DecisionRule(rule.positive_index, 0.5).best(proba)]
+        metrics.update({f"{name}_at_0.5": value for name, value in evaluate.classification_metrics(
+            y_test, proba, classes, positive, at_half).items() if name != "roc_auc"})
+        metrics["decision_threshold"] = rule.threshold
+        evaluate.plot_threshold(y_test == positive, proba[:, rule.positive_index], rule.threshold,
+                                out_dir / "threshold.png")
     metrics["training_time_seconds"] = fit_seconds
     metrics["fast_path_max_abs_diff"] = check_fast_path(pipeline, schema, splits.test, proba)
 
-    y_pred = pipeline.classes_[proba.argmax(axis=1)]
     evaluate.plot_confusion_matrix(y_test, y_pred, pipeline.classes_, out_dir / "confusion_matrix.png")
     evaluate.plot_roc(y_test, proba, pipeline.classes_, positive, out_dir / "roc_curve.png")
     importance = pd.Series(input_column_importance(pipeline, schema), name="importance")
     importance.rename_axis("column").to_csv(out_dir / "feature_importance.csv")
     evaluate.plot_importance(importance, out_dir / "feature_importance.png")
-    return pipeline, schema, metrics, proba
+    return Fitted(pipeline, schema, rule, metrics, Answers(proba, y_pred))
+
+
+def decision_rule(pipeline: Pipeline, train: pd.DataFrame, labels: Labels, model: ModelParams,
+                  seed: int) -> DecisionRule:
+    """Argmax for a multiclass target; for a binary one, the given threshold or (auto) the one that maximises
+    ``metric`` on out-of-fold probabilities of the training rows. The test split is not looked at: the
+    metrics it gives stay an honest estimate."""
+    if labels.positive is None:
+        return ARGMAX
+    positive = list(labels.classes).index(labels.positive)
+    if model.threshold != "auto":
+        return DecisionRule(positive, float(model.threshold))
+    out_of_fold = getattr(pipeline.named_steps["forest"], "oob_decision_function_", None)
+    if out_of_fold is None:  # a model without out-of-bag rows: cross-validated on the training split
+        out_of_fold = cross_val_predict(clone(pipeline), train, labels.train, method="predict_proba",
+                                        cv=StratifiedKFold(3, shuffle=True, random_state=seed))
+    return DecisionRule(positive, evaluate.best_threshold(labels.train == labels.positive, out_of_fold[:, positive],
+                                                          model.metric))
 
 
 PARITY_TOLERANCE = 1e-6
@@ -152,16 +201,20 @@ def check_fast_path(pipeline: Pipeline, schema: FeatureSchema, test: pd.DataFram
     return largest
 
 
-def log_model(pipeline: Pipeline, schema: FeatureSchema, splits: Splits, model_name: str,
+def log_model(fitted: Fitted, splits: Splits, labels: Labels, model_name: str,
               out_dir: Path) -> mlflow.models.model.ModelInfo:
+    pipeline, schema = fitted.pipeline, fitted.schema
     pipeline_path = out_dir / "pipeline.skops"
     schema_path = out_dir / FEATURE_SCHEMA_FILE
+    decision_path = out_dir / DECISION_FILE
     save_pipeline(pipeline, pipeline_path)
     schema_path.write_text(schema.to_json(), encoding="utf-8")
+    decision_path.write_text(DecisionRule.to_json(labels.positive, fitted.rule.threshold), encoding="utf-8")
     return mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,
         python_model=str(PROJECT_DIR / "pyfunc" / "model_code.py"),
-        artifacts={PIPELINE_ARTIFACT: str(pipeline_path), SCHEMA_ARTIFACT: str(schema_path)},
+        artifacts={PIPELINE_ARTIFACT: str(pipeline_path), SCHEMA_ARTIFACT: str(schema_path),
+                   DECISION_ARTIFACT: str(decision_path)},
         code_paths=[str(PROJECT_DIR / "pyfunc")],
         signature=model_signature(pipeline.classes_),
         input_example=splits.example[schema.columns],
@@ -185,17 +238,21 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
         out_dir = Path(tmp)
         reports = out_dir / "reports"
         reports.mkdir()
-        pipeline, schema, metrics, proba = fit_and_report(splits, labels, forest, reports)
+        fitted = fit_and_report(splits, labels, forest, model, reports)
+        metrics = fitted.metrics
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(reports))
-        info = log_model(pipeline, schema, splits, model.model_name, out_dir)
+        info = log_model(fitted, splits, labels, model.model_name, out_dir)
     version = str(info.registered_model_version)
     mlflow.set_tags({TAG_MODEL_NAME: model.model_name, TAG_MODEL_VERSION: version})
     client = mlflow.MlflowClient()
     client.set_model_version_tag(model.model_name, version, TAG_TARGET, target)
     client.set_model_version_tag(model.model_name, version, TAG_TRAIN_RUN_ID, run.info.run_id)
+    threshold = fitted.rule.threshold
+    client.set_model_version_tag(model.model_name, version, TAG_DECISION_THRESHOLD,
+                                 "argmax" if threshold is None else f"{threshold:g}")
     if model.promote != "never":
-        promote_if_better(model, version, metrics, proba, splits.test, labels, forest.random_state)
+        promote_if_better(model, version, metrics, fitted.answers, splits.test, labels, forest.random_state)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"train: registered {model.model_name} version {version} ({summary})")
     return version

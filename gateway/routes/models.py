@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from contract.names import TAG_DECISION_THRESHOLD
 from contract.registry import Conflict, NotFound, Registry
 from contract.traffic import TrafficPolicy
 from gateway.deps import Authorized, ModelHttpDep, ModelInfoDep, RegistryDep, RolloutsDep, SettingsDep
@@ -72,7 +73,16 @@ def version_out(registry: Registry, version: ModelVersion, aliases: dict[str, st
         name=version.name, version=version.version, stage=version.current_stage,
         aliases=sorted(a for a, v in aliases.items() if v == version.version), status=version.status,
         run_id=version.run_id, metrics=metrics,
-        created_at=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat())
+        created_at=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(),
+        threshold=decision_threshold(version.tags or {}))
+
+
+def decision_threshold(tags: dict[str, str]) -> float | None:
+    """The version's cut-off as the train step tagged it; None for argmax or a version from before."""
+    try:
+        return float(tags[TAG_DECISION_THRESHOLD])
+    except (KeyError, ValueError):
+        return None
 
 
 def described(registry: Registry, name: str, version: str) -> ModelVersionOut:

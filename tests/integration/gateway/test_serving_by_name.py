@@ -290,3 +290,15 @@ def test_promoting_one_model_switches_only_it_with_no_failed_request(api):
     versions = [v for _, v in outcomes[CENSUS]]
     assert set(versions[:versions.index("2")]) == {"1"} and set(versions[versions.index("2"):]) == {"2"}
     assert {v for _, v in outcomes[MIXED]} == {"1"} and {v for _, v in outcomes[DEFAULT]} == {"1"}
+
+
+def test_labels_follow_the_threshold_the_version_was_trained_with(api):
+    threshold = api.get(f"/models/{CENSUS}/versions/1").json()["threshold"]
+    assert 0 < threshold < 0.5  # chosen for F1 on a rare positive class
+    listed = {v["version"]: v for v in api.get(f"/models/{CENSUS}").json()["versions"]}
+    assert listed["1"]["threshold"] == threshold
+    rows = census_rows(3400).tail(400).drop(columns=["income"]).to_dict(orient="records")
+    predictions = predicted(api, f"/models/{CENSUS}/predict?version=1", json={"records": rows})["predictions"]
+    positive = [p["probabilities"]["50000+."] for p in predictions]
+    assert [p["label"] == "50000+." for p in predictions] == [value >= threshold for value in positive]
+    assert any(threshold <= value < 0.5 for value in positive)  # rows where argmax would answer otherwise

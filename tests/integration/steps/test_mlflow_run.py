@@ -56,7 +56,17 @@ def test_census_slice_trains_logs_and_registers_a_raw_input_model(tracking, tmp_
     assert contexts == {"training", "testing"}
     assert prepared.data.metrics["rows"] == 3000
     reports = {a.path for a in client.list_artifacts(trained.info.run_id)}
-    assert {"confusion_matrix.png", "roc_curve.png", "feature_importance.csv", "feature_importance.png"} <= reports
+    assert {"confusion_matrix.png", "roc_curve.png", "feature_importance.csv", "feature_importance.png",
+            "threshold.png"} <= reports
+    # the decision threshold: chosen on the training split, a metric, a version tag, applied by the model
+    threshold = trained.data.metrics["decision_threshold"]
+    assert 0 < threshold < 0.5 and "f1_at_0.5" in trained.data.metrics
+    assert mlflow.MlflowClient().get_model_version("census-it", "1").tags["decision_threshold"] == f"{threshold:g}"
+    # the data profile of the training split, as JSON and as a page the MLflow UI shows
+    profiled = mlflow.artifacts.load_dict(f"runs:/{prepared.info.run_id}/data_profile.json")
+    assert {c["column"] for c in profiled["columns"]} <= set(data.columns) and profiled["target"] == "income"
+    page = mlflow.artifacts.load_text(f"runs:/{prepared.info.run_id}/data_profile.html")
+    assert "education" in page and "<svg" in page
     importance = pd.read_csv(
         mlflow.artifacts.download_artifacts(run_id=trained.info.run_id, artifact_path="feature_importance.csv")
     )

@@ -68,8 +68,9 @@ def test_raw_rows_get_a_label_and_probabilities(models, kind, classes):
     assert len(out) == len(RAW_ROWS)
     proba = out[[f"proba_{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    np.testing.assert_allclose(out["probability"], proba.max(axis=1))
-    assert [classes[i] for i in proba.argmax(axis=1)] == out["label"].tolist()
+    best = models[kind].unwrap_python_model()._rule.best(proba)  # binary: the threshold; else argmax
+    np.testing.assert_allclose(out["probability"], proba[np.arange(len(proba)), best])
+    assert [classes[i] for i in best] == out["label"].tolist()
     # labels come back in their own type: text stays text, integers stay integers
     assert {type(v) for v in out["label"].tolist()} == {type(classes[0])}
 
@@ -203,3 +204,24 @@ def test_explain_composes_with_on_invalid_report_and_refuses_unknown_classes(mod
     pd.testing.assert_frame_equal(reported.loc[[0, 2, 3], good.columns].astype(good.dtypes), good)
     with pytest.raises(InvalidInputError, match="explain_classes must be one of predicted, all"):
         models["binary"].predict(RAW_ROWS, params={"explain": True, "explain_classes": "some"})
+
+
+def test_labels_follow_the_stored_threshold_on_every_path(models):
+    binary = models["binary"]
+    rule = binary.unwrap_python_model()._rule
+    assert 0 < rule.threshold < 1 and rule.positive_index == 1  # "yes", the rarer class, chosen at training
+    decision = json.loads((Path(models["local_binary"]) / "artifacts" / "decision.json").read_text())
+    assert decision == {"positive_class": "yes", "threshold": rule.threshold}
+    rows = pd.concat([RAW_ROWS] * 3, ignore_index=True)
+    rows["age"] = [str(a) for a in range(18, 18 + 5 * len(rows), 5)]  # probabilities on both sides of the cut
+    framed = binary.predict(rows)
+    expected = np.where(framed["proba_yes"] >= rule.threshold, "yes", "no")
+    assert framed["label"].tolist() == expected.tolist()
+    assert set(expected) == {"yes", "no"} and ((framed["proba_yes"] < 0.5) & (framed["label"] == "yes")).any()
+    assert framed["probability"].tolist() == framed.apply(lambda r: r[f"proba_{r['label']}"], axis=1).tolist()
+    records = binary.unwrap_python_model().predict_records(rows.to_dict(orient="records"))
+    assert [r["label"] for r in records] == expected.tolist()
+    # a multiclass target keeps the most probable class
+    multi = models["multi"].predict(RAW_ROWS)
+    probabilities = multi[["proba_3", "proba_7", "proba_11"]].to_numpy()
+    assert multi["label"].tolist() == [[3, 7, 11][i] for i in probabilities.argmax(axis=1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from steps.promotion import Rule, Scores, decide, paired_bootstrap
+from steps.promotion import Answers, Rule, Scores, decide, paired_bootstrap
 from steps.splits import Labels
 
 RULE = Rule("f1", min_delta=0.01, guards=("accuracy", "roc_auc"), guard_tolerance=0.01)
@@ -67,14 +67,21 @@ def labels(y: np.ndarray) -> Labels:
     return Labels(y, y, np.array([0, 1]), 1)
 
 
+def argmax(proba: np.ndarray) -> Answers:
+    return Answers(proba, proba.argmax(axis=1))
+
+
 def test_the_paired_bootstrap_interval_excludes_zero_only_for_a_real_gain():
     rng = np.random.default_rng(0)
     y = (rng.random(2000) < 0.3).astype(int)
     good = np.where(y[:, None] == 1, [0.2, 0.8], [0.8, 0.2]) * 1.0
     noisy = np.clip(good + rng.normal(0, 0.45, good.shape), 0, 1)
     noisy = noisy / noisy.sum(axis=1, keepdims=True)
-    low, high = paired_bootstrap("f1", labels(y), good, noisy, seed=7, resamples=300)
+    low, high = paired_bootstrap("f1", labels(y), argmax(good), argmax(noisy), seed=7, resamples=300)
     assert 0 < low < high
-    same_low, same_high = paired_bootstrap("f1", labels(y), noisy, noisy, seed=7, resamples=300)
+    same_low, same_high = paired_bootstrap("f1", labels(y), argmax(noisy), argmax(noisy), seed=7, resamples=300)
     assert same_low == same_high == 0.0
-    assert paired_bootstrap("f1", labels(y), good, noisy, seed=7, resamples=300) == (low, high)  # seeded
+    assert paired_bootstrap("f1", labels(y), argmax(good), argmax(noisy), seed=7, resamples=300) == (low, high)
+    # the labels each version returns are scored (its own threshold), not the argmax of its probabilities
+    cut_low = Answers(noisy, (noisy[:, 1] >= 0.2).astype(int))
+    assert paired_bootstrap("f1", labels(y), cut_low, argmax(noisy), seed=7, resamples=300) != (0.0, 0.0)
