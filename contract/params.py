@@ -197,34 +197,22 @@ def moment(raw: str) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def probability(raw: str) -> float:
+def _number(raw: str, acceptable: Callable[[float], bool], requirement: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError("expected a number between 0 and 1") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError("expected a number strictly between 0 and 1")
+        raise ValueError("expected a number") from None
+    if not acceptable(value):
+        raise ValueError(requirement)
     return value
 
 
 def positive_number(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("expected a number") from None
-    if not value > 0:
-        raise ValueError("must be above 0")
-    return value
+    return _number(raw, lambda value: value > 0, "must be above 0")
 
 
 def non_negative_number(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("expected a number") from None
-    if not value >= 0:
-        raise ValueError("must be 0 or more")
-    return value
+    return _number(raw, lambda value: value >= 0, "must be 0 or more")
 
 
 def metric_list(raw: str) -> tuple[str, ...]:
@@ -354,7 +342,7 @@ class MonitorParams:
     until: float | None = param(None, moment, "until this time (excluded); empty = now", TEXT)
     inference_log: str = param("", optional_text, "the inference log's URL; empty = INFERENCE_LOG_URI or the "
                                "local stack's", None)
-    p_value: float = param(0.05, probability, "drift when a test's p-value is below this (KS, chi-squared)", None)
+    p_value: float = param(0.05, open_fraction, "drift when a test's p-value is below this (KS, chi-squared)", None)
     distance: float = param(0.1, positive_number, "drift when a distance is above this (normalised Wasserstein, "
                             "Jensen-Shannon)", None)
     small_sample: int = param(1000, positive_int, "a sample this small or smaller is compared by a test, a "

@@ -16,12 +16,12 @@ their predictions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runtime.tasks import cancel
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,7 @@ class MicroBatcher:
         self._dispatcher = asyncio.create_task(self._dispatch())
 
     async def stop(self) -> None:
-        if self._dispatcher:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        await cancel(self._dispatcher)
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 

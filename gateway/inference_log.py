@@ -32,6 +32,7 @@ from contract.model_output import PROBA_PREFIX
 from contract.settings import Settings
 from contract.tables import column_name
 from gateway.observability import Metrics
+from runtime.tasks import cancel
 
 log = logging.getLogger("gateway.inference_log")
 BATCH_ROWS = 2000
@@ -92,10 +93,7 @@ class InferenceLog:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 10)  # what can still be written, before the process ends
         if self._engine is not None:

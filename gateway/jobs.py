@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from contract.names import (
 )
 from contract.settings import PROJECT_DIR, Settings
 from runtime.processes import VENV_BIN, pid_alive, tool_env
+from runtime.tasks import cancel
+
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
 
@@ -334,10 +336,7 @@ class MonitorSchedule:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -182,7 +182,9 @@ class TrainAccepted(BaseModel):
     location: str
 
 
-class JobOut(BaseModel):
+class JobRecord(BaseModel):
+    """What every job (training, monitoring) says of itself."""
+
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model_name: str
@@ -190,6 +192,9 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class JobOut(JobRecord):
     run_id: str | None
     model_version: str | None
     metrics: dict[str, float] | None
@@ -234,14 +239,7 @@ class MonitorSummary(BaseModel):
     reason: str | None = None
 
 
-class MonitorJobOut(BaseModel):
-    job_id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    model_name: str
-    parameters: dict[str, str]
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
+class MonitorJobOut(JobRecord):
     run_id: str | None = Field(description="the monitoring run (experiment 'monitoring'): report, figures, table")
     summary: MonitorSummary | None
     error: str | None

@@ -78,3 +78,19 @@ def mixed_frame(n: int = 240, seed: int = 0, labels: tuple = ("no", "yes")) -> p
     frame.loc[3::11, "colour"] = ""
     frame.loc[5::13, "city"] = "?"
     return frame
+
+
+MIXED_FEATURES = ["age", "hours", "colour", "city"]
+
+
+def fitted_mixed_pipeline() -> tuple:
+    """The project's pipeline (20 trees) fitted on :func:`mixed_frame`: pipeline, schema, cleaned features."""
+    from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
+    from pyfunc.pipeline import build_pipeline
+
+    frame = mixed_frame()
+    schema = infer_feature_schema(frame[MIXED_FEATURES], ["?"])
+    pipeline = build_pipeline(schema, {"n_estimators": 20, "random_state": 0})
+    X = clean_raw_frame(frame, schema)
+    pipeline.fit(X, frame["label"].to_numpy())
+    return pipeline, schema, X

@@ -53,10 +53,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator
         # version 3: a model that raises on every row, as a version can
         code = root / "raising.py"
         code.write_text(RAISING)
+        previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(local.tracking_uri)
-        mlflow.set_experiment("rollouts")
-        with mlflow.start_run():
-            mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name=MODEL)
+        try:  # nothing of this left in the process (mlflow.set_experiment would export MLFLOW_EXPERIMENT_ID)
+            experiment = mlflow.MlflowClient().create_experiment("rollouts")
+            with mlflow.start_run(experiment_id=experiment):
+                mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name=MODEL)
+        finally:
+            mlflow.set_tracking_uri(previous)
         yield local
 
 

@@ -11,19 +11,14 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScal
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
 from pyfunc.pipeline import build_pipeline, input_column_importance, load_pipeline, save_pipeline
-from tests.conftest import mixed_frame
+from tests.conftest import fitted_mixed_pipeline, mixed_frame
 
 FEATURES = ["age", "hours", "colour", "city"]
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    frame = mixed_frame()
-    schema = infer_feature_schema(frame[FEATURES], ["?"])
-    pipeline = build_pipeline(schema, {"n_estimators": 20, "random_state": 0})
-    X = clean_raw_frame(frame, schema)
-    pipeline.fit(X, frame["label"].to_numpy())
-    return pipeline, schema, X
+    return fitted_mixed_pipeline()
 
 
 def test_pipeline_has_the_classic_preprocessing(fitted):

@@ -14,17 +14,14 @@ from pyfunc.fast import CompiledPipeline
 from pyfunc.pipeline import build_pipeline
 from steps.preprocess import run_preprocess
 from steps.train import check_fast_path, reference_proba, train_and_register
-from tests.conftest import census_rows, mixed_frame
+from tests.conftest import census_rows, fitted_mixed_pipeline, mixed_frame
 
 FEATURES = ["age", "hours", "colour", "city"]
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    frame = mixed_frame()
-    schema = infer_feature_schema(frame[FEATURES], ["?"])
-    pipeline = build_pipeline(schema, {"n_estimators": 20, "random_state": 0})
-    pipeline.fit(clean_raw_frame(frame, schema), frame["label"].to_numpy())
+    pipeline, schema, _ = fitted_mixed_pipeline()
     return pipeline, schema
 
 
