@@ -298,7 +298,10 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
                 measured["rows_per_s"] = measured["rps"]
                 table.append({"scenario": f"log cost {round_ + 1}, 1 row, c=16", "rows": 1, "connections": 16,
                               "target": key, "name": name, **measured})
-        table += rollout_costs(stack, client, bodies["c", 1], duration)
+        try:
+            table += rollout_costs(stack, client, bodies["c", 1], duration)
+        except Exception as err:  # noqa: BLE001 (the other measurements stand; the report says what is missing)
+            print(f"warning: rollout costs not measured: {type(err).__name__}: {str(err)[:300]}", flush=True)
         label, rows, connections = CSV_SCENARIO
         print(f"  gateway /predict: {label} ...", flush=True)
         measured = wrk(targets["c"][1], csv_body, connections, duration, content_type="text/csv")
@@ -352,7 +355,8 @@ def rollout_costs(stack: LocalStack, client: mlflow.MlflowClient, body: Path, du
     """The gateway under each traffic policy, with version 2 (the same artifacts registered again, loaded
     separately like any version) as the challenger; two rounds in turn, as for the log's cost."""
     first = client.get_model_version(MODEL, "1")
-    client.create_model_version(MODEL, first.source, run_id=first.run_id)
+    # MLflow 3 registers a logged model's source (models:/m-...) only with that logged model's id
+    client.create_model_version(MODEL, first.source, model_id=first.source.removeprefix("models:/"))
     client.set_registered_model_alias(MODEL, "challenger", "2")
     gateway = stack.settings.gateway_url
     wait_until(lambda: httpx.post(f"{gateway}/models/{MODEL}/predict?alias=challenger", content=body.read_bytes(),
