@@ -94,3 +94,12 @@ def fitted_mixed_pipeline() -> tuple:
     X = clean_raw_frame(frame, schema)
     pipeline.fit(X, frame["label"].to_numpy())
     return pipeline, schema, X
+
+
+def registered_versions(client: mlflow.MlflowClient, name: str, count: int) -> None:
+    """A registered model ``name`` with ``count`` versions of one small artifact, in the active store."""
+    client.create_registered_model(name)
+    with mlflow.start_run() as run:
+        mlflow.log_text("x", "model.txt")
+    for _ in range(count):
+        client.create_model_version(name, f"runs:/{run.info.run_id}/model.txt", run.info.run_id)

@@ -126,13 +126,10 @@ def test_the_registry_applies_the_policy_on_a_real_store_whose_client_hands_out_
     import mlflow
 
     from contract.registry import Registry
+    from tests.conftest import registered_versions
 
     client = mlflow.MlflowClient()
-    client.create_registered_model("m")
-    with mlflow.start_run() as run:
-        mlflow.log_text("x", "model.txt")
-    for _ in range(2):
-        client.create_model_version("m", f"runs:/{run.info.run_id}/model.txt", run.info.run_id)
+    registered_versions(client, "m", 2)
     registry = Registry(client, "prod")
     registry.serve("m", "1")
     registry.serve("m", "2")

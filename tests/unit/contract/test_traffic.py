@@ -7,6 +7,7 @@ import pytest
 
 from contract.registry import Conflict, NotFound, Registry
 from contract.traffic import TrafficPolicy, share, to_canary
+from tests.conftest import registered_versions
 
 
 def test_a_key_has_one_place_everywhere():
@@ -40,11 +41,7 @@ def test_an_unreadable_tag_means_single():
 
 def test_promote_keeps_the_replaced_version_as_previous_and_rollback_restores_it(tracking):
     client = mlflow.MlflowClient()
-    client.create_registered_model("m")
-    with mlflow.start_run() as run:
-        mlflow.log_text("x", "model.txt")
-    for _ in range(3):
-        client.create_model_version("m", f"runs:/{run.info.run_id}/model.txt", run.info.run_id)
+    registered_versions(client, "m", 3)
     registry = Registry(client, "champion")
     with pytest.raises(NotFound, match="nothing to roll back to"):
         registry.rollback("m")
