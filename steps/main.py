@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from contract.params import DataParams, ForestParams, ModelParams, parse_cli, to_arguments
-from steps.preprocess import SPLITS_DIR
 from steps.runs import log_params_once, record_outcome, run_child, step_run
 from steps.sources import fetch
+from steps.splits import SPLITS_DIR
 
 
 def main(argv: Sequence[str] | None = None) -> None:

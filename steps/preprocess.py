@@ -12,7 +12,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,12 @@ from contract.settings import get_settings
 from pyfunc.cleaning import as_category, column_key, normalize_missing
 from steps.profile import data_profile, profile_html
 from steps.runs import log_params_once, step_run
+from steps.splits import DATASETS_FILE, EXAMPLE_FILE, META_FILE, SPLITS_DIR, TEST_FILE, TRAIN_FILE, SplitMeta
 from steps.sources import read_raw_csv
 
-SPLITS_DIR = "splits"
-TRAIN_FILE = "train.parquet"
-TEST_FILE = "test.parquet"
-META_FILE = "preprocess.json"
-EXAMPLE_FILE = "input_example.json"
-DATASETS_FILE = "datasets.json"
 EXAMPLE_ROWS = 5
 DATA_PROFILE_JSON = "data_profile.json"  # steps/profile.py, logged at the run's root
 DATA_PROFILE_HTML = "data_profile.html"
-
-
-@dataclass(frozen=True)
-class SplitMeta:
-    """What the train step needs to know about how the splits were made."""
-
-    target: str
-    na_values: list[str]
-    features: list[str]
-    source: str
 
 
 def feature_columns(columns: Sequence[str], params: DataParams) -> list[str]:

@@ -10,8 +10,25 @@ import numpy as np
 import pandas as pd
 
 from contract.errors import DataError, ParameterError
-from steps.preprocess import DATASETS_FILE, EXAMPLE_FILE, META_FILE, TEST_FILE, TRAIN_FILE, SplitMeta
 from steps.sources import fetch
+
+# The splits artifact: written by preprocess, read by train, tune and the promotion rule
+SPLITS_DIR = "splits"
+TRAIN_FILE = "train.parquet"
+TEST_FILE = "test.parquet"
+META_FILE = "preprocess.json"
+EXAMPLE_FILE = "input_example.json"
+DATASETS_FILE = "datasets.json"
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    """What the train step needs to know about how the splits were made."""
+
+    target: str
+    na_values: list[str]
+    features: list[str]
+    source: str
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,8 @@ from contract.params import DataParams, ForestParams, ModelParams, TuneParams, p
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.pipeline import build_pipeline
 from steps import evaluate
-from steps.preprocess import SPLITS_DIR
 from steps.runs import log_params_once, record_outcome, run_child, step_run
-from steps.splits import Splits, load_splits, prepare_labels
+from steps.splits import SPLITS_DIR, Splits, load_splits, prepare_labels
 
 # The search space, as MLproject strings parsed by ForestParams' own parsers.
 SPACE = {

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from contract.errors import ParameterError, ProjectError, first_line
 from pyfunc.cleaning import FeatureSchema
 from pyfunc.model import FEATURE_SCHEMA_FILE
-from steps.preprocess import TRAIN_FILE
+from steps.splits import TRAIN_FILE
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 PROBA_PREFIX = "proba_"

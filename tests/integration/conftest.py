@@ -53,7 +53,19 @@ def running_stack(root: Path, data_root: Path, **overrides: object) -> Iterator[
         local.down()
 
 
-@pytest.fixture(scope="module", params=["fast", "mlflow"])
+SERVER_MODES = ["fast", "mlflow"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``any_server_mode`` runs against the first mode of the ``stack`` fixture only."""
+    other_modes = [item for item in items if item.get_closest_marker("any_server_mode")
+                   and getattr(item, "callspec", None) and item.callspec.params.get("stack") in SERVER_MODES[1:]]
+    if other_modes:
+        config.hook.pytest_deselected(items=other_modes)
+        items[:] = [item for item in items if item not in other_modes]
+
+
+@pytest.fixture(scope="module", params=SERVER_MODES)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           data_root: Path) -> Iterator[LocalStack]:
     """The stack in each MODEL_SERVER_MODE."""

@@ -150,11 +150,16 @@ def test_the_log_store_stopped_mid_traffic_costs_no_request_counts_the_loss_and_
         postgres.stop()
         wait_for(lambda: metric(api, "gateway_inference_log_dropped_rows_total") > dropped_before, 120,
                  "rows dropped while the store is down")
+        written_before = metric(api, "gateway_inference_log_written_rows_total")
         postgres.start()
-        after_restart = len(traffic.outcomes)
-        wait_for(lambda: len(traffic.outcomes) > after_restart + 50, 60, "traffic after the restart")
+        # the writer retries with a backoff of up to 5 s: rows answered before it writes again may still be
+        # dropped (the buffer is full); the rows answered once it has written again must all be kept
+        wait_for(lambda: metric(api, "gateway_inference_log_written_rows_total") > written_before, 60,
+                 "the writer writing again")
+        after_resume = len(traffic.outcomes)
+        wait_for(lambda: len(traffic.outcomes) > after_resume + 50, 60, "traffic after the writer resumed")
     assert {status for status, _ in traffic.outcomes} == {200}, "a prediction failed"
-    late = [i for _, i in traffic.outcomes[-20:]]
+    late = [i for _, i in traffic.outcomes[after_resume:]]
     wait_for(lambda: set(late) <= logged_ids(postgres), 60, "logging resumed by itself")
     assert metric(api, "gateway_inference_log_pending_rows") < LOG_BUFFER
 

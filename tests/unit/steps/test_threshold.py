@@ -7,6 +7,7 @@ import dataclasses
 import mlflow
 import numpy as np
 import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from contract.errors import ParameterError
 from contract.params import DataParams, ForestParams, ModelParams
@@ -27,6 +28,18 @@ def test_the_best_threshold_maximises_the_metric_and_prefers_the_one_nearest_hal
     assert evaluate.best_threshold(is_positive, proba, "roc_auc") == 0.3  # no threshold in roc_auc: f1's
     assert evaluate.best_threshold(is_positive, proba, "precision") == 0.5  # 1.0 from 0.36 to 0.9: nearest 0.5
     assert evaluate.best_threshold(is_positive, proba, "recall") == 0.3  # 1.0 up to 0.30; the nearest to 0.5
+
+
+def test_the_scores_of_every_cut_off_are_scikit_learns():
+    rng = np.random.default_rng(3)
+    is_positive = rng.random(500) < 0.1
+    proba = np.clip(rng.random(500) * 0.6 + is_positive * 0.3, 0, 1)  # no row above 0.9: precision 0/0 there
+    scores = evaluate.scores_by_threshold(is_positive, proba)
+    for name, scorer in (("accuracy", accuracy_score), ("precision", precision_score), ("recall", recall_score),
+                         ("f1", f1_score)):
+        options = {} if name == "accuracy" else {"zero_division": 0}
+        expected = [scorer(is_positive, proba >= t, **options) for t in evaluate.THRESHOLDS]
+        np.testing.assert_allclose(scores[name], expected, rtol=0, atol=1e-12, err_msg=name)
 
 
 @pytest.fixture(scope="module")
