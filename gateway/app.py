@@ -28,6 +28,7 @@ from gateway.rollouts import Rollouts
 from gateway.routes import explain, feedback, health, inference_protocol, models, monitor, predict, train
 from gateway.routes.health import served_models
 from gateway.schemas import unprocessable
+from runtime.docs import add_offline_docs
 from runtime.logs import run_service
 
 
@@ -123,8 +124,9 @@ def create_app(settings: Settings) -> FastAPI:
         title="tabular-classifier gateway",
         description="Predict with the promoted model, train new versions with `mlflow run`, "
         "and move versions through stages and aliases.",
-        lifespan=lifespan,
+        lifespan=lifespan, docs_url=None, redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.admission = Admission(settings.max_pending, metrics)

@@ -47,6 +47,7 @@ from model_server.backends import Backend, BackendUnavailable, ChildProcesses, L
 from model_server.follower import Pair, RegistryFollower
 from model_server.pool import Failed, Loading, ModelPool
 from model_server.protocol import error_body
+from runtime.docs import add_offline_docs
 from runtime.logs import run_service
 
 log = logging.getLogger("model_server")
@@ -193,8 +194,9 @@ def create_app(settings: Settings) -> FastAPI:
                 await task
             await server.close()
 
-    app = FastAPI(title="tabular-classifier model server", lifespan=lifespan,
+    app = FastAPI(title="tabular-classifier model server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="MLflow's scoring protocol for the registered versions; see model_server/app.py.")
+    add_offline_docs(app)
 
     @app.get("/status")
     def status() -> dict[str, object]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
+from playwright.sync_api import Route, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.jobs import JobStore
@@ -499,7 +501,43 @@ def test_openapi_lists_every_route_and_docs_render(api):
         "/models/{name}/traffic", "/models/{name}/promote", "/models/{name}/rollback",
         "/explain", "/models/{name}/explain", "/models/{name}/versions/{version}/importance",
     }
-    assert api.get("/docs").status_code == 200
+
+
+@pytest.mark.any_server_mode
+def test_the_api_pages_render_in_a_browser_with_no_internet(stack):
+    """/docs and /redoc of the gateway and the model server, in headless Chromium, every request that leaves
+    127.0.0.1 refused: the operations render (FastAPI's own pages would stay blank: their scripts are on a CDN)."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed (.ci/run installs it)"
+    local, outside = ("http://127.0.0.1:", "http://localhost:"), []
+
+    def offline(route: Route) -> None:
+        if route.request.url.startswith(local):
+            route.continue_()
+        else:
+            outside.append((route.request.resource_type, route.request.url))
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page()
+            page.route("**/*", offline)
+            rendered = {}
+            for base in (stack.settings.gateway_url, stack.settings.model_server):
+                page.goto(f"{base}/docs")
+                page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+                rendered[f"{base}/docs"] = set(page.locator(".opblock-summary-path").all_inner_texts())
+                page.goto(f"{base}/redoc")
+                page.wait_for_selector("[data-section-id^='operation/']", timeout=60_000)
+                rendered[f"{base}/redoc"] = page.locator("[data-section-id^='operation/']").count()
+        finally:
+            browser.close()
+    assert {"/predict", "/train", "/models/{name}/predict"} <= rendered[f"{stack.settings.gateway_url}/docs"]
+    assert "/invocations" in rendered[f"{stack.settings.model_server}/docs"]
+    assert rendered[f"{stack.settings.gateway_url}/redoc"] >= 20 and rendered[f"{stack.settings.model_server}/redoc"]
+    # nothing the pages need comes from outside (ReDoc's footer asks for its maker's logo: an image, refused)
+    assert not [url for kind, url in outside if kind in ("script", "stylesheet", "font", "fetch", "xhr")], outside
 
 
 @pytest.mark.any_server_mode
