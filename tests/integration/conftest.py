@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -107,7 +108,8 @@ class PostgresServer:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.root = Path(tempfile.mkdtemp(prefix="pg-test-"))
         self.data = self.root / "data"
-        self.password = "pg-test-password"
+        # every character a URI reserves: the compose file's way (credentials beside the URI) must take it
+        self.password = "p@ss:w/rd%#?&="
         self.port = free_port("127.0.0.1")
         self.durable = durable
         password_file = self.root / "password"
@@ -120,7 +122,14 @@ class PostgresServer:
         self.process: subprocess.Popen | None = None
 
     def uri(self, database: str = "mlflow") -> str:
-        return f"postgresql://mlflow:{self.password}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://mlflow:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
+
+    def bare_uri(self, database: str) -> str:
+        """As docker-compose.yaml writes it: no credentials, libpq reads them from :meth:`credentials`."""
+        return f"postgresql://127.0.0.1:{self.port}/{database}"
+
+    def credentials(self) -> dict[str, str]:
+        return {"PGUSER": "mlflow", "PGPASSWORD": self.password}
 
     def start(self) -> None:
         options = [] if self.durable else ["-c", "fsync=off"]

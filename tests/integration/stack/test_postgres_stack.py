@@ -34,16 +34,21 @@ LOG_BUFFER = 300  # rows the gateway keeps while the log's store is down; small,
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path, postgres: PostgresServer) -> Iterator[LocalStack]:
+    """Configured as docker-compose.yaml does: URIs without credentials, the user and password (with every
+    character a URI reserves) in libpq's PGUSER and PGPASSWORD, which the services' processes inherit."""
     root = tmp_path_factory.mktemp("pg-stack")
-    settings = stack_settings(root, data_root, model_name=MODEL, backend_store_uri=postgres.uri("mlflow"),
+    settings = stack_settings(root, data_root, model_name=MODEL, backend_store_uri=postgres.bare_uri("mlflow"),
                               artifacts_destination=str(root / "mlartifacts"),
-                              inference_log_uri=postgres.uri("inference"), inference_log_buffer_rows=LOG_BUFFER)
+                              inference_log_uri=postgres.bare_uri("inference"), inference_log_buffer_rows=LOG_BUFFER)
     local = LocalStack(settings)
-    try:
-        local.up_without_model()
-        yield local
-    finally:
-        local.down()
+    with pytest.MonkeyPatch.context() as environment:
+        for name, value in postgres.credentials().items():
+            environment.setenv(name, value)
+        try:
+            local.up_without_model()
+            yield local
+        finally:
+            local.down()
 
 
 @pytest.fixture(scope="module")

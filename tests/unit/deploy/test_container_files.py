@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from contract.settings import Settings
+from stack.local import TRACKING_SERVER_ENV
 from tests.conftest import PROJECT_DIR
 
 BIN = Path(sys.executable).parent
@@ -65,6 +66,9 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(comp
 def test_mlflow_uses_postgres_proxied_artifacts_on_a_volume_and_allowed_hosts(compose):
     mlflow = compose["services"]["mlflow"]
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    # as the local stack runs it (stack/local.py): no job-runner workers, no telemetry
+    assert {k: mlflow["environment"][k] for k in TRACKING_SERVER_ENV} == TRACKING_SERVER_ENV
+    assert mlflow["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
     command = " ".join(mlflow["command"])
     assert "--serve-artifacts" in command and "--artifacts-destination=/mlartifacts" in command
     assert re.search(r"--allowed-hosts=\S*\bmlflow\b", command)
@@ -82,16 +86,25 @@ def test_no_secret_is_written_into_the_compose_file_and_env_example_names_each_o
     assert required <= set(example)
     secret_values = re.findall(r"^\s*[\w-]*(?:PASSWORD|TOKEN)[\w-]*:\s*(.+)$", text, flags=re.MULTILINE)
     assert secret_values and all(v.startswith("${") for v in secret_values)  # only interpolated
-    assert re.search(r"postgresql://\$\{POSTGRES_USER\}:\$\{POSTGRES_PASSWORD\}@", text)
+    # no credential inside a URI (a password with `@`, `/` or `%` would break it): libpq reads PGUSER/PGPASSWORD
+    uris = re.findall(r"postgresql://\S+", text)
+    assert uris and not [uri for uri in uris if "@" in uri or "POSTGRES_PASSWORD" in uri or "POSTGRES_USER" in uri]
+    for name in ("mlflow", "gateway"):  # the two services that connect to PostgreSQL
+        environment = compose["services"][name]["environment"]
+        assert environment["PGUSER"] == "${POSTGRES_USER}" and environment["PGPASSWORD"] == "${POSTGRES_PASSWORD}"
     for dockerfile in DOCKERFILES:
         assert "PASSWORD" not in dockerfile.read_text()
+
+
+# not settings of ours: read by libpq (the PostgreSQL credentials) and by MLflow itself
+READ_BY_LIBRARIES = {"PGUSER", "PGPASSWORD", "MLFLOW_DISABLE_TELEMETRY"}
 
 
 def test_app_containers_use_real_settings_names(compose):
     aliases = {f.validation_alias for f in Settings.model_fields.values()}
     for name in ("model-server", "gateway"):
         environment = compose["services"][name]["environment"]
-        unknown = set(environment) - aliases
+        unknown = set(environment) - aliases - READ_BY_LIBRARIES
         assert not unknown, f"{name}: {unknown} are not settings"
 
 
