@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -81,6 +82,22 @@ class CrossValidation:
         return scores
 
 
+def progress_line(done: int, total: int, elapsed: float, best: float, metric: str,
+                  timeout: float | None = None) -> str:
+    """One line after each finished trial: the best score so far and the time left, estimated from the
+    trials so far (wall time a trial, the parallel ones counted once) and capped by ``timeout``."""
+    left = (total - done) * elapsed / done
+    if timeout:
+        left = min(left, max(0.0, timeout - elapsed))
+    return (f"tune: trial {done}/{total} done in {elapsed:.0f} s, best cv {metric} {best:.4f}; "
+            f"about {_duration(left)} left" if done < total else
+            f"tune: {total} trials done in {_duration(elapsed)}, best cv {metric} {best:.4f}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int, parent_run_id: str,
            experiment_id: str) -> optuna.Study:
     client = mlflow.MlflowClient()
@@ -107,7 +124,16 @@ def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=random_state))
     study.enqueue_trial(TRAIN_DEFAULTS)  # the first candidate is what `train` would fit: tuning starts from it
     parallel = max(1, min(os.cpu_count() or 1, tune.max_trials))
-    study.optimize(objective, n_trials=tune.max_trials, timeout=tune.timeout_s or None, n_jobs=parallel)
+    started = time.monotonic()
+
+    def report(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if done:
+            print(progress_line(done, tune.max_trials, time.monotonic() - started, study.best_value, metric,
+                                tune.timeout_s or None), flush=True)
+
+    study.optimize(objective, n_trials=tune.max_trials, timeout=tune.timeout_s or None, n_jobs=parallel,
+                   callbacks=[report])
     return study
 
 
