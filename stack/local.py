@@ -10,6 +10,8 @@ independent second stack.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -30,6 +32,28 @@ SERVICES = ("gateway", "model-server", "mlflow")  # stop order
 
 class StackError(RuntimeError):
     pass
+
+
+SETTINGS_FILE = "settings.json"  # in the run folder: the settings the running stack was started with
+SECRET_SETTINGS = frozenset({"GATEWAY_API_TOKEN"})  # compared, never printed
+
+
+def comparable_settings(settings: Settings) -> dict[str, str]:
+    """The settings as environment variables, secrets as a digest (the run folder is no place for a token)."""
+    values = settings_env(settings)
+    for name in SECRET_SETTINGS & set(values):
+        values[name] = hashlib.sha256(values[name].encode()).hexdigest()
+    return values
+
+
+def changed_settings(running: dict[str, str], asked: dict[str, str]) -> list[str]:
+    """What differs between the settings a stack runs with and those of a new ``up``, one item a setting."""
+    changed = []
+    for name in sorted(set(running) | set(asked)):
+        before, after = running.get(name), asked.get(name)
+        if before != after:
+            changed.append(name if name in SECRET_SETTINGS else f"{name} (running: {before}, asked: {after})")
+    return changed
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -210,19 +234,39 @@ class LocalStack:
         return newest
 
     def up(self) -> None:
+        self._check_running_settings()
         self.start_tracking()
         self.ensure_promoted_model()
         self.start_model_server()
         self.start_gateway()
+        self._save_settings()
 
     def up_without_model(self) -> None:
         """The three services with nothing trained or promoted (the model server waits for a version)."""
+        self._check_running_settings()
         self.start_tracking()
         self.start_model_server(wait_for_model=False)
         self.start_gateway()
+        self._save_settings()
+
+    def _check_running_settings(self) -> None:
+        """``up`` on a running stack with other settings would silently change nothing: refuse, naming them."""
+        saved = self.run_dir / SETTINGS_FILE
+        if not saved.is_file() or not any(self.running_pid(service) for service in SERVICES):
+            return
+        changed = changed_settings(json.loads(saved.read_text(encoding="utf-8")), comparable_settings(self.settings))
+        if changed:
+            raise StackError(f"the stack in {self.settings.stack_dir} is already running with other settings: "
+                             f"{'; '.join(changed)}. Run `make down`, then `make up` again to apply them")
+
+    def _save_settings(self) -> None:
+        (self.run_dir / SETTINGS_FILE).write_text(json.dumps(comparable_settings(self.settings), indent=1),
+                                                  encoding="utf-8")
 
     def down(self) -> list[str]:
-        return [service for service in SERVICES if self.stop(service)]
+        stopped = [service for service in SERVICES if self.stop(service)]
+        (self.run_dir / SETTINGS_FILE).unlink(missing_ok=True)
+        return stopped
 
     def describe(self) -> str:
         s = self.settings

@@ -55,11 +55,11 @@ class Copy:
         self.model_server = f"http://127.0.0.1:{ports['MODEL_SERVER_PORT']}"
         self.tracking_uri = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
 
-    def make(self, target: str, timeout: float = 900) -> str:
-        done = subprocess.run(["make", target], cwd=self.dir, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
-        assert done.returncode == 0, f"make {target}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done.stdout
+    def make(self, target: str, timeout: float = 900, succeeds: bool = True, **env: str) -> str:
+        done = subprocess.run(["make", target], cwd=self.dir, env={**self.env, **env}, capture_output=True,
+                              text=True, timeout=timeout)
+        assert (done.returncode == 0) == succeeds, f"make {target}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout if succeeds else done.stderr
 
     def edit(self, relative: str, old: str, new: str) -> None:
         path = self.dir / relative
@@ -100,6 +100,11 @@ def test_make_up_serves_the_default_model_and_make_down_stops_everything(copy):
     assert httpx.get(f"{copy.gateway}/docs").status_code == 200
     assert "training" not in copy.make("up")  # idempotent: nothing retrained
     assert httpx.get(f"{copy.gateway}/models/{MODEL}").json()["aliases"] == {ALIAS: "1"}
+    # other settings on a running stack: refused, naming them and how to apply them; the stack unchanged
+    refused = copy.make("up", succeeds=False, MODEL_NAME="churn", GATEWAY_API_TOKEN="s3cret-t0ken")
+    assert f"MODEL_NAME (running: {MODEL}, asked: churn)" in refused and "make down" in refused, refused
+    assert "GATEWAY_API_TOKEN" in refused and "s3cret-t0ken" not in refused, refused
+    assert predict(copy)["model"] == {"name": MODEL, "version": "1"}
     assert "stopped: gateway, model-server, mlflow" in copy.make("down")
     assert not any(port_in_use("127.0.0.1", port) for port in copy.ports)
 

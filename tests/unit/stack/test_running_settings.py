@@ -1,0 +1,25 @@
+"""`make up` on a running stack compares its settings with those the stack was started with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contract.settings import Settings
+from stack.local import changed_settings, comparable_settings
+
+
+def settings(**values: object) -> Settings:
+    return Settings(stack_dir=Path("/tmp/stack"), **values)
+
+
+def test_a_changed_setting_is_named_with_both_values_and_a_secret_without_them():
+    running = comparable_settings(settings(model_name="census", api_token="old-secret"))
+    asked = comparable_settings(settings(model_name="churn", api_token="new-secret"))
+    assert changed_settings(running, asked) == ["GATEWAY_API_TOKEN", "MODEL_NAME (running: census, asked: churn)"]
+    assert "old-secret" not in str(running) and "new-secret" not in str(asked)
+
+
+def test_the_same_settings_change_nothing_and_a_setting_only_on_one_side_counts():
+    same = comparable_settings(settings(api_token="t"))
+    assert changed_settings(same, comparable_settings(settings(api_token="t"))) == []
+    assert changed_settings(same, comparable_settings(settings())) == ["GATEWAY_API_TOKEN"]
