@@ -11,6 +11,7 @@ gateway builds its request model from these fields.
 from __future__ import annotations
 
 import argparse
+import difflib
 from datetime import UTC, datetime
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -375,6 +376,28 @@ class ScoreParams:
     spark_master: str = param("local[*]", spark_master, "Spark master URL", TEXT)
     explain: bool = param(False, boolean, "true: add base_value and contrib_<column> (exact TreeSHAP of the "
                           "predicted class) to every row", None)
+
+
+# Names people reach for first, and the parameter they mean (what a string distance does not find)
+SYNONYMS = {"n_trees": "n_estimators", "trees": "n_estimators", "num_trees": "n_estimators",
+            "depth": "max_depth", "label": "target", "target_column": "target", "label_column": "target",
+            "data": "data_path", "path": "data_path", "file": "data_path", "csv": "data_path",
+            "name": "model_name", "model": "model_name", "trials": "max_trials", "n_trials": "max_trials",
+            "folds": "cv_folds", "seed": "random_state", "timeout": "timeout_s"}
+
+
+def closest(name: str, options: Sequence[str]) -> str | None:
+    """The option ``name`` was most likely meant to be (a typo of it), if any is close enough."""
+    return next(iter(difflib.get_close_matches(name, options, n=1, cutoff=0.6)), None)
+
+
+def unknown_names_error(unknown: Sequence[str], valid: Sequence[str]) -> str:
+    """The one message for parameters that do not exist: each with the closest valid name, then the list."""
+    hints = []
+    for name in unknown:
+        guess = SYNONYMS.get(name.lower()) if SYNONYMS.get(name.lower()) in valid else closest(name, valid)
+        hints.append(f"{name!r} (did you mean {guess!r}?)" if guess else repr(name))
+    return f"unknown parameter {', '.join(hints)}; the parameters are: {', '.join(sorted(valid))}"
 
 
 def format_value(value: Any) -> str:

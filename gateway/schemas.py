@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import Stage
-from contract.params import DataParams, ForestParams, ModelParams, TuneParams, moment
+from contract.params import DataParams, ForestParams, ModelParams, TuneParams, moment, unknown_names_error
 
 
 def unprocessable(loc: list[Any], message: str, kind: str = "value_error") -> HTTPException:
@@ -136,11 +136,25 @@ class _TrainBase(BaseModel):
     include_feedback: bool = Field(False, description="add the rows the inference log holds a true label for "
                                    "(POST /feedback) to the data: those of feedback_from, by default model_name")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_parameters(cls, body: Any) -> Any:
+        """An unknown name gets the closest valid one and the list, not just "extra inputs are not permitted"."""
+        if isinstance(body, dict):
+            unknown = [str(name) for name in body if name not in cls.model_fields]
+            if unknown:
+                raise ValueError(unknown_names_error(unknown, list(cls.model_fields)))
+        return body
+
     @model_validator(mode="after")
     def _parameters_of_the_mode(self) -> _TrainBase:
         wrong = sorted(self.model_fields_set & (FOREST_FIELDS if self.mode == "tune" else TUNE_FIELDS))
+        if wrong and self.mode == "train":
+            raise ValueError(f'{", ".join(wrong)}: parameters of mode "tune"; add "mode": "tune" to search the '
+                             "hyperparameters")
         if wrong:
-            raise ValueError(f"{', '.join(wrong)}: not a parameter of mode {self.mode!r}")
+            raise ValueError(f'{", ".join(wrong)}: not parameters of mode "tune", which searches them; leave them '
+                             'out, or use "mode": "train" to give them')
         return self
 
     @model_validator(mode="after")

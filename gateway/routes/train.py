@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import JSONResponse
 
 from contract.errors import DataError, ParameterError
+from contract.params import closest
 from contract.settings import Settings
 from contract.tables import CSV_SUFFIXES, column_name, csv_header
 from gateway.deps import Authorized, JobsDep, SettingsDep
@@ -42,12 +44,26 @@ def resolve_data_path(raw: str, settings: Settings) -> str:
         return raw
     roots = [root.resolve() for root in settings.data_roots]
     candidates = [Path(raw).resolve()] if Path(raw).is_absolute() else [(r / raw).resolve() for r in roots]
-    for path in candidates:
-        if any(path.is_relative_to(root) for root in roots) and path.is_file():
+    inside = [path for path in candidates if any(path.is_relative_to(root) for root in roots)]
+    for path in inside:
+        if path.is_file():
             if not path.name.lower().endswith(CSV_SUFFIXES):
                 raise unprocessable(["body", "data_path"], "expected a .csv or .csv.gz file")
             return str(path)
-    raise unprocessable(["body", "data_path"], "not a file under the data roots (GATEWAY_DATA_ROOTS)")
+    named = f"the data roots (GATEWAY_DATA_ROOTS: {', '.join(map(str, settings.data_roots))})"
+    if not inside:  # whether such a file exists out there is nobody's business: the same answer either way
+        raise unprocessable(["body", "data_path"], f"outside {named}: copy the file into one of them, or add "
+                                                   "its folder to GATEWAY_DATA_ROOTS")
+    guess = closest(raw, sorted({str(p.relative_to(r)) for r in roots if r.is_dir() for p in csv_files(r)}))
+    raise unprocessable(["body", "data_path"], f"no file {raw!r} under {named}"
+                                               + (f"; did you mean {guess!r}?" if guess else ""))
+
+
+def csv_files(root: Path, limit: int = 10_000) -> list[Path]:
+    """The CSV files in a data root and its folders, one level down: a suggestion is not worth a long walk."""
+    found = (p for pattern in ("*", "*/*") for p in root.glob(pattern)
+             if p.name.lower().endswith(CSV_SUFFIXES) and p.is_file())
+    return list(itertools.islice(found, limit))
 
 
 def check_target(data_path: str, target: str) -> None:
