@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from contract.params import DataParams, ForestParams, ModelParams, parse_cli, to_arguments
-from steps.runs import log_params_once, record_outcome, run_child, step_run
+from steps.runs import log_params_once, next_steps, record_outcome, run_child, step_run
 from steps.sources import fetch
 from steps.splits import SPLITS_DIR
 
@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f" (f1={trained.data.metrics.get('f1', float('nan')):.4f},"
             f" roc_auc={trained.data.metrics.get('roc_auc', float('nan')):.4f})"
         )
+        print(next_steps(model.model_name, version), flush=True)
 
 
 if __name__ == "__main__":

@@ -102,3 +102,20 @@ def record_outcome(prepared: Run, trained: Run, model_name: str) -> str:
         TAG_MODEL_VERSION: version,
     })
     return version
+
+
+def next_steps(model_name: str, version: str) -> str:
+    """What a person does next with a registered version: where it is, how to see it, how to serve it."""
+    uri = mlflow.get_tracking_uri()
+    page = f"/#/models/{model_name}/versions/{version}"
+    # another port than the stack's tracking server (5000), which may be running
+    see = (f"{uri.rstrip('/')}{page}" if uri.startswith(("http://", "https://")) else
+           f"mlflow ui --backend-store-uri {uri} -p 5050, then http://127.0.0.1:5050{page}")
+    return "\n".join([
+        f"  model      models:/{model_name}/{version}  (tracking: {uri})",
+        f"  see it     {see}",
+        f"  serve it   MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{model_name}/{version} "
+        "--env-manager local -p 5002",
+        f"  or with the stack: promote it (POST /models/{model_name}/versions/{version}/stage), then "
+        f"POST /models/{model_name}/predict",
+    ])

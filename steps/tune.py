@@ -30,7 +30,7 @@ from contract.params import DataParams, ForestParams, ModelParams, TuneParams, p
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.pipeline import build_pipeline
 from steps import evaluate
-from steps.runs import log_params_once, record_outcome, run_child, step_run
+from steps.runs import log_params_once, next_steps, record_outcome, run_child, step_run
 from steps.splits import SPLITS_DIR, Splits, load_splits, prepare_labels
 
 # The search space, as MLproject strings parsed by ForestParams' own parsers.
@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.set_tag(TAG_TUNED_PARAMS, tuned)
         print(f"tune: {len(completed)} trials, best cv {model.metric} {best.value:.4f} with {tuned}; "
               f"{model.model_name} version {version} registered by run {trained.info.run_id}")
+        print(next_steps(model.model_name, version), flush=True)
 
 
 if __name__ == "__main__":
