@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench` (see README, "Benchmark")."""
+"""Benchmarks: `make bench` (see docs/performance.md)."""

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests, checked offline: schemas, rendering, and the rules the README promises.
+"""The Kubernetes manifests, checked offline: schemas, rendering, and the rules docs/deployment.md promises.
 
 No cluster is used: every document is validated against the Kubernetes API
 schemas bundled with ``kubernetes-validate``, and each overlay is rendered with
