@@ -8,10 +8,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: help setup run test up down status bench bench-spark clean
+.PHONY: help setup setup-dev run test up down status bench bench-spark clean
 
 help:
-	@echo "make setup  - create $(VENV) and install the pinned requirements"
+	@echo "make setup  - create $(VENV) and install what running needs (requirements.txt)"
+	@echo "make setup-dev - add PySpark (the score entry point) and the test and benchmark tools"
 	@echo "make run    - setup, then train and register the default model (mlflow run .)"
 	@echo "make test   - setup, then check the import rules (.importlinter) and run the unit and integration tests"
 	@echo "make up     - start tracking server, model server and gateway (trains the default model if needed)"
@@ -20,19 +21,27 @@ help:
 	@echo "make bench-spark - batch scoring: Spark local[*] against pyfunc.predict in one process"
 	@echo "make clean  - remove the local tracking store ($(MLFLOW_TRACKING_URI), mlruns/)"
 
+# Two layers: what running needs (`make run`, `make up`: requirements.txt), and on top of it
+# PySpark and the test and benchmark tools (requirements-dev.txt), installed by the targets that use them.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-spark.txt requirements-dev.txt
+setup-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-spark.txt requirements-dev.txt
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $@
 
 run: setup
 	mlflow run . --env-manager local
 
-test: setup
+test: setup-dev
 	lint-imports
 	pytest
 
@@ -45,11 +54,11 @@ down:
 status:
 	python -m stack status
 
-bench: setup
+bench: setup-dev
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	python -m bench.run
 
-bench-spark: setup
+bench-spark: setup-dev
 	python -m bench.spark_score
 
 clean:
