@@ -35,18 +35,22 @@ def add_offline_docs(app: FastAPI) -> None:
         raise ValueError("create the app with docs_url=None and redoc_url=None: these pages replace FastAPI's")
     app.mount(ASSETS, StaticFiles(directory=assets_dir()), name="docs-assets")
 
+    def urls(request: Request) -> tuple[str, str]:
+        """The schema's and the assets' URLs, under the proxy's prefix if there is one."""
+        root = request.scope.get("root_path", "")
+        return f"{root}{app.openapi_url}", f"{root}{ASSETS}"
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        schema, assets = urls(request)
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS}/favicon.png", swagger_ui_parameters=app.swagger_ui_parameters)
+            openapi_url=schema, title=f"{app.title} - Swagger UI", swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css", swagger_favicon_url=f"{assets}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters)
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        schema, assets = urls(request)
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js", redoc_favicon_url=f"{root}{ASSETS}/favicon.png",
-            with_google_fonts=False)
+            openapi_url=schema, title=f"{app.title} - ReDoc", redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon.png", with_google_fonts=False)
