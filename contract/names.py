@@ -42,6 +42,7 @@ TAG_PROMOTED_AT = "promoted_at"
 TAG_PROMOTED_BY = "promoted_by"
 TAG_ROLLED_BACK_AT = "rolled_back_at"
 TAG_ROLLBACK_REASON = "rollback_reason"
+TAG_SUSPECT_MARKERS = "suspect_missing_markers"  # run tag of preprocess: {column: [text values]}
 
 # MLflow's own tags that tie a step's run to its driver run.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"

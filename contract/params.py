@@ -24,8 +24,10 @@ from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
 PROMOTE = ("never", "if_better", "canary")
 
-# Cells that mean "missing" besides blank ones, unless a run says otherwise (na_values).
-DEFAULT_NA_VALUES: tuple[str, ...] = ("?",)
+# Cells that mean "missing" besides blank ones, unless a run says otherwise (na_values): the census
+# data's "?" and what pandas' read_csv takes for missing by default (R, spreadsheets and databases write them)
+DEFAULT_NA_VALUES: tuple[str, ...] = ("?", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null",
+                                      "None", "#N/A", "#NA", "<NA>")
 
 Parser = Callable[[str], Any]
 P = TypeVar("P")

@@ -27,6 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from contract.errors import DataError, ParameterError, first_line
 from contract.inference_log import logged_rows, open_log
+from contract.names import TAG_SUSPECT_MARKERS
 from contract.params import DataParams, parse_cli, to_arguments
 from contract.settings import get_settings
 from pyfunc.cleaning import as_category, column_key, normalize_missing
@@ -201,6 +202,11 @@ def run_preprocess(params: DataParams) -> dict[str, Any]:
     # association with the target (steps/profile.py), on the training split
     detailed = data_profile(train, params.target, feature_columns(list(train.columns), params), list(params.na_values))
     mlflow.log_dict(detailed, DATA_PROFILE_JSON)
+    if detailed["suspect_missing_markers"]:
+        mlflow.set_tag(TAG_SUSPECT_MARKERS, json.dumps(detailed["suspect_missing_markers"]))
+        for column, tokens in detailed["suspect_missing_markers"].items():
+            print(f"warning: column {column!r} holds numbers except for {', '.join(map(repr, tokens))}: it is "
+                  f"treated as categories; if these mean missing, add them to na_values", file=sys.stderr)
     mlflow.log_text(profile_html(detailed), DATA_PROFILE_HTML)
     mlflow.log_metrics({k: v for k, v in profile.items() if isinstance(v, int)})
     print(

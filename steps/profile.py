@@ -69,6 +69,29 @@ def column_profile(name: str, kind: str, cleaned: pd.Series, target: pd.Series) 
     return profile
 
 
+# A category column whose cells are numbers but for at most this many distinct text values, in at most
+# this share of its known cells: those values are most likely missing-value markers nobody declared
+SUSPECT_TOKENS = 5
+SUSPECT_SHARE = 0.1
+
+
+def suspect_markers(cleaned: pd.DataFrame, categorical: list[str]) -> dict[str, list[str]]:
+    """Per category column that is numbers except for a few text values: those values, most frequent first.
+
+    Declared in ``na_values`` they would be missing, and the column a number column; undeclared, they turn
+    every number of it into a category of its own."""
+    found = {}
+    for name in categorical:
+        known = cleaned[name].dropna().astype(str)
+        if known.empty:
+            continue
+        text = known[pd.to_numeric(known, errors="coerce").isna()]
+        tokens = text.value_counts()
+        if 0 < len(tokens) <= SUSPECT_TOKENS and len(text) <= SUSPECT_SHARE * len(known):
+            found[name] = [str(token) for token in tokens.index]
+    return found
+
+
 def data_profile(train: pd.DataFrame, target: str, features: list[str], na_values: list[str]) -> dict[str, Any]:
     """The profile of the (raw, missing-normalised) training split; columns by association, strongest first."""
     schema = infer_feature_schema(train[features], na_values)
@@ -84,6 +107,7 @@ def data_profile(train: pd.DataFrame, target: str, features: list[str], na_value
         "target_balance": {str(k): {"rows": int(v), "share": float(v / len(train))} for k, v in counts.items()},
         "columns": sorted(columns, key=lambda c: c["association"], reverse=True),
         "empty_columns": empty,
+        "suspect_missing_markers": suspect_markers(cleaned, schema.categorical),
         "association_measure": "Cramér's V with the target (number columns binned into deciles)",
     }
 

@@ -52,3 +52,22 @@ def test_the_page_is_self_contained_and_shows_every_column(profiled):
     for column in profile["columns"]:
         assert f"<b>{column['column']}</b>" in page
     assert "<script" not in page and "src=" not in page and "http" not in page  # opens offline, as an artifact
+
+
+def test_a_number_column_with_a_few_undeclared_markers_is_named_with_them():
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({
+        "income": rng.integers(1000, 9000, 400).astype(str),  # numbers, with "n.a." and "-" for missing
+        "plan": rng.choice(["gold", "silver", "basic"], 400),  # a real category
+        "code": rng.choice(["A1", "17", "B2", "9"], 400),  # half numbers: a category, not a marker problem
+        "label": rng.choice(["yes", "no"], 400),
+    })
+    frame.loc[:9, "income"] = "n.a."
+    frame.loc[10:12, "income"] = "-"
+    profile = data_profile(normalize_missing(frame, ["?"]), "label", ["income", "plan", "code"], ["?"])
+    assert profile["suspect_missing_markers"] == {"income": ["n.a.", "-"]}
+    # declared, they are missing and the column is a number column
+    declared = data_profile(normalize_missing(frame, ["?", "n.a.", "-"]), "label", ["income", "plan", "code"],
+                            ["?", "n.a.", "-"])
+    assert declared["suspect_missing_markers"] == {}
+    assert {c["column"]: c["kind"] for c in declared["columns"]}["income"] == "number"
