@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # false: this instance runs no training jobs (/train answers 503); on Kubernetes the
     # scaled-out gateway pods leave training to the one trainer pod.
     training_enabled: bool = Field(True, validation_alias="GATEWAY_TRAINING")
+    # true: at start, if the registry has no version of MODEL_NAME and no job is training one, train it on
+    # the embedded default data with promote=if_better (so it is served), as `make up` does; compose sets it
+    bootstrap_model: bool = Field(False, validation_alias="GATEWAY_BOOTSTRAP_MODEL")
     max_predict_rows: int = Field(10_000, ge=1, validation_alias="GATEWAY_MAX_PREDICT_ROWS")
     # An explanation costs ~10-30 ms a row on the default model (a prediction ~10 us): its own, lower limit.
     max_explain_rows: int = Field(100, ge=1, validation_alias="GATEWAY_MAX_EXPLAIN_ROWS")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, status
@@ -30,6 +31,9 @@ from gateway.routes.health import served_models
 from gateway.schemas import unprocessable
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
+from runtime.tasks import cancel
+
+log = logging.getLogger("gateway")
 
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -75,6 +79,24 @@ async def canary_versions(registry: Registry, name: str, alias: str | None) -> t
     return await asyncio.to_thread(read)
 
 
+async def bootstrap_model(jobs: TrainingJobRunner, settings: Settings) -> None:
+    """GATEWAY_BOOTSTRAP_MODEL: the first start trains and promotes the default model (once the tracking
+    server answers), so that a new stack serves, as `make up` does."""
+    while True:
+        try:
+            job = await asyncio.to_thread(jobs.bootstrap, settings.model_name)
+        except MlflowException as err:  # the tracking server not ready yet: try again
+            log.info("bootstrap: waiting for the tracking server: %s", first_line(err, 200))
+            await asyncio.sleep(settings.retry_after_seconds)
+            continue
+        if job:
+            log.warning("bootstrap: no version of '%s' yet: training it on the default data (job %s)",
+                        settings.model_name, job.id)
+        else:
+            log.info("bootstrap: '%s' has a version or a job training one: nothing to train", settings.model_name)
+        return
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
@@ -95,9 +117,11 @@ def create_app(settings: Settings) -> FastAPI:
                                         app.state.rollouts)
         watcher = asyncio.create_task(app.state.rollouts.watch(
             lambda name, alias: canary_versions(app.state.registry, name, alias)))
-        schedule = None
+        schedule = bootstrap = None
         if settings.training_enabled:
             app.state.jobs.start()
+            if settings.bootstrap_model:
+                bootstrap = asyncio.create_task(bootstrap_model(app.state.jobs, settings))
             if settings.monitor_every_minutes:
                 schedule = MonitorSchedule(app.state.jobs, settings.monitor_every_minutes,
                                            lambda: served_models(settings, app.state.model_client.http))
@@ -110,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if schedule:
                 await schedule.stop()
+            await cancel(bootstrap)
             if settings.training_enabled:
                 app.state.jobs.stop()
             watcher.cancel()

@@ -28,6 +28,8 @@ from mlflow.entities import RunStatus
 
 from contract.errors import first_line
 from contract.names import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_TARGET,
     PROMOTION_TAG_PREFIX,
     TAG_ERROR,
     TAG_JOB_ID,
@@ -205,6 +207,18 @@ class TrainingJobRunner:
         job = self.store.add(parameters, model_name, entry_point)
         self._wake.set()
         return job
+
+    def bootstrap(self, model_name: str) -> Job | None:
+        """A first start: train ``model_name`` on the embedded default data with ``promote=if_better``
+        (no champion yet: promoted) when the registry has no version of it and no job is training one."""
+        if self.client.search_model_versions(f"name = '{model_name}'", max_results=1):
+            return None
+        if any(j.model_name == model_name and j.status in ("queued", "running")
+               for j in self.store.list(TRAINING_ENTRY_POINTS)):
+            return None
+        parameters = {"data_path": str(PROJECT_DIR / DEFAULT_DATA_PATH), "target": DEFAULT_TARGET,
+                      "model_name": model_name, "promote": "if_better"}
+        return self.submit(parameters, model_name)
 
     def cancel(self, job_id: str) -> Job | None:
         job = self.store.get(job_id)

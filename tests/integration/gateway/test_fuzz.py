@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stack.local import LocalStack
 from tests.integration.conftest import TOKEN, running_stack
-from tests.integration.helpers import finished_job, served_version, start_training, wait_for
+from tests.integration.helpers import finished_job, served_version, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +26,21 @@ SEED = 20261127  # fixed, so a CI failure replays; run the CLI by hand with othe
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[LocalStack]:
-    with running_stack(tmp_path_factory.mktemp("fuzz"), data_root, model_name=MODEL) as local, \
+    """The model comes from GATEWAY_BOOTSTRAP_MODEL, as in compose: the first start trains the default model
+    on the embedded data and promotes it, with nobody calling /train."""
+    with running_stack(tmp_path_factory.mktemp("fuzz"), data_root, model_name=MODEL, bootstrap_model=True) as local, \
             httpx.Client(base_url=local.settings.gateway_url, timeout=60) as api:
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        job = finished_job(api, start_training(api, auth, data_path="census-small.csv", target="income",
-                                               model_name=MODEL, n_estimators=5))
-        assert job["status"] == "succeeded", job
-        api.put(f"/models/{MODEL}/aliases/champion", json={"version": "1"}, headers=auth).raise_for_status()
+        (job,) = wait_for(lambda: api.get("/train").json(), 60, "the bootstrap job")
+        assert job["parameters"]["promote"] == "if_better" and job["parameters"]["data_path"].endswith(
+            "data/census-income-sample.csv.gz"), job
+        job = finished_job(api, job["job_id"])
+        assert job["status"] == "succeeded" and job["promotion"]["decision"] == "promoted", job
         wait_for(lambda: served_version(api) == "1", 120, "version 1 served")
+        # a restart finds the version: nothing trained again
+        local.stop("gateway")
+        local.start_gateway()
+        wait_for(lambda: local.log_file("gateway").read_text().count("nothing to train"), 60, "the bootstrap check")
+        assert len(api.get("/train").json()) == 1
         yield local
 
 

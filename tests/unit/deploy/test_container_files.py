@@ -100,6 +100,11 @@ def test_no_secret_is_written_into_the_compose_file_and_env_example_names_each_o
 READ_BY_LIBRARIES = {"PGUSER", "PGPASSWORD", "MLFLOW_DISABLE_TELEMETRY"}
 
 
+def test_the_first_start_trains_and_promotes_the_default_model_as_make_up_does(compose):
+    assert compose["services"]["gateway"]["environment"]["GATEWAY_BOOTSTRAP_MODEL"] == "true"
+    assert Settings(GATEWAY_BOOTSTRAP_MODEL="true").bootstrap_model  # a setting the gateway reads
+
+
 def test_app_containers_use_real_settings_names(compose):
     aliases = {f.validation_alias for f in Settings.model_fields.values()}
     for name in ("model-server", "gateway"):

@@ -50,3 +50,23 @@ def test_a_store_from_the_first_release_is_migrated_in_place(tmp_path):
     store = JobStore(path)
     old = store.get("old")
     assert old.entry_point == "main" and old.promotion is None and old.summary is None and old.status == "succeeded"
+
+
+def test_bootstrap_trains_the_model_once_and_only_while_the_registry_has_no_version(tmp_path):
+    from mlflow import MlflowClient
+
+    from contract.settings import Settings
+    from gateway.jobs import TrainingJobRunner
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runner = TrainingJobRunner(JobStore(tmp_path / "jobs.db"), Settings(stack_dir=tmp_path), client)  # not started
+    job = runner.bootstrap("census")
+    assert job is not None and job.status == "queued" and job.model_name == "census"
+    assert job.parameters["promote"] == "if_better" and job.parameters["target"] == "income"
+    assert job.parameters["data_path"].endswith("data/census-income-sample.csv.gz")
+    assert runner.bootstrap("census") is None  # a job is already training it
+    runner.store.update(job.id, status="failed")
+    assert runner.bootstrap("census") is not None  # it failed and nothing is registered: the next start tries again
+    client.create_registered_model("other")
+    client.create_model_version("other", source=str(tmp_path))
+    assert runner.bootstrap("other") is None  # a version exists
