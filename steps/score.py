@@ -117,11 +117,15 @@ def start_spark(master: str):  # noqa: ANN201 (pyspark is imported late: it is s
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
-    return (SparkSession.builder.master(master).appName("tabular-classifier score")
-            .config("spark.ui.enabled", "false")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.sql.session.timeZone", "UTC")
-            .getOrCreate())
+    spark = (SparkSession.builder.master(master).appName("tabular-classifier score")
+             .config("spark.ui.enabled", "false")
+             # no progress bars over the step's own output (its summary is the last line)
+             .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             .config("spark.sql.session.timeZone", "UTC")
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 def read_input(spark, location: str):  # noqa: ANN001, ANN201
