@@ -5,7 +5,10 @@ VENV ?= .venv
 # Tools of the project's venv come first: `mlflow run --env-manager local` and
 # `mlflow models serve` start `python`/`uvicorn` from PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+# One tracking store for `make run` and `make up`: the local stack's SQLite database in STACK_DIR, written
+# directly by `make run` and served by the stack's tracking server, so `make up` serves what `make run` registered.
+STACK_DIR ?= $(CURDIR)/.stack
+MLFLOW_TRACKING_URI ?= sqlite:///$(abspath $(STACK_DIR))/mlflow.db
 export MLFLOW_TRACKING_URI
 
 .PHONY: help setup setup-dev run test up down status bench bench-spark clean
@@ -19,7 +22,7 @@ help:
 	@echo "make down   - stop what make up started"
 	@echo "make bench  - serving and training benchmark (needs wrk; installs it with apt-get if missing)"
 	@echo "make bench-spark - batch scoring: Spark local[*] against pyfunc.predict in one process"
-	@echo "make clean  - remove the local tracking store ($(MLFLOW_TRACKING_URI), mlruns/)"
+	@echo "make clean  - stop the stack and remove the local tracking store ($(STACK_DIR), mlruns/)"
 
 # Two layers: what running needs (`make run`, `make up`: requirements.txt), and on top of it
 # PySpark and the test and benchmark tools (requirements-dev.txt), installed by the targets that use them.
@@ -39,6 +42,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-spark.txt requirements-d
 	touch $@
 
 run: setup
+	@mkdir -p $(STACK_DIR)
 	mlflow run . --env-manager local
 
 test: setup-dev
@@ -62,4 +66,5 @@ bench-spark: setup-dev
 	python -m bench.spark_score
 
 clean:
-	rm -rf mlflow.db mlruns
+	-@python -m stack down 2>/dev/null
+	rm -rf $(STACK_DIR) mlruns mlflow.db

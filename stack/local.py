@@ -1,6 +1,6 @@
 """The local stack without Docker: ``python -m stack up|down|status`` (``make up``/``make down``).
 
-``up`` starts the tracking server (SQLite + served artifacts under STACK_DIR),
+``up`` starts the tracking server (SQLite and artifacts under STACK_DIR, shared with ``make run``),
 trains and promotes the default model if none is promoted yet, starts the model
 server and the gateway, waits until each answers, prints the URLs and returns.
 ``down`` stops what ``up`` started. Another STACK_DIR with other ports is an
@@ -173,11 +173,17 @@ class LocalStack:
             return
         s = self.settings
         store = s.stack_dir.resolve()
+        if s.backend_store_uri:  # the compose topology: artifacts proxied by the tracking server
+            stores = ["--backend-store-uri", s.backend_store_uri,
+                      "--artifacts-destination", s.artifacts_destination or str(store / "artifacts"), "--serve-artifacts"]
+        else:
+            # The default store is shared with `make run`, which writes to the same SQLite file directly
+            # (Makefile): artifacts as plain files that every process on this machine reads and writes, not
+            # mlflow-artifacts:/ URIs that only a client of this server can resolve.
+            stores = ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                      "--default-artifact-root", str(s.artifacts_destination or store / "artifacts")]
         process = self.spawn("mlflow", [
-            str(VENV_BIN / "mlflow"), "server",
-            "--backend-store-uri", s.backend_store_uri or f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", s.artifacts_destination or str(store / "artifacts"),
-            "--serve-artifacts",
+            str(VENV_BIN / "mlflow"), "server", *stores,
             "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
         ], s.mlflow_port, env=TRACKING_SERVER_ENV)
         wait_until(http_ok(f"{self.tracking_uri}/health"), 120, "mlflow server", process, self.log_file("mlflow"))
