@@ -174,8 +174,8 @@ class LocalStack:
         s = self.settings
         store = s.stack_dir.resolve()
         if s.backend_store_uri:  # the compose topology: artifacts proxied by the tracking server
-            stores = ["--backend-store-uri", s.backend_store_uri,
-                      "--artifacts-destination", s.artifacts_destination or str(store / "artifacts"), "--serve-artifacts"]
+            stores = ["--backend-store-uri", s.backend_store_uri, "--serve-artifacts",
+                      "--artifacts-destination", s.artifacts_destination or str(store / "artifacts")]
         else:
             # The default store is shared with `make run`, which writes to the same SQLite file directly
             # (Makefile): artifacts as plain files that every process on this machine reads and writes, not
