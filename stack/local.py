@@ -46,6 +46,19 @@ def comparable_settings(settings: Settings) -> dict[str, str]:
     return values
 
 
+def tracking_stores(settings: Settings) -> list[str]:
+    """The stores of the stack's tracking server, as ``mlflow server`` options."""
+    store = settings.stack_dir.resolve()
+    artifacts = settings.artifacts_destination or str(store / "artifacts")
+    if settings.backend_store_uri:  # the compose topology: artifacts proxied by the tracking server
+        return ["--backend-store-uri", settings.backend_store_uri, "--serve-artifacts",
+                "--artifacts-destination", artifacts]
+    # The default store is shared with `make run`, which writes to the same SQLite file directly (Makefile):
+    # artifacts as plain files that every process on this machine reads and writes, not mlflow-artifacts:/
+    # URIs that only a client of this server can resolve.
+    return ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--default-artifact-root", artifacts]
+
+
 def changed_settings(running: dict[str, str], asked: dict[str, str]) -> list[str]:
     """What differs between the settings a stack runs with and those of a new ``up``, one item a setting."""
     changed = []
@@ -172,18 +185,8 @@ class LocalStack:
         if self.running_pid("mlflow"):
             return
         s = self.settings
-        store = s.stack_dir.resolve()
-        if s.backend_store_uri:  # the compose topology: artifacts proxied by the tracking server
-            stores = ["--backend-store-uri", s.backend_store_uri, "--serve-artifacts",
-                      "--artifacts-destination", s.artifacts_destination or str(store / "artifacts")]
-        else:
-            # The default store is shared with `make run`, which writes to the same SQLite file directly
-            # (Makefile): artifacts as plain files that every process on this machine reads and writes, not
-            # mlflow-artifacts:/ URIs that only a client of this server can resolve.
-            stores = ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                      "--default-artifact-root", str(s.artifacts_destination or store / "artifacts")]
         process = self.spawn("mlflow", [
-            str(VENV_BIN / "mlflow"), "server", *stores,
+            str(VENV_BIN / "mlflow"), "server", *tracking_stores(s),
             "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
         ], s.mlflow_port, env=TRACKING_SERVER_ENV)
         wait_until(http_ok(f"{self.tracking_uri}/health"), 120, "mlflow server", process, self.log_file("mlflow"))

@@ -23,3 +23,15 @@ def test_the_same_settings_change_nothing_and_a_setting_only_on_one_side_counts(
     same = comparable_settings(settings(api_token="t"))
     assert changed_settings(same, comparable_settings(settings(api_token="t"))) == []
     assert changed_settings(same, comparable_settings(settings())) == ["GATEWAY_API_TOKEN"]
+
+
+def test_the_default_store_is_the_sqlite_file_make_run_writes_with_plain_file_artifacts(tmp_path):
+    from stack.local import tracking_stores
+
+    local = tracking_stores(Settings(stack_dir=tmp_path))
+    assert local == ["--backend-store-uri", f"sqlite:///{tmp_path.resolve()}/mlflow.db",
+                     "--default-artifact-root", f"{tmp_path.resolve()}/artifacts"]
+    makefile = (Path(__file__).parents[3] / "Makefile").read_text()
+    assert "MLFLOW_TRACKING_URI ?= sqlite:///$(abspath $(STACK_DIR))/mlflow.db" in makefile  # the same file
+    compose_like = tracking_stores(Settings(stack_dir=tmp_path, backend_store_uri="postgresql://db/mlflow"))
+    assert compose_like[:3] == ["--backend-store-uri", "postgresql://db/mlflow", "--serve-artifacts"]
