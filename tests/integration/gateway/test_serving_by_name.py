@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from contract.params import DEFAULT_NA_VALUES
 from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
 from stack.local import LocalStack, http_ok, wait_until
 from tests.conftest import census_rows, mixed_frame
@@ -136,7 +137,7 @@ def test_the_schema_says_what_to_send_and_its_example_is_a_valid_body(api):
     assert schema["version"] == "1" and schema["classes"] == ["- 50000.", "50000+."]
     kinds = {c["name"]: c["kind"] for c in schema["columns"]}
     assert kinds["age"] == "number" and kinds["education"] == "category" and "income" not in kinds
-    assert schema["missing_values"] == ["?"] and schema["outputs"][:2] == ["label", "probability"]
+    assert schema["missing_values"] == list(DEFAULT_NA_VALUES) and schema["outputs"][:2] == ["label", "probability"]
     as_json = api.post(f"/models/{CENSUS}/predict", json=schema["example"])
     as_csv = api.post(f"/models/{CENSUS}/predict", content=schema["example_csv"], headers={"content-type": "text/csv"})
     assert as_json.status_code == 200 and as_csv.status_code == 200
