@@ -9,8 +9,8 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, status
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +19,7 @@ from starlette.routing import Match
 from contract.errors import first_line
 from contract.registry import Registry
 from contract.settings import Settings, get_settings
+from gateway.errors import document_error_body, error_for
 from gateway.inference_log import InferenceLog
 from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
 from gateway.model_client import ModelServerClient
@@ -26,7 +27,16 @@ from gateway.model_info import ModelInfoCache
 from gateway.observability import Admission, JobsCollector, Metrics, RequestContext
 from gateway.predictor import Predictor
 from gateway.rollouts import Rollouts
-from gateway.routes import explain, feedback, health, inference_protocol, models, monitor, predict, train
+from gateway.routes import (
+    explain,
+    feedback,
+    health,
+    inference_protocol,
+    models,
+    monitor,
+    predict,
+    train,
+)
 from gateway.routes.health import served_models
 from gateway.schemas import unprocessable
 from runtime.docs import add_offline_docs
@@ -49,26 +59,35 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_errors(request: Request, exc: StarletteHTTPException) -> Response:
+        error_response = error_for(request.url.path)
         if exc.status_code == 405:
             allow = ", ".join(allowed_methods(app, request))
-            return JSONResponse({"detail": f"method {request.method} not allowed here; allowed: {allow}"},
-                                status_code=405, headers={"Allow": allow})
+            return error_response(405, f"method {request.method} not allowed here; allowed: {allow}",
+                                  {"Allow": allow})
         if exc.status_code == 404 and exc.detail == "Not Found":  # no route at all, not a missing resource
-            return JSONResponse({"detail": f"no route {request.method} {request.url.path}; the API is "
-                                           "listed at /docs"}, status_code=404)
+            return error_response(404, f"no route {request.method} {request.url.path}; the API is listed at /docs")
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body it cannot decode at all: the same 422 as for bad JSON
             exc = unprocessable(["body"], "body is not valid UTF-8 JSON", "json_invalid")
-        return await http_exception_handler(request, exc)
+        if exc.status_code in (204, 304):  # no body allowed
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_errors(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{**e, "loc": ["body"], "msg": f"body is not valid JSON: {e.get('ctx', {}).get('error', e['msg'])} "
+                                                f"(at character {e['loc'][-1]})"}
+                  if e.get("type") == "json_invalid" else e for e in exc.errors()]
+        return error_for(request.url.path)(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
 
     @app.exception_handler(MlflowException)
     async def tracking_errors(request: Request, exc: MlflowException) -> Response:
+        error_response = error_for(request.url.path)
         # The routes turn the caller's mistakes (unknown model, illegal move) into 404/409
         # first; what reaches here is the tracking server failing or gone.
-        return JSONResponse({"detail": f"tracking server at {settings.tracking_uri} failed: "
-                                       f"{first_line(exc, 300)}"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                            headers={"Retry-After": str(settings.retry_after_seconds)})
+        return error_response(status.HTTP_503_SERVICE_UNAVAILABLE,
+                              f"tracking server at {settings.tracking_uri} failed: {first_line(exc, 300)}",
+                              {"Retry-After": str(settings.retry_after_seconds)})
 
 
 async def canary_versions(registry: Registry, name: str, alias: str | None) -> tuple[str | None, str | None]:
@@ -152,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan, docs_url=None, redoc_url=None,
     )
     add_offline_docs(app)
+    document_error_body(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.admission = Admission(settings.max_pending, metrics)

@@ -25,10 +25,17 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from fastapi import HTTPException
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.errors import error_body
 from runtime.logs import request_id_var
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -285,7 +292,7 @@ class RequestContext:
             if declared_length is not None and declared_length.isdigit() and int(declared_length) > self.max_body_bytes:
                 # refused before reading a byte of it
                 status = 413
-                for message in _json_response(413, {"detail": too_large(self.max_body_bytes).detail}, [id_header]):
+                for message in _json_response(413, error_body(too_large(self.max_body_bytes).detail), [id_header]):
                     await send(message)
             else:
                 await self.app(scope, receive_limited, send_with_id)
@@ -293,8 +300,8 @@ class RequestContext:
             self.errors.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if not response_started:
                 status = 500
-                for message in _json_response(500, {"detail": "internal error; the gateway's log has it under "
-                                                     "this request id", "request_id": request_id}, [id_header]):
+                for message in _json_response(500, error_body("internal error; the gateway's log has it under this "
+                                                                "request id", request_id=request_id), [id_header]):
                     await send(message)
         finally:
             elapsed = time.perf_counter() - started

@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from contract import inference_log as store
 from contract.errors import first_line
 from gateway.deps import Authorized, InferenceLogDep, ModelInfoDep, SettingsDep
+from gateway.errors import error_response
 from gateway.model_info import NotOurModel
 from gateway.schemas import FeedbackAccepted, FeedbackRequest
 
@@ -66,6 +66,5 @@ async def feedback(body: FeedbackRequest, inference_log: InferenceLogDep, info: 
         except Exception as err:  # noqa: BLE001
             raise unavailable(first_line(err, 200), settings) from None
     if problems:
-        return JSONResponse({"detail": problems, "accepted": len(accepted)},
-                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, problems, accepted=len(accepted))
     return FeedbackAccepted(accepted=len(accepted))

@@ -25,6 +25,7 @@ from gateway.deps import (
     RegistryDep,
     SettingsDep,
 )
+from gateway.errors import protocol_error
 from gateway.inference_protocol import (
     ProtocolError,
     infer_response,
@@ -46,16 +47,9 @@ ERRORS = {400: {"description": "{\"error\": ...}: a request the protocol refuses
                                "the model server is down"}}
 
 
-def protocol_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
-
-
 def as_protocol_error(err: HTTPException) -> JSONResponse:
     """One of the gateway's HTTP errors in the protocol's form: same status, same words."""
-    detail = err.detail
-    if isinstance(detail, list):  # a validation error: its messages
-        detail = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
-    return protocol_error(err.status_code, str(detail), dict(err.headers or {}))
+    return protocol_error(err.status_code, err.detail, err.headers)
 
 
 def health(ok: bool) -> Response:

@@ -152,8 +152,8 @@ def test_feedback_gives_live_accuracy_equal_to_what_the_answers_and_true_labels_
     mixed = api.post("/feedback", json={"labels": [labels[1], {"id": "no-such-id", "label": "yes"},
                                                    {"id": labels[2]["id"], "label": "maybe"}]}, headers=AUTH)
     assert mixed.status_code == 422 and mixed.json()["accepted"] == 1
-    assert [d["loc"][-1] for d in mixed.json()["detail"]] == ["id", "label"]
-    assert "not a class" in mixed.json()["detail"][1]["msg"]
+    assert [d["loc"][-1] for d in mixed.json()["errors"]] == ["id", "label"]
+    assert "not a class" in mixed.json()["errors"][1]["msg"] and "labels.2.label: " in mixed.json()["detail"]
     assert api.post("/feedback", json={"labels": labels[:1]}).status_code == 401  # a write: the token
 
     expected = np.mean([p["label"] == t for p, t in zip(baseline["predictions"], truth, strict=True)])
