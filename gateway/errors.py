@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 PARAMETER_PLACES = ("query", "path", "header", "cookie")
 FIELD_ERROR_KEYS = ("loc", "msg", "type", "ctx")
 PROTOCOL_PREFIX = "/v2"
+PYDANTIC_PREFIX = "Value error, "  # pydantic's words before a validator's own message
 
 
 def where(loc: Sequence[Any]) -> str:
@@ -41,17 +42,26 @@ def message_of(detail: Any) -> str:
     if isinstance(detail, str):
         return detail
     if isinstance(detail, Sequence):
-        return "; ".join(f"{where(item.get('loc', ()))}: {item.get('msg', '')}".lstrip(": ")
+        return "; ".join(f"{where(item.get('loc', ()))}: {str(item.get('msg', '')).removeprefix(PYDANTIC_PREFIX)}"
+                         .lstrip(": ")
                          if isinstance(item, Mapping) else str(item) for item in detail)
     return str(detail)
+
+
+def field_error(item: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {key: value for key, value in item.items() if key in FIELD_ERROR_KEYS}
+    if isinstance(kept.get("ctx"), Mapping):  # pydantic puts the raised exception itself there
+        kept["ctx"] = {key: str(value) if isinstance(value, BaseException) else value
+                       for key, value in kept["ctx"].items()}
+    return kept
 
 
 def error_body(detail: Any, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"detail": message_of(detail)}
     if isinstance(detail, Sequence) and not isinstance(detail, str):
         # without pydantic's ``input``: an error never pastes the caller's data back
-        body["errors"] = jsonable_encoder([{k: v for k, v in item.items() if k in FIELD_ERROR_KEYS}
-                                           if isinstance(item, Mapping) else item for item in detail])
+        body["errors"] = jsonable_encoder([field_error(item) if isinstance(item, Mapping) else item
+                                           for item in detail])
     return {**body, **extra}
 
 

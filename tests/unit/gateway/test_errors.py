@@ -122,3 +122,13 @@ def test_the_openapi_document_declares_the_body_the_gateway_answers(tmp_path):
     infer = document["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
     assert infer["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/InferenceProtocolError")
     assert document["components"]["schemas"]["Error"]["properties"]["detail"]["type"] == "string"
+
+
+def test_a_train_parameter_out_of_range_is_named_with_the_validators_own_words():
+    from gateway.schemas import TrainRequest
+
+    with pytest.raises(ValueError) as raised:
+        TrainRequest.model_validate({"data_path": "a.csv", "target": "y", "n_estimators": 0})
+    body = error_body([{**e, "loc": ["body", *e["loc"]]} for e in raised.value.errors()])
+    assert body["detail"] == "n_estimators: must be at least 1"
+    assert body["errors"][0]["ctx"] == {"error": "must be at least 1"}
