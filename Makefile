@@ -10,13 +10,20 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STACK_DIR ?= $(CURDIR)/.stack
 MLFLOW_TRACKING_URI ?= sqlite:///$(abspath $(STACK_DIR))/mlflow.db
 export MLFLOW_TRACKING_URI
+# The project's experiment, where the gateway's training jobs and `make up` write too; an experiment
+# already chosen in the shell wins (`mlflow run` refuses to be given two).
+EXPERIMENT ?= tabular-classifier
+# More arguments for `mlflow run`: make run ARGS="-e tune -P max_trials=5"
+ARGS ?=
+EXPERIMENT_FLAG = $(if $(MLFLOW_EXPERIMENT_NAME)$(MLFLOW_EXPERIMENT_ID),,--experiment-name $(EXPERIMENT))
 
-.PHONY: help setup setup-dev run test up down status bench bench-spark clean
+.PHONY: help setup setup-dev run score test up down status bench bench-spark clean
 
 help:
 	@echo "make setup  - create $(VENV) and install what running needs (requirements.txt)"
 	@echo "make setup-dev - add PySpark (the score entry point) and the test and benchmark tools"
-	@echo "make run    - setup, then train and register the default model (mlflow run .)"
+	@echo "make run    - setup, then train and register the default model (mlflow run .); more: ARGS=\"-P data_path=... -P target=...\""
+	@echo "make score  - batch scoring on Spark (mlflow run . -e score); ARGS=\"-P model_uri=... -P input_path=...\""
 	@echo "make test   - setup, then check the import rules (.importlinter) and run the unit and integration tests"
 	@echo "make up     - start tracking server, model server and gateway (trains the default model if needed)"
 	@echo "make down   - stop what make up started"
@@ -43,7 +50,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-spark.txt requirements-d
 
 run: setup
 	@mkdir -p $(STACK_DIR)
-	mlflow run . --env-manager local
+	mlflow run . --env-manager local $(EXPERIMENT_FLAG) $(ARGS)
+
+score: setup-dev
+	mlflow run . -e score --env-manager local $(EXPERIMENT_FLAG) $(ARGS)
 
 test: setup-dev
 	lint-imports

@@ -12,9 +12,11 @@ through ``mlflow.pyfunc.spark_udf`` (the same model and the same cleaning as
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,21 @@ def result_type(columns: list[tuple[str, str]]) -> str:
     return ", ".join(f"`{name}` {kind}" for name, kind in columns)
 
 
+SPARK_LOG_CONFIG = Path(__file__).with_name("log4j2-score.properties")
+# PySpark 4.3 warns at every pandas UDF that it does not fully support pandas 3; the step checks its
+# answers against pyfunc.predict (tests/integration/steps), so the warning only buries the summary.
+PYSPARK_PANDAS_WARNING = "PySpark does not yet fully support pandas"
+
+
+def quiet_third_parties() -> None:
+    """Keep the step's output to its own lines: no PySpark pandas warnings (here and in Spark's Python
+    workers), no MLflow download bars, no advice against ``env_manager="local"`` (the point here)."""
+    warnings.filterwarnings("ignore", message=PYSPARK_PANDAS_WARNING, category=FutureWarning)
+    os.environ["PYTHONWARNINGS"] = f"ignore:{PYSPARK_PANDAS_WARNING}:FutureWarning"  # the workers
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    logging.getLogger("mlflow.pyfunc").addFilter(lambda record: 'env_manager="local"' not in record.getMessage())
+
+
 def start_spark(master: str):  # noqa: ANN201 (pyspark is imported late: it is slow to import)
     # Spark's Python workers must be this interpreter (with pandas, mlflow, our code), not the system's.
     os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -118,6 +135,7 @@ def start_spark(master: str):  # noqa: ANN201 (pyspark is imported late: it is s
     from pyspark.sql import SparkSession
 
     spark = (SparkSession.builder.master(master).appName("tabular-classifier score")
+             .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={SPARK_LOG_CONFIG.as_uri()}")
              .config("spark.ui.enabled", "false")
              # no progress bars over the step's own output (its summary is the last line)
              .config("spark.ui.showConsoleProgress", "false")
@@ -193,6 +211,7 @@ def run_score(params: ScoreParams) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_third_parties()
     with step_run("score"):
         (params,) = parse_cli(argv, ScoreParams)
         log_params_once({"model_uri": model_uri_of(params), "input_path": params.input_path,

@@ -132,3 +132,12 @@ def test_dockerignore_lets_through_everything_the_images_copy():
             for source in sources.split():
                 assert source.rstrip("/") in allowed, f"{dockerfile.name} copies {source}"
                 assert (PROJECT_DIR / source).exists()
+
+
+def test_the_app_image_is_built_once_for_the_model_server_and_the_gateway(compose):
+    services = compose["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert sorted(builders) == ["mlflow", "model-server"]
+    app_image = services["model-server"]["image"]
+    assert services["gateway"]["image"] == app_image and services["gateway"]["pull_policy"] == "never"
+    assert "model-server" in services["gateway"]["depends_on"]  # so it is built first

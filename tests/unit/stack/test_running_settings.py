@@ -35,3 +35,20 @@ def test_the_default_store_is_the_sqlite_file_make_run_writes_with_plain_file_ar
     assert "MLFLOW_TRACKING_URI ?= sqlite:///$(abspath $(STACK_DIR))/mlflow.db" in makefile  # the same file
     compose_like = tracking_stores(Settings(stack_dir=tmp_path, backend_store_uri="postgresql://db/mlflow"))
     assert compose_like[:3] == ["--backend-store-uri", "postgresql://db/mlflow", "--serve-artifacts"]
+
+
+def test_make_run_trains_into_the_experiment_the_gateway_and_make_up_use_unless_the_shell_chose_one():
+    import os
+    import subprocess
+
+    root = Path(__file__).parents[3]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_EXPERIMENT_")}
+
+    def run_command(**extra: str) -> str:
+        printed = subprocess.run(["make", "-n", "run"], cwd=root, env={**env, **extra}, capture_output=True,
+                                 text=True, check=True).stdout
+        return next(line for line in printed.splitlines() if line.startswith("mlflow run"))
+
+    assert run_command().endswith(f"--experiment-name {Settings().experiment_name}")
+    assert "--experiment-name" not in run_command(MLFLOW_EXPERIMENT_NAME="mine")
+    assert "--experiment-name" not in run_command(MLFLOW_EXPERIMENT_ID="3")
