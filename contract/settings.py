@@ -7,13 +7,14 @@ for a setting; nothing is read at import time: call :func:`get_settings`.
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.names import CHALLENGER_ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, valid_alias
@@ -70,7 +71,14 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(0.0, ge=0, validation_alias="GATEWAY_BATCH_MAX_WAIT_MS")
     batch_concurrency: int = Field(2, ge=1, validation_alias="GATEWAY_BATCH_CONCURRENCY")
 
-    api_token: str | None = Field(None, validation_alias="GATEWAY_API_TOKEN")
+    api_token: str | None = Field(None, validation_alias="GATEWAY_API_TOKEN", repr=False)
+    # Unset: `token` when GATEWAY_API_TOKEN is set, else `none` (allowed on loopback only: contract/exposure.py).
+    auth: Literal["none", "token"] | None = Field(None, validation_alias="GATEWAY_AUTH")
+    # Where a container runtime publishes the gateway's port (compose sets it): what decides whether the
+    # gateway is reachable beyond this host's loopback. Unset: STACK_HOST, the address it binds.
+    published_host: str | None = Field(None, validation_alias="GATEWAY_PUBLISHED_HOST")
+    # libpq reads it (the tracking store and the inference log on PostgreSQL); here only to refuse placeholders
+    postgres_password: str | None = Field(None, validation_alias="PGPASSWORD", repr=False)
     data_roots: Annotated[list[Path], NoDecode] = Field(
         [PROJECT_DIR / "data"], validation_alias="GATEWAY_DATA_ROOTS"
     )
@@ -143,6 +151,10 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def auth_mode(self) -> Literal["none", "token"]:
+        return self.auth or ("token" if self.api_token else "none")
+
+    @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
 
@@ -173,3 +185,15 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_or_exit(program: str) -> Settings:
+    """The settings of a program people start: a bad value is one line naming the variable (exit 2),
+    not a traceback."""
+    try:
+        return get_settings()
+    except ValidationError as err:
+        for problem in err.errors():
+            name = ".".join(str(part) for part in problem["loc"])
+            print(f"{program}: {name}: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        raise SystemExit(2) from None

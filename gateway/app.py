@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, status
@@ -18,7 +19,8 @@ from starlette.routing import Match
 
 from contract.errors import first_line
 from contract.registry import Registry
-from contract.settings import Settings, get_settings
+from contract.exposure import refusals
+from contract.settings import Settings, settings_or_exit
 from gateway.errors import document_error_body, error_for
 from gateway.inference_log import InferenceLog
 from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
@@ -184,6 +186,11 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = settings_or_exit("gateway")
+    problems = refusals(settings)
+    if problems:
+        for problem in problems:
+            print(f"gateway: refusing to start: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     run_service(create_app, settings, settings.gateway_port)
 

@@ -42,7 +42,7 @@ from mlflow import MlflowClient
 from contract.errors import first_line
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import NotFound, Registry
-from contract.settings import Settings, get_settings
+from contract.settings import Settings, settings_or_exit
 from model_server.backends import Backend, BackendUnavailable, ChildProcesses, Launcher
 from model_server.follower import Pair, RegistryFollower
 from model_server.pool import Failed, Loading, ModelPool
@@ -234,5 +234,5 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = settings_or_exit("model server")
     run_service(create_app, settings, settings.model_server_port)

@@ -24,7 +24,8 @@ import httpx
 from mlflow import MlflowClient
 
 from contract.registry import NotFound, Registry
-from contract.settings import PROJECT_DIR, Settings, get_settings
+from contract.exposure import refusals
+from contract.settings import PROJECT_DIR, Settings, settings_or_exit
 from runtime.processes import VENV_BIN, children, pid_alive, stop_process_group, tool_env
 
 SERVICES = ("gateway", "model-server", "mlflow")  # stop order
@@ -35,7 +36,7 @@ class StackError(RuntimeError):
 
 
 SETTINGS_FILE = "settings.json"  # in the run folder: the settings the running stack was started with
-SECRET_SETTINGS = frozenset({"GATEWAY_API_TOKEN"})  # compared, never printed
+SECRET_SETTINGS = frozenset({"GATEWAY_API_TOKEN", "PGPASSWORD"})  # compared, never printed
 
 
 def comparable_settings(settings: Settings) -> dict[str, str]:
@@ -243,6 +244,7 @@ class LocalStack:
         return newest
 
     def up(self) -> None:
+        self._check_exposure()
         self._check_running_settings()
         self.start_tracking()
         self.ensure_promoted_model()
@@ -252,11 +254,18 @@ class LocalStack:
 
     def up_without_model(self) -> None:
         """The three services with nothing trained or promoted (the model server waits for a version)."""
+        self._check_exposure()
         self._check_running_settings()
         self.start_tracking()
         self.start_model_server(wait_for_model=False)
         self.start_gateway()
         self._save_settings()
+
+    def _check_exposure(self) -> None:
+        """The gateway's own start-up rule, checked before anything starts, so the reason is printed here."""
+        problems = refusals(self.settings)
+        if problems:
+            raise StackError("the gateway would refuse to start: " + "; ".join(problems))
 
     def _check_running_settings(self) -> None:
         """``up`` on a running stack with other settings would silently change nothing: refuse, naming them."""
@@ -291,7 +300,7 @@ class LocalStack:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "status"
-    stack = LocalStack(get_settings())
+    stack = LocalStack(settings_or_exit("stack"))
     try:
         if command == "up":
             stack.up()

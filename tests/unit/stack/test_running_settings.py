@@ -49,6 +49,6 @@ def test_make_run_trains_into_the_experiment_the_gateway_and_make_up_use_unless_
                                  text=True, check=True).stdout
         return next(line for line in printed.splitlines() if line.startswith("mlflow run"))
 
-    assert run_command().endswith(f"--experiment-name {Settings().experiment_name}")
+    assert run_command().split()[-2:] == ["--experiment-name", Settings().experiment_name]
     assert "--experiment-name" not in run_command(MLFLOW_EXPERIMENT_NAME="mine")
     assert "--experiment-name" not in run_command(MLFLOW_EXPERIMENT_ID="3")
