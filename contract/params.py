@@ -23,6 +23,9 @@ from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 
 METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
 PROMOTE = ("never", "if_better", "canary")
+# The tree ensembles a model can be (pyfunc/pipeline.py: ESTIMATORS builds each): the seed's random forest,
+# and extremely randomised trees (random cut points, no bootstrap: faster to fit, often as good).
+MODEL_TYPES = ("random_forest", "extra_trees")
 
 # Cells that mean "missing" besides blank ones, unless a run says otherwise (na_values): the census
 # data's "?" and what pandas' read_csv takes for missing by default (R, spreadsheets and databases write them)
@@ -233,6 +236,15 @@ def seed(raw: str) -> int:
     return value
 
 
+def model_type_list(raw: str) -> tuple[str, ...]:
+    names = column_list(raw)
+    unknown = [n for n in names if n not in MODEL_TYPES]
+    if unknown or not names:
+        raise ValueError(f"expected some of {', '.join(MODEL_TYPES)}" + (f", not {', '.join(unknown)}" if unknown
+                                                                          else ""))
+    return names
+
+
 def choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.strip() not in options:
@@ -273,8 +285,10 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ForestParams:
-    """Hyperparameters of the random forest."""
+    """The tree ensemble and its hyperparameters."""
 
+    model_type: str = param("random_forest", choice(MODEL_TYPES), "the tree ensemble: " + " or ".join(MODEL_TYPES),
+                            Api(Literal[MODEL_TYPES]))
     n_estimators: int = param(100, positive_int, "number of trees", Api(int, {"ge": 1, "le": 2000}))
     max_depth: int | None = param(None, optional_positive_int, "tree depth limit, none = unlimited",
                                   Api(int | None, {"ge": 1, "le": 1000}))
@@ -287,7 +301,8 @@ class ForestParams:
     n_jobs: int = param(-1, n_jobs, "cores used to fit, -1 = all", Api(int, {"ge": -1, "le": 64}))
 
     def sklearn_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The estimator's own parameters (``model_type`` chooses the estimator)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_type"}
 
 
 @dataclass(frozen=True)
@@ -323,6 +338,8 @@ class TuneParams:
                            Api(int, {"ge": 0, "le": 86_400}))
     cv_folds: int = param(3, cv_folds, "stratified folds of the training split each trial is scored on",
                           Api(int, {"ge": 2, "le": 20}))
+    model_types: tuple[str, ...] = param(MODEL_TYPES, model_type_list, "comma-separated tree ensembles the search "
+                                         "tries (" + ", ".join(MODEL_TYPES) + ")", TEXT)
 
 
 @dataclass(frozen=True)

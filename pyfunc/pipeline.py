@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import skops.io as sio
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, RobustScaler
@@ -26,9 +26,15 @@ from pyfunc.cleaning import FeatureSchema
 # trees' C structure and numpy dtypes. Both are plain data in skops' format.
 TRUSTED_TYPES: tuple[str, ...] = ("numpy.dtype", "sklearn.tree._tree.Tree")
 
+# model_type (contract/params.py: MODEL_TYPES) -> the estimator. Both are averages of fully grown
+# decision trees, so the compiled path (pyfunc/fast.py) and TreeSHAP read them the same way.
+ESTIMATORS = {"random_forest": RandomForestClassifier, "extra_trees": ExtraTreesClassifier}
 
-def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any]) -> Pipeline:
-    """Imputation + RobustScaler for numbers, imputation + one-hot for categories, then a forest."""
+
+def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any],
+                   model_type: str = "random_forest") -> Pipeline:
+    """Imputation + RobustScaler for numbers, imputation + one-hot for categories, then the tree ensemble
+    (the step keeps the name ``forest`` whichever it is)."""
     transformers = []
     if schema.numeric:
         numeric = Pipeline(
@@ -46,7 +52,7 @@ def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any]) -> P
     return Pipeline(
         [
             ("preprocess", ColumnTransformer(transformers, remainder="drop")),
-            ("forest", RandomForestClassifier(**forest_params)),
+            ("forest", ESTIMATORS[model_type](**forest_params)),
         ]
     )
 

@@ -122,9 +122,11 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
     )
 
     kwargs = forest.sklearn_kwargs()
-    if positive is not None and model.threshold == "auto":
-        kwargs["oob_score"] = True  # out-of-bag probabilities: out-of-fold predictions of the training rows, no refit
-    pipeline = build_pipeline(schema, kwargs)
+    if positive is not None and model.threshold == "auto" and forest.model_type == "random_forest":
+        # out-of-bag probabilities: out-of-fold predictions of the training rows, no refit (extra trees do
+        # not bootstrap, so they have none: decision_rule cross-validates them)
+        kwargs["oob_score"] = True
+    pipeline = build_pipeline(schema, kwargs, forest.model_type)
     started = time.perf_counter()
     train = clean_raw_frame(splits.train, schema)
     pipeline.fit(train, labels.train)

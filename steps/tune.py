@@ -45,8 +45,10 @@ TRAIN_DEFAULTS = {"n_estimators": 100, "min_samples_leaf": 1, "max_depth": "none
                   "class_weight": "none"}
 
 
-def candidate(trial: optuna.Trial, random_state: int) -> ForestParams:
+def candidate(trial: optuna.Trial, random_state: int, model_types: Sequence[str]) -> ForestParams:
     raw = {
+        # the family first: each trial's run records it with the rest
+        "model_type": trial.suggest_categorical("model_type", list(model_types)),
         "n_estimators": str(trial.suggest_int("n_estimators", 50, 300, step=50)),
         "min_samples_leaf": str(trial.suggest_int("min_samples_leaf", 1, 20, log=True)),
         **{name: trial.suggest_categorical(name, options) for name, options in SPACE.items()},
@@ -73,7 +75,7 @@ class CrossValidation:
     def score(self, forest: ForestParams) -> dict[str, list[float]]:
         scores: dict[str, list[float]] = {}
         for fit_rows, held_out in self.folds:
-            pipeline = build_pipeline(self.schema, forest.sklearn_kwargs())
+            pipeline = build_pipeline(self.schema, forest.sklearn_kwargs(), forest.model_type)
             pipeline.fit(self.x.iloc[fit_rows], self.y[fit_rows])
             proba = pipeline.predict_proba(self.x.iloc[held_out])
             metrics = evaluate.classification_metrics(self.y[held_out], proba, pipeline.classes_, self.positive)
@@ -103,7 +105,7 @@ def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int
     client = mlflow.MlflowClient()
 
     def objective(trial: optuna.Trial) -> float:
-        forest = candidate(trial, random_state)
+        forest = candidate(trial, random_state, tune.model_types)
         # MlflowClient, not the fluent API: trials run in threads, each logs its own child run
         run = client.create_run(experiment_id, run_name=f"trial-{trial.number}",
                                 tags={"mlflow.parentRunId": parent_run_id, "trial": str(trial.number)})
@@ -122,7 +124,8 @@ def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=random_state))
-    study.enqueue_trial(TRAIN_DEFAULTS)  # the first candidate is what `train` would fit: tuning starts from it
+    # the first candidate is what `train` would fit (in the first family asked for): tuning starts from it
+    study.enqueue_trial({"model_type": tune.model_types[0], **TRAIN_DEFAULTS})
     parallel = max(1, min(os.cpu_count() or 1, tune.max_trials))
     started = time.monotonic()
 
@@ -155,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.log_metrics({f"best_cv_{model.metric}": best.value, "trials": len(completed)})
 
         # the winner, trained on all cores by the train step like any other version
-        forest = replace(candidate(optuna.trial.FixedTrial(best.params), data.random_state), n_jobs=-1)
+        forest = replace(candidate(optuna.trial.FixedTrial(best.params), data.random_state, tune.model_types),
+                         n_jobs=-1)
         trained = run_child("train", {**to_arguments(forest, model), "splits_uri": splits_uri,
                                       "target": data.target}, experiment_id)
         version = record_outcome(prepared, trained, model.model_name)

@@ -65,7 +65,7 @@ def test_promotion_if_better_promotes_a_better_version_and_keeps_a_worse_one_out
 def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracking: Tracking, data):
     name = "tuned"
     result = mlflow_run(tracking, f"data_path={data}", f"model_name={name}", "max_trials=3", "cv_folds=2",
-                        "metric=roc_auc", entry_point="tune")
+                        "metric=roc_auc", "model_types=extra_trees", entry_point="tune")
     assert_succeeded(result)
     client = mlflow.MlflowClient()
     (tuning,) = client.search_runs([tracking.experiment_id], "tags.mlflow.project.entryPoint = 'tune'")
@@ -73,7 +73,9 @@ def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracki
     trials = sorted((r for r in children if "trial" in r.data.tags), key=lambda r: int(r.data.tags["trial"]))
     steps = sorted(r.data.tags.get("mlflow.project.entryPoint") for r in children if "trial" not in r.data.tags)
     assert len(trials) == 3 and steps == ["preprocess", "train"]
-    assert {k: str(v) for k, v in TRAIN_DEFAULTS.items()} == trials[0].data.params  # starts from train's defaults
+    # starts from train's defaults, in the first family asked for; every trial records its family
+    assert {"model_type": "extra_trees", **{k: str(v) for k, v in TRAIN_DEFAULTS.items()}} == trials[0].data.params
+    assert {t.data.params["model_type"] for t in trials} == {"extra_trees"}
     scores = [t.data.metrics["cv_roc_auc"] for t in trials]
     assert all(0.5 < s <= 1 for s in scores) and all("cv_roc_auc_std" in t.data.metrics for t in trials)
     assert tuning.data.metrics["best_cv_roc_auc"] == max(scores)
@@ -85,6 +87,7 @@ def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracki
     trained = client.get_run(tuning.data.tags["train_run_id"])
     for key, value in best.items():  # the registered version was trained with the winner's parameters
         assert trained.data.params[key] == str(value), key
+    assert trained.data.params["model_type"] == "extra_trees" and trained.data.metrics["fast_path_max_abs_diff"] <= 1e-6
     # registered exactly like `train`: the same artifacts and test metrics
     assert {"accuracy", "f1", "roc_auc", "fast_path_max_abs_diff"} <= set(trained.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(trained.info.run_id)}
@@ -96,6 +99,7 @@ def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracki
     (["--max_trials", "0"], "max_trials='0'"),
     (["--metric", "auc"], "metric='auc'"),
     (["--promote", "always"], "promote='always'"),
+    (["--model_types", "boosting"], "model_types='boosting'"),
 ])
 def test_bad_tune_parameters_fail_with_one_line_naming_them(tracking, args, expected):
     result = run_step(tracking, "steps.tune", *args)

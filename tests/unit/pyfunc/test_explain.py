@@ -21,10 +21,11 @@ from tests.conftest import census_rows, mixed_frame
 TOLERANCE = 1e-6
 
 
-def fit(frame: pd.DataFrame, target: str, forest: dict) -> tuple[CompiledPipeline, object, FeatureSchema]:
+def fit(frame: pd.DataFrame, target: str, forest: dict,
+        model_type: str = "random_forest") -> tuple[CompiledPipeline, object, FeatureSchema]:
     features = [c for c in frame.columns if c != target]
     schema = infer_feature_schema(frame[features], ["?"])
-    pipeline = build_pipeline(schema, {"random_state": 0, "n_jobs": 1, **forest})
+    pipeline = build_pipeline(schema, {"random_state": 0, "n_jobs": 1, **forest}, model_type)
     pipeline.fit(clean_raw_frame(frame, schema), frame[target].to_numpy())
     return CompiledPipeline.from_pipeline(pipeline, schema), pipeline, schema
 
@@ -136,3 +137,10 @@ def test_local_accuracy_holds_on_paths_through_dozens_of_distinct_features():
     rows = frame.drop(columns="label").head(100)
     ours = compiled.explain(rows)
     np.testing.assert_allclose(ours.base + ours.contributions.sum(axis=1), ours.proba, rtol=0, atol=1e-9)
+
+
+def test_extra_trees_match_shap_per_column_and_add_up():
+    frame = census_rows(1500)
+    compiled, pipeline, schema = fit(frame.head(1400), "income", {"n_estimators": 10}, model_type="extra_trees")
+    assert type(pipeline.named_steps["forest"]).__name__ == "ExtraTreesClassifier"
+    assert_matches_shap_and_adds_up(compiled, pipeline, schema, frame.tail(100).drop(columns=["income"]))

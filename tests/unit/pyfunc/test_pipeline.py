@@ -87,3 +87,25 @@ def test_compiled_path_is_bit_identical_to_the_pipeline_on_raw_rows(fitted):
     expected = pipeline.predict_proba(clean_raw_frame(raw, schema))
     np.testing.assert_array_equal(compiled.predict_proba(raw), expected)
     np.testing.assert_array_equal(compiled.classes, pipeline.classes_)
+
+
+def test_every_model_type_is_built_saved_loaded_and_compiled_bit_identically(tmp_path):
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    from contract.params import MODEL_TYPES
+    from pyfunc.pipeline import ESTIMATORS
+
+    assert set(ESTIMATORS) == set(MODEL_TYPES)  # every family the parameters accept is one the model builds
+    frame = mixed_frame(n=400, seed=3)
+    schema = infer_feature_schema(frame[FEATURES], ["?"])
+    pipeline = build_pipeline(schema, {"n_estimators": 20, "random_state": 0, "n_jobs": 1}, "extra_trees")
+    assert isinstance(pipeline.named_steps["forest"], ExtraTreesClassifier)
+    pipeline.fit(clean_raw_frame(frame, schema), frame["label"].to_numpy())
+    save_pipeline(pipeline, tmp_path / "p.skops")  # nothing outside TRUSTED_TYPES
+    loaded = load_pipeline(tmp_path / "p.skops")
+    raw = mixed_frame(n=300, seed=6)[FEATURES].astype(object)
+    raw.loc[raw.index[:5], "colour"] = "never-seen"
+    compiled = CompiledPipeline.from_pipeline(loaded, schema)
+    np.testing.assert_array_equal(compiled.predict_proba(raw), loaded.predict_proba(clean_raw_frame(raw, schema)))
+    importance = input_column_importance(loaded, schema)
+    assert set(importance) == set(FEATURES) and abs(sum(importance.values()) - 1) < 1e-9
