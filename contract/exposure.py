@@ -4,7 +4,8 @@ One rule, checked by the gateway before it listens (so every way of starting it 
 ``make up`` before it starts anything (so the user reads the reason, not a log file):
 
 - reachable beyond this host's loopback (``STACK_HOST``, or ``GATEWAY_PUBLISHED_HOST`` where a
-  container runtime publishes the port) only with authentication: ``GATEWAY_AUTH=token``;
+  container runtime publishes the port) only with authentication: ``GATEWAY_AUTH=token`` or ``mlflow``;
+- ``GATEWAY_AUTH=mlflow`` needs the tracking server's admin password (never MLflow's default);
 - ``GATEWAY_AUTH=token`` needs a ``GATEWAY_API_TOKEN`` that is not a placeholder, of at least
   :data:`MIN_TOKEN_LENGTH` characters when reachable beyond loopback;
 - a placeholder secret (``.env.example``'s ``change-me``, and the usual ones) is refused wherever it
@@ -49,7 +50,8 @@ def refusals(settings: Settings) -> list[str]:
         setting = "GATEWAY_PUBLISHED_HOST" if settings.published_host else "STACK_HOST"
         found.append(f"the gateway would be reachable beyond this host ({setting}={where}) without "
                      "authentication: set GATEWAY_AUTH=token and GATEWAY_API_TOKEN (at least "
-                     f"{MIN_TOKEN_LENGTH} characters, e.g. `openssl rand -hex 32`), or keep it on 127.0.0.1")
+                     f"{MIN_TOKEN_LENGTH} characters, e.g. `openssl rand -hex 32`) or GATEWAY_AUTH=mlflow, or keep "
+                     "it on 127.0.0.1")
     if settings.auth_mode == "token":
         token = settings.api_token or ""
         if not token:
@@ -60,6 +62,14 @@ def refusals(settings: Settings) -> list[str]:
         elif len(token) < MIN_TOKEN_LENGTH and not is_loopback(where):
             found.append(f"GATEWAY_API_TOKEN has {len(token)} characters: use at least {MIN_TOKEN_LENGTH} "
                          "(e.g. `openssl rand -hex 32`)")
+    if settings.auth_mode == "mlflow":
+        password = settings.mlflow_admin_password or ""
+        if not password:
+            found.append("GATEWAY_AUTH=mlflow needs MLFLOW_AUTH_ADMIN_PASSWORD: the tracking server's admin "
+                         f"({settings.mlflow_admin_username}), created on its first start (MLflow has no default)")
+        elif is_placeholder(password) or len(password) < MIN_TOKEN_LENGTH:
+            found.append(f"MLFLOW_AUTH_ADMIN_PASSWORD must be a password of your own of at least {MIN_TOKEN_LENGTH} "
+                         "characters (e.g. `openssl rand -hex 24`)")
     if is_placeholder(settings.postgres_password):
         found.append(f"the PostgreSQL password (POSTGRES_PASSWORD in .env, PGPASSWORD here) is the placeholder "
                      f"{settings.postgres_password!r}: set a password of your own")

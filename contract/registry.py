@@ -164,6 +164,13 @@ class Registry:
                 raise NotFound(f"no registered model named '{name}'") from None
             raise
 
+    def exists(self, name: str) -> bool:
+        try:
+            self.model(name)
+        except NotFound:
+            return False
+        return True
+
     def version(self, name: str, version: str) -> ModelVersion:
         self.model(name)  # the 404 names the model before the version
         try:

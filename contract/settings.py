@@ -73,7 +73,14 @@ class Settings(BaseSettings):
 
     api_token: str | None = Field(None, validation_alias="GATEWAY_API_TOKEN", repr=False)
     # Unset: `token` when GATEWAY_API_TOKEN is set, else `none` (allowed on loopback only: contract/exposure.py).
-    auth: Literal["none", "token"] | None = Field(None, validation_alias="GATEWAY_AUTH")
+    # `mlflow`: callers are MLflow users, with MLflow's per-model permissions (gateway/auth.py).
+    auth: Literal["none", "token", "mlflow"] | None = Field(None, validation_alias="GATEWAY_AUTH")
+    # GATEWAY_AUTH=mlflow: the tracking server's admin, created on its first start; the stack's own services
+    # act as it (never MLflow's default password: refused when unset)
+    mlflow_admin_username: str = Field("admin", min_length=1, validation_alias="MLFLOW_AUTH_ADMIN_USERNAME")
+    mlflow_admin_password: str | None = Field(None, validation_alias="MLFLOW_AUTH_ADMIN_PASSWORD", repr=False)
+    # how long the gateway trusts a caller's checked credentials and permission (a revoked one is out after it)
+    auth_cache_seconds: float = Field(5.0, ge=0, le=300, validation_alias="GATEWAY_AUTH_CACHE_SECONDS")
     # Where a container runtime publishes the gateway's port (compose sets it): what decides whether the
     # gateway is reachable beyond this host's loopback. Unset: STACK_HOST, the address it binds.
     published_host: str | None = Field(None, validation_alias="GATEWAY_PUBLISHED_HOST")
@@ -151,7 +158,7 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def auth_mode(self) -> Literal["none", "token"]:
+    def auth_mode(self) -> Literal["none", "token", "mlflow"]:
         return self.auth or ("token" if self.api_token else "none")
 
     @property

@@ -21,6 +21,7 @@ from contract.errors import first_line
 from contract.registry import Registry
 from contract.exposure import refusals
 from contract.settings import Settings, settings_or_exit
+from gateway.auth import Authorizer, MlflowPermissions, acting_as_caller, acting_user
 from gateway.errors import document_error_body, error_for
 from gateway.inference_log import InferenceLog
 from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
@@ -85,6 +86,10 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(MlflowException)
     async def tracking_errors(request: Request, exc: MlflowException) -> Response:
         error_response = error_for(request.url.path)
+        if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            # GATEWAY_AUTH=mlflow: MLflow's own check of the caller refused what the gateway's (cached) one let by
+            return error_response(exc.get_http_status_code(), f"the tracking server refused user "
+                                  f"{acting_user()!r}: {first_line(exc, 200)}")
         # The routes turn the caller's mistakes (unknown model, illegal move) into 404/409
         # first; what reaches here is the tracking server failing or gone.
         return error_response(status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -124,6 +129,11 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        permissions = None
+        if settings.auth_mode == "mlflow":
+            acting_as_caller(client, settings)
+            permissions = MlflowPermissions(settings.tracking_uri, settings.auth_cache_seconds)
+        app.state.authorizer = Authorizer(settings, permissions)
         app.state.registry = Registry(client, settings.serve_alias)
         app.state.model_info = ModelInfoCache(app.state.registry, settings.tracking_uri)
         app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
@@ -163,6 +173,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await watcher
             await app.state.rollouts.close()
             await app.state.model_client.close()
+            if permissions:
+                await permissions.http.aclose()
             if app.state.inference_log:
                 await app.state.inference_log.stop()
 

@@ -4,16 +4,19 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from typing import Literal
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
 from contract.registry import Registry
 from contract.settings import Settings
+from gateway.auth import Caller, Level, current_caller
 from gateway.inference_log import InferenceLog
 from gateway.jobs import TrainingJobRunner
 from gateway.model_client import ModelServerClient
@@ -48,24 +51,60 @@ InferenceLogDep = Annotated[InferenceLog | None, Depends(app_state("inference_lo
 PredictorDep = Annotated[Predictor, Depends(app_state("predictor"))]
 RolloutsDep = Annotated[Rollouts, Depends(app_state("rollouts"))]
 
-_bearer = HTTPBearer(auto_error=False, description="GATEWAY_API_TOKEN, when the gateway sets one")
+_bearer = HTTPBearer(auto_error=False, description="GATEWAY_AUTH=token: GATEWAY_API_TOKEN")
+_basic = HTTPBasic(auto_error=False, description="GATEWAY_AUTH=mlflow: an MLflow user of the tracking server")
+ModelFrom = Literal["path", "body", "default", "caller"]
 
 
-async def require_token(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Routes that train or change the registry need the token when one is configured."""
-    if settings.auth_mode == "none":  # allowed on loopback only (contract/exposure.py)
-        return
-    if credentials is None or not secrets.compare_digest(
-        credentials.credentials.encode(), settings.api_token.encode()
-    ):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong bearer token (Authorization: Bearer <GATEWAY_API_TOKEN>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+async def _model_of(request: Request, settings: Settings, model_from: ModelFrom) -> str | None:
+    if model_from == "path":
+        return request.path_params.get("name") or settings.model_name
+    if model_from == "body":  # POST /train, /monitor: the model they are for
+        try:
+            body = await request.json()
+        except ValueError:  # not JSON: the route's own validation answers 422 once the caller is known
+            body = None
+        return (body.get("model_name") if isinstance(body, dict) else None) or settings.model_name
+    if model_from == "default":
+        return settings.model_name
+    return None  # the route checks per model itself (POST /feedback: the models that answered)
 
 
-Authorized = Depends(require_token)
+def requires(level: Level, model_from: ModelFrom) -> Callable[..., Awaitable[Caller | None]]:
+    """A dependency: the caller may do ``level`` on the route's model (gateway/auth.py), who is then the
+    caller of every registry call the request makes."""
+
+    async def dependency(request: Request, settings: SettingsDep,
+                         _token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                         _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
+        model = await _model_of(request, settings, model_from)
+        creating = False
+        if model_from == "body" and settings.auth_mode == "mlflow":
+            registry: Registry = request.app.state.registry
+            creating = not await run_in_threadpool(registry.exists, model)
+        # the audit line the request middleware writes once the answer is known (gateway/observability.py);
+        # a refused caller is "unknown" there
+        request.state.audit = {"user": "unknown", "model": model}
+        caller = await request.app.state.authorizer.check(request.headers.get("authorization"), model, level,
+                                                          creating)
+        current_caller.set(caller)
+        request.state.caller = caller
+        request.state.audit = {"user": caller.username if caller else f"({settings.auth_mode})", "model": model}
+        return caller
+
+    return dependency
+
+
+# Route dependencies by what the route does to which model.
+Reads = Depends(requires("READ", "path"))  # /models/{name}/..., /v2/models/{name}/...; /predict: MODEL_NAME
+Trains = Depends(requires("EDIT", "body"))  # POST /train, /monitor
+Feeds = Depends(requires("EDIT", "caller"))  # POST /feedback, then EDIT per model it labels
+Manages = Depends(requires("MANAGE", "path"))  # stages, aliases, traffic, promote, rollback
+Authenticated = Depends(requires("READ", "caller"))  # jobs: any known caller
+
+
+async def caller_of(request: Request) -> Caller | None:
+    return getattr(request.state, "caller", None)
+
+
+CallerDep = Annotated[Caller | None, Depends(caller_of)]

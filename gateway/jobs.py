@@ -37,6 +37,7 @@ from contract.names import (
     TAG_MONITORING_SUMMARY,
 )
 from contract.settings import PROJECT_DIR, Settings
+from gateway.auth import Caller, as_caller_run
 from runtime.processes import VENV_BIN, pid_alive, tool_env
 from runtime.tasks import cancel
 
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 )
 """
 # Columns added since the first release, for job stores created before them.
-_ADDED_COLUMNS = {"entry_point": "TEXT NOT NULL DEFAULT 'main'", "promotion": "TEXT", "summary": "TEXT"}
+_ADDED_COLUMNS = {"entry_point": "TEXT NOT NULL DEFAULT 'main'", "promotion": "TEXT", "summary": "TEXT",
+                  "requested_by": "TEXT"}
 # The jobs that train (POST /train) and the one that monitors (POST /monitor): each its experiment.
 TRAINING_ENTRY_POINTS = ("main", "tune")
 MONITOR_ENTRY_POINT = "monitor"
@@ -93,6 +95,7 @@ class Job:
     entry_point: str
     promotion: dict[str, str] | None
     summary: dict[str, Any] | None
+    requested_by: str | None = None  # the MLflow user who asked (GATEWAY_AUTH=mlflow)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -127,13 +130,14 @@ class JobStore:
         finally:
             db.close()
 
-    def add(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main") -> Job:
+    def add(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main",
+            requested_by: str | None = None) -> Job:
         job_id = uuid.uuid4().hex[:12]
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, status, created_at, parameters, model_name, entry_point)"
-                " VALUES (?, 'queued', ?, ?, ?, ?)",
-                (job_id, _now(), json.dumps(dict(parameters)), model_name, entry_point),
+                "INSERT INTO jobs (id, status, created_at, parameters, model_name, entry_point, requested_by)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, _now(), json.dumps(dict(parameters)), model_name, entry_point, requested_by),
             )
         return self.get(job_id)
 
@@ -189,6 +193,9 @@ class TrainingJobRunner:
         self.store = store
         self.settings = settings
         self.client = client
+        # GATEWAY_AUTH=mlflow: the credentials of who asked for each queued job, in memory only (never in
+        # the job store, a log or a command line); a job queued before a restart has none and fails
+        self._callers: dict[str, Caller] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="training-jobs", daemon=True)
@@ -203,8 +210,11 @@ class TrainingJobRunner:
         self._wake.set()
         self._thread.join(timeout=5)
 
-    def submit(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main") -> Job:
-        job = self.store.add(parameters, model_name, entry_point)
+    def submit(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main",
+               caller: Caller | None = None) -> Job:
+        job = self.store.add(parameters, model_name, entry_point, caller.username if caller else None)
+        if caller:
+            self._callers[job.id] = caller
         self._wake.set()
         return job
 
@@ -265,22 +275,34 @@ class TrainingJobRunner:
     def _run(self, job: Job) -> None:
         log_path = self.settings.logs_dir / f"job-{job.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        caller = self._callers.pop(job.id, None)
+        if job.requested_by and caller is None:
+            self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
+                              error="the gateway restarted before the job started and keeps no credentials: "
+                                    "submit it again")
+            return
         try:
             name = MONITORING_EXPERIMENT if job.entry_point == MONITOR_ENTRY_POINT else self.settings.experiment_name
             experiment = self.client.get_experiment_by_name(name)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-            run = self.client.create_run(experiment_id, tags={TAG_JOB_ID: job.id}, run_name=f"job-{job.id}")
+            tags = {TAG_JOB_ID: job.id}
+            if caller:  # the run is the caller's: created with their credentials, under their name
+                run_id = as_caller_run(self.settings, caller, experiment_id, f"job-{job.id}", tags)
+            else:
+                run_id = self.client.create_run(experiment_id, tags=tags, run_name=f"job-{job.id}").info.run_id
         except Exception as err:  # tracking server down: the job fails, the gateway carries on
             self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
                               error=f"tracking server unavailable: {first_line(err, 300)}")
             return
         env = tool_env(MLFLOW_TRACKING_URI=self.settings.tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id)
+        if caller:  # `mlflow run` and its steps act as the caller (the environment: not on a command line)
+            env.update(MLFLOW_TRACKING_USERNAME=caller.username, MLFLOW_TRACKING_PASSWORD=caller.password)
         with open(log_path, "ab") as out:
-            process = subprocess.Popen(self._command(job, run.info.run_id), cwd=PROJECT_DIR, env=env,
+            process = subprocess.Popen(self._command(job, run_id), cwd=PROJECT_DIR, env=env,
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         started = self.store.update(job.id, only_if=("queued",), status="running", started_at=_now(),
-                                    run_id=run.info.run_id, pid=process.pid)
+                                    run_id=run_id, pid=process.pid)
         if not started:  # cancelled between being picked and starting
             self._kill_process(process.pid)
             process.wait()

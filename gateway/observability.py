@@ -248,6 +248,7 @@ class RequestContext:
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
         self.log = logging.getLogger("gateway.access")
+        self.audit = logging.getLogger("gateway.audit")
         self.errors = logging.getLogger("gateway.error")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -314,4 +315,11 @@ class RequestContext:
                 self.log.info("%s %s %d", scope["method"], scope["path"], status,
                               extra={"method": scope["method"], "path": scope["path"], "route": template,
                                      "status": status, "duration_ms": round(elapsed * 1000, 3)})
+            audited = scope.get("state", {}).get("audit")
+            if audited and scope["method"] != "GET":  # every call that changes something, whatever came of it
+                path = scope.get("path_params", {})
+                self.audit.info("%s %s by %s: %d", scope["method"], scope["path"], audited["user"], status, extra={
+                    "user": audited["user"], "method": scope["method"], "route": template, "model": audited["model"],
+                    "version": path.get("version") or path.get("alias"), "status": status,
+                    "outcome": "done" if status < 400 else "refused" if status < 500 else "failed"})
             request_id_var.reset(token)

@@ -206,6 +206,7 @@ class JobRecord(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    requested_by: str | None = Field(None, description="the MLflow user who asked (GATEWAY_AUTH=mlflow)")
 
 
 class JobOut(JobRecord):

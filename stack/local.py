@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -36,7 +37,7 @@ class StackError(RuntimeError):
 
 
 SETTINGS_FILE = "settings.json"  # in the run folder: the settings the running stack was started with
-SECRET_SETTINGS = frozenset({"GATEWAY_API_TOKEN", "PGPASSWORD"})  # compared, never printed
+SECRET_SETTINGS = frozenset({"GATEWAY_API_TOKEN", "PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"})  # compared, never printed
 
 
 def comparable_settings(settings: Settings) -> dict[str, str]:
@@ -128,6 +129,7 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """The environment of every service: every setting, pointed at this stack's own services."""
         values = settings_env(self.settings, exclude=STACK_ONLY_SETTINGS)
+        values.update(self.service_credentials())
         values.update({
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MODEL_SERVER_URL": f"http://{self.settings.host}:{self.settings.model_server_port}",
@@ -181,15 +183,50 @@ class LocalStack:
         stop_process_group(pid, timeout)
         return True
 
+    # --- MLflow's users (GATEWAY_AUTH=mlflow) ------------------------------------------
+    def service_credentials(self) -> dict[str, str]:
+        """What every MLflow client of the stack authenticates with: the admin, when the auth app runs.
+        (Always set, so credentials in the caller's shell cannot leak into a stack without the app.)"""
+        s = self.settings
+        mlflow_auth = s.auth_mode == "mlflow"
+        return {"MLFLOW_TRACKING_USERNAME": s.mlflow_admin_username if mlflow_auth else "",
+                "MLFLOW_TRACKING_PASSWORD": (s.mlflow_admin_password or "") if mlflow_auth else ""}
+
+    def auth_app(self) -> tuple[list[str], dict[str, str]]:
+        """``mlflow server`` options and environment for MLflow's basic-auth app: its users in SQLite
+        under STACK_DIR, nobody allowed anything unless granted (the admin and each model's creator
+        excepted), a CSRF key kept beside them."""
+        s = self.settings
+        if s.auth_mode != "mlflow":
+            return [], {}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = self.run_dir / "basic_auth.ini"
+        config.write_text("[mlflow]\n"
+                          "default_permission = NO_PERMISSIONS\n"
+                          f"database_uri = sqlite:///{(s.stack_dir / 'auth.db').resolve()}\n"
+                          f"admin_username = {s.mlflow_admin_username}\n"
+                          # checked passwords trusted as long as the gateway trusts a checked caller: without
+                          # it every REST call of a training run pays a PBKDF2 hash
+                          f"auth_cache_ttl_seconds = {max(1, round(s.auth_cache_seconds))}\n"
+                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        key_file = s.stack_dir / "flask-secret-key"
+        if not key_file.exists():
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_hex(32))
+        return (["--app-name", "basic-auth"],
+                {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": s.mlflow_admin_password or "",
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY": key_file.read_text().strip()})
+
     # --- services ---------------------------------------------------------------------
     def start_tracking(self) -> None:
         if self.running_pid("mlflow"):
             return
         s = self.settings
+        app, app_env = self.auth_app()
         process = self.spawn("mlflow", [
-            str(VENV_BIN / "mlflow"), "server", *tracking_stores(s),
+            str(VENV_BIN / "mlflow"), "server", *tracking_stores(s), *app,
             "--host", s.host, "--port", str(s.mlflow_port), "--workers", "1",
-        ], s.mlflow_port, env=TRACKING_SERVER_ENV)
+        ], s.mlflow_port, env={**TRACKING_SERVER_ENV, **app_env})
         wait_until(http_ok(f"{self.tracking_uri}/health"), 120, "mlflow server", process, self.log_file("mlflow"))
 
     def start_model_server(self, wait_for_model: bool = True) -> None:
@@ -211,6 +248,7 @@ class LocalStack:
         wait_until(http_ok(f"{s.gateway_url}/health"), 60, "gateway", process, self.log_file("gateway"))
 
     def registry(self) -> Registry:
+        os.environ.update(self.service_credentials())  # this process's MLflow client acts as the stack too
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return Registry(client, self.settings.serve_alias)
 

@@ -7,7 +7,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install --no-cache-dir --only-binary=:all: \
-        -c /tmp/requirements.txt mlflow psycopg psycopg-binary
+        -c /tmp/requirements.txt mlflow Flask-WTF psycopg psycopg-binary
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \

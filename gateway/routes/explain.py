@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from contract.model_output import BASE_VALUE_COLUMN, CONTRIB_PREFIX, EXPLANATIONS_COLUMN
 from contract.settings import Settings
-from gateway.deps import AdmissionDep, PredictorDep, SettingsDep
+from gateway.deps import Reads, AdmissionDep, PredictorDep, SettingsDep
 from gateway.model_client import Target
 from gateway.observability import Admission
 from gateway.predictor import Predictor
@@ -68,7 +68,7 @@ async def answer_explain(request: Request, target: Target, every_class: bool, se
     return await admitted(request, target.name, admission, settings, answer)
 
 
-@router.post("/explain", response_model=ExplainResponse, openapi_extra=BODY, responses=EXPLAIN_RESPONSES)
+@router.post("/explain", response_model=ExplainResponse, dependencies=[Reads], openapi_extra=BODY, responses=EXPLAIN_RESPONSES)
 async def explain(request: Request, settings: SettingsDep, predictor: PredictorDep, admission: AdmissionDep,
                   classes: ExplainClassesQuery = "predicted") -> Response:
     """Predict and explain raw rows with the served version of the default model (``MODEL_NAME``).
@@ -81,7 +81,7 @@ async def explain(request: Request, settings: SettingsDep, predictor: PredictorD
                                 admission)
 
 
-@router.post("/models/{name}/explain", response_model=ExplainResponse, openapi_extra=BODY,
+@router.post("/models/{name}/explain", response_model=ExplainResponse, dependencies=[Reads], openapi_extra=BODY,
              responses=EXPLAIN_RESPONSES)
 async def explain_model(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
                         admission: AdmissionDep, version: VersionQuery = None, alias: AliasQuery = None,

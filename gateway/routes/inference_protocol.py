@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from contract.registry import NotFound
 from gateway.deps import (
+    Reads,
     AdmissionDep,
     ModelClientDep,
     ModelHttpDep,
@@ -102,13 +103,13 @@ async def model_ready(target: Target, model: ModelClientDep, settings: SettingsD
     return health(False)
 
 
-@router.get("/models/{name}/ready", summary="Model ready", responses={
+@router.get("/models/{name}/ready", dependencies=[Reads], summary="Model ready", responses={
     200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}, **ERRORS}, **EMPTY)
 async def ready_model(name: ModelName, model: ModelClientDep, settings: SettingsDep, http: ModelHttpDep) -> Response:
     return await model_ready(Target(name), model, settings, http)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready", responses={
+@router.get("/models/{name}/versions/{version}/ready", dependencies=[Reads], summary="Model version ready", responses={
     200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}, **ERRORS}, **EMPTY)
 async def ready_version(name: ModelName, version: VersionNumber, model: ModelClientDep, settings: SettingsDep,
                         http: ModelHttpDep) -> Response:
@@ -132,14 +133,14 @@ def model_metadata(name: str, version: str | None, registry: RegistryDep, info: 
     return JSONResponse(metadata(name, versions, described.columns, [*described.outputs, ("prediction_id", "string")]))
 
 
-@router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
+@router.get("/models/{name}", dependencies=[Reads], summary="Model metadata", responses=ERRORS)
 def model_metadata_served(name: ModelName, registry: RegistryDep, info: ModelInfoDep,
                           settings: SettingsDep) -> JSONResponse:
     """The served version's inputs (one ``BYTES`` tensor per column) and outputs."""
     return model_metadata(name, None, registry, info, settings)
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}", dependencies=[Reads], summary="Model version metadata", responses=ERRORS)
 def model_metadata_version(name: ModelName, version: VersionNumber, registry: RegistryDep, info: ModelInfoDep,
                            settings: SettingsDep) -> JSONResponse:
     return model_metadata(name, version, registry, info, settings)
@@ -177,7 +178,7 @@ INFER = {"requestBody": {"required": True, "content": {"application/json": {"sch
                    "outputs": {"type": "array", "items": {"type": "object"}}}}}}}}
 
 
-@router.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER, responses=ERRORS)
+@router.post("/models/{name}/infer", dependencies=[Reads], summary="Inference", openapi_extra=INFER, responses=ERRORS)
 async def infer_served(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
                        admission: AdmissionDep, info: ModelInfoDep) -> Response:
     """One input tensor per column (``BYTES`` for raw cells, numbers accepted, shape ``[n]``); outputs
@@ -185,7 +186,7 @@ async def infer_served(name: ModelName, request: Request, settings: SettingsDep,
     return await infer(request, Target(name), settings, predictor, admission, info)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference with a version", openapi_extra=INFER,
+@router.post("/models/{name}/versions/{version}/infer", dependencies=[Reads], summary="Inference with a version", openapi_extra=INFER,
              responses=ERRORS)
 async def infer_version(name: ModelName, version: VersionNumber, request: Request, settings: SettingsDep,
                         predictor: PredictorDep, admission: AdmissionDep, info: ModelInfoDep) -> Response:

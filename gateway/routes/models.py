@@ -20,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from contract.names import TAG_DECISION_THRESHOLD
 from contract.registry import Conflict, NotFound, Registry
 from contract.traffic import TrafficPolicy
-from gateway.deps import Authorized, ModelHttpDep, ModelInfoDep, RegistryDep, RolloutsDep, SettingsDep
+from gateway.auth import acting_user
+from gateway.deps import Authenticated, Manages, Reads, ModelHttpDep, ModelInfoDep, RegistryDep, RolloutsDep, SettingsDep
 from gateway.model_info import ModelInfo, NotOurModel
 from gateway.routes.health import model_server_status
 from gateway.schemas import (
@@ -90,7 +91,7 @@ def described(registry: Registry, name: str, version: str) -> ModelVersionOut:
     return version_out(registry, found, dict(registry.model(name).aliases))
 
 
-@router.get("", response_model=list[RegisteredModelSummary])
+@router.get("", response_model=list[RegisteredModelSummary], dependencies=[Authenticated])
 def list_models(registry: RegistryDep) -> list[RegisteredModelSummary]:
     models = registry.client.search_registered_models(max_results=1000)
     return [RegisteredModelSummary(name=m.name, aliases=dict(m.aliases), description=m.description or "",
@@ -98,7 +99,7 @@ def list_models(registry: RegistryDep) -> list[RegisteredModelSummary]:
             for m in models]
 
 
-@router.get("/{name}", response_model=RegisteredModelOut, responses=ERRORS)
+@router.get("/{name}", response_model=RegisteredModelOut, responses=ERRORS, dependencies=[Reads])
 async def get_model(name: ModelName, registry: RegistryDep, settings: SettingsDep,
                     http: ModelHttpDep) -> RegisteredModelOut:
     """Every version with its stage, aliases, run id, metrics and creation time, and what the model server
@@ -118,7 +119,7 @@ async def get_model(name: ModelName, registry: RegistryDep, settings: SettingsDe
     return out
 
 
-@router.get("/{name}/schema", response_model=ModelSchemaOut,
+@router.get("/{name}/schema", response_model=ModelSchemaOut, dependencies=[Reads],
             responses={**ERRORS, 409: {"description": "the version was not logged by this project"}})
 def get_schema(name: ModelName, registry: RegistryDep, info: ModelInfoDep, settings: SettingsDep,
                version: VersionQuery = None, alias: AliasQuery = None) -> ModelSchemaOut:
@@ -157,7 +158,7 @@ def schema_out(model: ModelInfo) -> ModelSchemaOut:
                           example_csv=buffer.getvalue())
 
 
-@router.get("/{name}/versions/{version}", response_model=ModelVersionOut, responses=ERRORS)
+@router.get("/{name}/versions/{version}", response_model=ModelVersionOut, responses=ERRORS, dependencies=[Reads])
 def get_version(name: ModelName, version: VersionNumber, registry: RegistryDep) -> ModelVersionOut:
     return registry_errors(lambda: described(registry, name, version))
 
@@ -168,7 +169,7 @@ IMPORTANCE_METHOD = ("impurity: the forest's mean decrease in Gini impurity (sci
                      " summed over each column's features")
 
 
-@router.get("/{name}/versions/{version}/importance", response_model=ImportanceOut,
+@router.get("/{name}/versions/{version}/importance", response_model=ImportanceOut, dependencies=[Reads],
             responses={**ERRORS, 409: {"description": "the version's run logged no feature importance"}})
 def get_importance(name: ModelName, version: VersionNumber, registry: RegistryDep) -> ImportanceOut:
     """The feature importance logged when the version was trained, one value a raw input column, largest first.
@@ -188,7 +189,7 @@ def get_importance(name: ModelName, version: VersionNumber, registry: RegistryDe
 
 
 @router.post("/{name}/versions/{version}/stage", response_model=ModelVersionOut,
-             dependencies=[Authorized], responses=CHANGES)
+             dependencies=[Manages], responses=CHANGES)
 def transition_stage(name: ModelName, version: VersionNumber, body: StageRequest,
                      registry: RegistryDep) -> ModelVersionOut:
     """Registry stage transition. Production moves the serving alias with it (and the version that
@@ -199,7 +200,7 @@ def transition_stage(name: ModelName, version: VersionNumber, body: StageRequest
     return registry_errors(move)
 
 
-@router.put("/{name}/aliases/{alias}", response_model=ModelVersionOut, dependencies=[Authorized],
+@router.put("/{name}/aliases/{alias}", response_model=ModelVersionOut, dependencies=[Manages],
             responses=CHANGES)
 def set_alias(name: ModelName, alias: AliasName, body: AliasRequest, registry: RegistryDep) -> ModelVersionOut:
     """Point ``alias`` at a version. The serving alias (``SERVE_ALIAS``) moves the Production stage with
@@ -213,7 +214,7 @@ def set_alias(name: ModelName, alias: AliasName, body: AliasRequest, registry: R
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT,
-               dependencies=[Authorized], responses=CHANGES)
+               dependencies=[Manages], responses=CHANGES)
 def delete_alias(name: ModelName, alias: AliasName, registry: RegistryDep) -> Response:
     checked_alias(alias)
     registry_errors(lambda: registry.delete_alias(name, alias))
@@ -223,7 +224,7 @@ def delete_alias(name: ModelName, alias: AliasName, registry: RegistryDep) -> Re
 # --- rollouts --------------------------------------------------------------------------------
 
 
-@router.get("/{name}/traffic", response_model=TrafficOut, responses=ERRORS)
+@router.get("/{name}/traffic", response_model=TrafficOut, responses=ERRORS, dependencies=[Reads])
 def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -> TrafficOut:
     """The model's traffic policy and, for a canary or a shadow, each version's figures in the rollout
     window (as this gateway replica saw them)."""
@@ -239,7 +240,7 @@ def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -
     return registry_errors(read)
 
 
-@router.put("/{name}/traffic", response_model=TrafficOut, dependencies=[Authorized], responses=CHANGES)
+@router.put("/{name}/traffic", response_model=TrafficOut, dependencies=[Manages], responses=CHANGES)
 def set_traffic(name: ModelName, body: TrafficRequest, registry: RegistryDep, rollouts: RolloutsDep) -> TrafficOut:
     """Set the traffic policy: ``single``, ``canary`` (``alias``, ``percent``, optional ``sticky_key``) or
     ``shadow`` (``alias``). Stored in the registry: every gateway replica applies it within a few seconds."""
@@ -261,7 +262,7 @@ def set_traffic(name: ModelName, body: TrafficRequest, registry: RegistryDep, ro
     return registry_errors(write)
 
 
-@router.post("/{name}/promote", response_model=ModelVersionOut, dependencies=[Authorized], responses=CHANGES)
+@router.post("/{name}/promote", response_model=ModelVersionOut, dependencies=[Manages], responses=CHANGES)
 def promote(name: ModelName, body: PromoteRequest, registry: RegistryDep, rollouts: RolloutsDep) -> ModelVersionOut:
     """Serve the version ``alias`` holds (serving alias and Production, the one it replaces Archived and held by
     the alias ``previous``); the traffic policy returns to single. No request fails on the way."""
@@ -271,17 +272,17 @@ def promote(name: ModelName, body: PromoteRequest, registry: RegistryDep, rollou
         version = dict(registry.model(name).aliases).get(body.alias)
         if version is None:
             raise NotFound(f"model '{name}' has no alias '{body.alias}'")
-        registry.promote(name, str(version), by="gateway")
+        registry.promote(name, str(version), by=acting_user())
         rollouts.set_policy(name, TrafficPolicy())
         return described(registry, name, str(version))
     return registry_errors(move)
 
 
-@router.post("/{name}/rollback", response_model=ModelVersionOut, dependencies=[Authorized], responses=CHANGES)
+@router.post("/{name}/rollback", response_model=ModelVersionOut, dependencies=[Manages], responses=CHANGES)
 def rollback(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -> ModelVersionOut:
     """Serve again the version the last promotion replaced (alias ``previous``), in one call."""
     def move() -> ModelVersionOut:
-        restored = registry.rollback(name, by="gateway")
+        restored = registry.rollback(name, by=acting_user())
         rollouts.set_policy(name, TrafficPolicy())
         return described(registry, name, str(restored.version))
     return registry_errors(move)

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from contract.registry import NotFound
-from gateway.deps import Authorized, JobsDep, RegistryDep, SettingsDep
+from gateway.deps import Authenticated, CallerDep, Trains, JobsDep, RegistryDep, SettingsDep
 from gateway.jobs import MONITOR_ENTRY_POINT, Job
 from gateway.routes.train import found, training_enabled
 from gateway.schemas import MonitorJobOut, MonitorRequest, MonitorSummary, TrainAccepted
@@ -23,14 +23,16 @@ def monitor_job_out(job: Job) -> MonitorJobOut:
         if job.summary else None
     return MonitorJobOut(job_id=job.id, status=job.status, model_name=job.model_name, parameters=job.parameters,
                          created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                         run_id=job.run_id, summary=summary, error=job.error, log_tail=job.log_tail)
+                         run_id=job.run_id, summary=summary, error=job.error, log_tail=job.log_tail,
+                         requested_by=job.requested_by)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainAccepted,
-             dependencies=[Authorized], responses={401: {"description": "token required"},
+             dependencies=[Trains], responses={401: {"description": "token required"},
                                                    404: {"description": "no such model or version"},
                                                    503: {"description": "jobs are off on this instance"}})
-async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: JobsDep, registry: RegistryDep) -> Any:
+async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: JobsDep, registry: RegistryDep,
+                           caller: CallerDep) -> Any:
     """Queue the ``monitor`` step for a model (one version, or every version) over a time window; poll the
     returned job for its summary. The run goes to the experiment ``monitoring``."""
     await training_enabled(settings)
@@ -46,19 +48,19 @@ async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: Jo
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(err)) from None
     parameters = {"model_name": body.model_name, **{k: getattr(body, k) for k in ("version", "since", "until")
                                                      if getattr(body, k)}}
-    job = jobs.submit(parameters, body.model_name, entry_point=MONITOR_ENTRY_POINT)
+    job = jobs.submit(parameters, body.model_name, entry_point=MONITOR_ENTRY_POINT, caller=caller)
     location = f"/monitor/{job.id}"
     return JSONResponse(TrainAccepted(job_id=job.id, status=job.status, location=location).model_dump(),
                         status_code=202, headers={"Location": location})
 
 
-@router.get("", response_model=list[MonitorJobOut])
+@router.get("", response_model=list[MonitorJobOut], dependencies=[Authenticated])
 def list_monitoring(jobs: JobsDep) -> list[MonitorJobOut]:
     """The newest 100 monitoring jobs first."""
     return [monitor_job_out(j) for j in jobs.store.list(ENTRY_POINTS)]
 
 
-@router.get("/{job_id}", response_model=MonitorJobOut, responses={404: {"description": "unknown job"}})
+@router.get("/{job_id}", response_model=MonitorJobOut, dependencies=[Authenticated], responses={404: {"description": "unknown job"}})
 def get_monitoring(job_id: str, jobs: JobsDep) -> MonitorJobOut:
     """Status, the monitoring run and, once done, the summary: rows, drift share, drifted features, live
     metrics (from the true labels sent to POST /feedback)."""

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from contract.model_output import PROBA_PREFIX
 from contract.settings import Settings
 from contract.tables import csv_records
-from gateway.deps import AdmissionDep, PredictorDep, SettingsDep
+from gateway.deps import Reads, AdmissionDep, PredictorDep, SettingsDep
 from gateway.model_client import Target
 from gateway.observability import Admission
 from gateway.predictor import Predictor
@@ -140,7 +140,7 @@ RESPONSES = {
 }
 
 
-@router.post("/predict", response_model=PredictResponse, openapi_extra=BODY, responses=RESPONSES)
+@router.post("/predict", response_model=PredictResponse, dependencies=[Reads], openapi_extra=BODY, responses=RESPONSES)
 async def predict(request: Request, settings: SettingsDep, predictor: PredictorDep,
                   admission: AdmissionDep) -> Response:
     """Score raw rows with the served version of the default model (``MODEL_NAME``); predictions come back
@@ -151,7 +151,7 @@ async def predict(request: Request, settings: SettingsDep, predictor: PredictorD
     return await answer_predict(request, Target(settings.model_name), settings, predictor, admission)
 
 
-@router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY, responses=RESPONSES)
+@router.post("/models/{name}/predict", response_model=PredictResponse, dependencies=[Reads], openapi_extra=BODY, responses=RESPONSES)
 async def predict_model(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
                         admission: AdmissionDep, version: VersionQuery = None, alias: AliasQuery = None) -> Response:
     """Score raw rows with any registered model: its served version (``SERVE_ALIAS``), or ``?version=N``,

@@ -6,14 +6,15 @@ import itertools
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Depends, HTTPException, status
 from fastapi.responses import JSONResponse
 
 from contract.errors import DataError, ParameterError
 from contract.params import closest
 from contract.settings import Settings
 from contract.tables import CSV_SUFFIXES, column_name, csv_header
-from gateway.deps import Authorized, JobsDep, SettingsDep
+from gateway.deps import Authenticated, CallerDep, Trains, JobsDep, SettingsDep
 from gateway.jobs import TRAINING_ENTRY_POINTS, Job
 from gateway.schemas import JobOut, TrainAccepted, TrainRequest, unprocessable
 
@@ -90,7 +91,7 @@ def job_out(job: Job) -> JobOut:
                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                   run_id=job.run_id, model_version=job.model_version, metrics=job.metrics,
                   error=job.error, log_tail=job.log_tail, mode="tune" if job.entry_point == "tune" else "train",
-                  promotion=job.promotion)
+                  promotion=job.promotion, requested_by=job.requested_by)
 
 
 def found(job: Job | None, job_id: str, entry_points: tuple[str, ...] = TRAINING_ENTRY_POINTS,
@@ -101,8 +102,8 @@ def found(job: Job | None, job_id: str, entry_points: tuple[str, ...] = TRAINING
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainAccepted,
-             dependencies=[Authorized], responses={401: {"description": "token required"}})
-def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> JSONResponse:
+             dependencies=[Trains], responses={401: {"description": "token required"}})
+def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep, caller: CallerDep) -> JSONResponse:
     """Queue ``mlflow run`` of this project with these parameters; poll the returned job."""
     parameters = body.mlproject_parameters()
     parameters["data_path"] = resolve_data_path(body.data_path, settings)
@@ -113,29 +114,32 @@ def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep) -> 
             raise unprocessable(["body", "include_feedback"], "the inference log is off (INFERENCE_LOG_URI=off)")
         # the log's URL reaches the job through its environment (INFERENCE_LOG_URI), never a command line
         parameters["feedback_from"] = body.feedback_from or parameters["model_name"]
-    job = jobs.submit(parameters, parameters["model_name"], entry_point="tune" if body.mode == "tune" else "main")
+    job = jobs.submit(parameters, parameters["model_name"], entry_point="tune" if body.mode == "tune" else "main",
+                      caller=caller)
     location = f"/train/{job.id}"
     accepted = TrainAccepted(job_id=job.id, status=job.status, location=location)
     return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": location})
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], dependencies=[Authenticated])
 def list_jobs(jobs: JobsDep) -> list[JobOut]:
     """The newest 100 jobs first."""
     return [job_out(j) for j in jobs.store.list(TRAINING_ENTRY_POINTS)]
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "unknown job"}})
+@router.get("/{job_id}", response_model=JobOut, dependencies=[Authenticated], responses={404: {"description": "unknown job"}})
 def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     return job_out(found(jobs.store.get(job_id), job_id))
 
 
-@router.delete("/{job_id}", response_model=JobOut, dependencies=[Authorized],
+@router.delete("/{job_id}", response_model=JobOut, dependencies=[Authenticated],
                responses={401: {"description": "token required"}, 404: {"description": "unknown job"},
                           409: {"description": "job already ended"}})
-def cancel_job(job_id: str, jobs: JobsDep) -> JobOut:
+async def cancel_job(job_id: str, jobs: JobsDep, request: Request) -> JobOut:
     """Cancel a queued or running job (its ``mlflow run`` process group is stopped)."""
     job = found(jobs.store.get(job_id), job_id)
+    # as training it: EDIT on its model (the token, with GATEWAY_AUTH=token)
+    await request.app.state.authorizer.check(request.headers.get("authorization"), job.model_name, "EDIT")
     if job.status not in ("queued", "running"):
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' already {job.status}")
-    return job_out(found(jobs.cancel(job_id), job_id))
+    return job_out(found(await run_in_threadpool(jobs.cancel, job_id), job_id))

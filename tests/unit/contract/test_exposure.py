@@ -58,3 +58,11 @@ def test_every_secret_in_env_example_is_a_placeholder_the_rule_refuses():
     assert set(secrets) == {"POSTGRES_PASSWORD", "GATEWAY_API_TOKEN"}
     assert all(value in PLACEHOLDER_SECRETS for value in secrets.values()), secrets
     assert example["GATEWAY_AUTH"] == "token" and example["GATEWAY_BIND"] == "127.0.0.1"
+
+
+def test_mlflow_auth_needs_an_admin_password_of_ones_own_and_counts_as_authentication():
+    assert "needs MLFLOW_AUTH_ADMIN_PASSWORD" in refusals(settings(auth="mlflow"))[0]
+    assert "of your own" in refusals(settings(auth="mlflow", mlflow_admin_password="change-me"))[0]
+    assert "of your own" in refusals(settings(auth="mlflow", mlflow_admin_password="short"))[0]
+    assert refusals(settings(auth="mlflow", mlflow_admin_password=STRONG, host="0.0.0.0")) == []
+    assert STRONG not in repr(settings(auth="mlflow", mlflow_admin_password=STRONG))
