@@ -21,7 +21,7 @@ from contract.errors import first_line
 from contract.registry import Registry
 from contract.exposure import refusals
 from contract.settings import Settings, settings_or_exit
-from gateway.auth import Authorizer, MlflowPermissions, acting_as_caller, acting_user
+from gateway.auth import Authorizer, MlflowPermissions, acting_as_caller, acting_user, document_auth
 from gateway.errors import document_error_body, error_for
 from gateway.inference_log import InferenceLog
 from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
@@ -186,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     add_offline_docs(app)
     document_error_body(app)
+    document_auth(app, settings)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.admission = Admission(settings.max_pending, metrics)

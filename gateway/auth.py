@@ -20,10 +20,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
-from fastapi import HTTPException, status
+from fastapi import FastAPI, HTTPException, status
 from mlflow import MlflowClient
 from mlflow.store.model_registry.rest_store import RestStore as RegistryRestStore
 from mlflow.tracking._model_registry.client import ModelRegistryClient
@@ -35,6 +35,7 @@ Level = Literal["READ", "EDIT", "MANAGE"]
 # MLflow's permissions, weakest first (mlflow.server.auth.permissions); what it does not name ranks 0
 RANKS = {"NO_PERMISSIONS": 0, "DENY": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
 REALM = 'Basic realm="tabular-classifier", charset="UTF-8"'
+TOKEN_SCHEME, USER_SCHEME = "token", "mlflowUser"  # the OpenAPI security schemes of the two modes
 CACHE_ENTRIES = 10_000
 
 
@@ -206,3 +207,28 @@ def acting_user() -> str:
     """Who a change is recorded as (the ``promoted_by`` tag): the caller, or the gateway itself."""
     caller = current_caller.get()
     return caller.username if caller else "gateway"
+
+
+def document_auth(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document declares the authentication this gateway asks for: the token on the routes
+    that change things (mode token), an MLflow user on every guarded route (mode mlflow), none (mode none)."""
+    build = app.openapi
+    keep = {"token": TOKEN_SCHEME, "mlflow": USER_SCHEME}.get(settings.auth_mode)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schemes = schema.get("components", {}).get("securitySchemes", {})
+        for name in [n for n in schemes if n != keep]:
+            del schemes[name]
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                kept = [s for s in operation.get("security", []) if keep in s]
+                if kept:
+                    operation["security"] = kept
+                else:
+                    operation.pop("security", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

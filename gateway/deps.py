@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 
 from contract.registry import Registry
 from contract.settings import Settings
-from gateway.auth import Caller, Level, current_caller
+from gateway.auth import TOKEN_SCHEME, USER_SCHEME, Caller, Level, current_caller
 from gateway.inference_log import InferenceLog
 from gateway.jobs import TrainingJobRunner
 from gateway.model_client import ModelServerClient
@@ -51,8 +51,10 @@ InferenceLogDep = Annotated[InferenceLog | None, Depends(app_state("inference_lo
 PredictorDep = Annotated[Predictor, Depends(app_state("predictor"))]
 RolloutsDep = Annotated[Rollouts, Depends(app_state("rollouts"))]
 
-_bearer = HTTPBearer(auto_error=False, description="GATEWAY_AUTH=token: GATEWAY_API_TOKEN")
-_basic = HTTPBasic(auto_error=False, description="GATEWAY_AUTH=mlflow: an MLflow user of the tracking server")
+# The schemes the OpenAPI document declares, by name; gateway/auth.py: document_auth keeps those of the mode.
+_bearer = HTTPBearer(auto_error=False, scheme_name=TOKEN_SCHEME, description="GATEWAY_AUTH=token: GATEWAY_API_TOKEN")
+_basic = HTTPBasic(auto_error=False, scheme_name=USER_SCHEME,
+                   description="GATEWAY_AUTH=mlflow: an MLflow user of the tracking server")
 ModelFrom = Literal["path", "body", "default", "caller"]
 
 
@@ -74,31 +76,43 @@ def requires(level: Level, model_from: ModelFrom) -> Callable[..., Awaitable[Cal
     """A dependency: the caller may do ``level`` on the route's model (gateway/auth.py), who is then the
     caller of every registry call the request makes."""
 
-    async def dependency(request: Request, settings: SettingsDep,
-                         _token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                         _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
+    async def check(request: Request, settings: Settings) -> Caller | None:
         model = await _model_of(request, settings, model_from)
         creating = False
         if model_from == "body" and settings.auth_mode == "mlflow":
             registry: Registry = request.app.state.registry
             creating = not await run_in_threadpool(registry.exists, model)
-        # the audit line the request middleware writes once the answer is known (gateway/observability.py);
-        # a refused caller is "unknown" there
-        request.state.audit = {"user": "unknown", "model": model}
+        # a change gets the audit line the request middleware writes once the answer is known
+        # (gateway/observability.py); a refused caller is "unknown" there
+        audited = level != "READ"
+        if audited:
+            request.state.audit = {"user": "unknown", "model": model}
         caller = await request.app.state.authorizer.check(request.headers.get("authorization"), model, level,
                                                           creating)
         current_caller.set(caller)
         request.state.caller = caller
-        request.state.audit = {"user": caller.username if caller else f"({settings.auth_mode})", "model": model}
+        if audited:
+            request.state.audit = {"user": caller.username if caller else f"({settings.auth_mode})", "model": model}
         return caller
 
-    return dependency
+    # The security schemes each declares (for /docs and clients): the token guards changes only.
+    if level == "READ":
+        async def reads(request: Request, settings: SettingsDep,
+                        _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
+            return await check(request, settings)
+        return reads
+
+    async def changes(request: Request, settings: SettingsDep,
+                      _token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                      _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
+        return await check(request, settings)
+    return changes
 
 
 # Route dependencies by what the route does to which model.
 Reads = Depends(requires("READ", "path"))  # /models/{name}/..., /v2/models/{name}/...; /predict: MODEL_NAME
 Trains = Depends(requires("EDIT", "body"))  # POST /train, /monitor
-Feeds = Depends(requires("EDIT", "caller"))  # POST /feedback, then EDIT per model it labels
+EditsPerModel = Depends(requires("EDIT", "caller"))  # POST /feedback, DELETE /train/{id}: then EDIT per model
 Manages = Depends(requires("MANAGE", "path"))  # stages, aliases, traffic, promote, rollback
 Authenticated = Depends(requires("READ", "caller"))  # jobs: any known caller
 

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from contract import inference_log as store
 from contract.errors import first_line
-from gateway.deps import Feeds, InferenceLogDep, ModelInfoDep, SettingsDep
+from gateway.deps import EditsPerModel, InferenceLogDep, ModelInfoDep, SettingsDep
 from gateway.errors import error_response
 from gateway.model_info import NotOurModel
 from gateway.schemas import FeedbackAccepted, FeedbackRequest
@@ -32,7 +32,7 @@ async def refusal(request: Request, model: str) -> str | None:
     return None
 
 
-@router.post("/feedback", response_model=FeedbackAccepted, dependencies=[Feeds], responses={
+@router.post("/feedback", response_model=FeedbackAccepted, dependencies=[EditsPerModel], responses={
     401: {"description": "token required"},
     422: {"description": "some items name an unknown prediction id or a label that is not a class of the model "
                          "that answered: listed one by one under detail; the other items are stored (accepted)"},

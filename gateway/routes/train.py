@@ -14,7 +14,7 @@ from contract.errors import DataError, ParameterError
 from contract.params import closest
 from contract.settings import Settings
 from contract.tables import CSV_SUFFIXES, column_name, csv_header
-from gateway.deps import Authenticated, CallerDep, Trains, JobsDep, SettingsDep
+from gateway.deps import Authenticated, CallerDep, EditsPerModel, Trains, JobsDep, SettingsDep
 from gateway.jobs import TRAINING_ENTRY_POINTS, Job
 from gateway.schemas import JobOut, TrainAccepted, TrainRequest, unprocessable
 
@@ -132,7 +132,7 @@ def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     return job_out(found(jobs.store.get(job_id), job_id))
 
 
-@router.delete("/{job_id}", response_model=JobOut, dependencies=[Authenticated],
+@router.delete("/{job_id}", response_model=JobOut, dependencies=[EditsPerModel],
                responses={401: {"description": "token required"}, 404: {"description": "unknown job"},
                           409: {"description": "job already ended"}})
 async def cancel_job(job_id: str, jobs: JobsDep, request: Request) -> JobOut:

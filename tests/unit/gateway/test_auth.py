@@ -104,3 +104,23 @@ def test_token_mode_opens_reads_and_guards_changes_and_none_mode_opens_everythin
 def test_basic_credentials_keep_a_colon_in_the_password_and_hide_it_in_repr():
     caller = basic_credentials(basic("ann", "p:a:ss"))
     assert caller == Caller("ann", "p:a:ss") and "p:a:ss" not in repr(caller)
+
+
+@pytest.mark.parametrize(("mode", "scheme", "guarded"), [
+    ("none", None, set()),
+    ("token", "token", {("post", "/train"), ("put", "/models/{name}/aliases/{alias}"), ("delete", "/train/{job_id}")}),
+    ("mlflow", "mlflowUser", {("post", "/train"), ("post", "/predict"), ("get", "/models/{name}"),
+                              ("post", "/v2/models/{name}/infer"), ("get", "/train")}),
+])
+def test_the_openapi_document_declares_the_authentication_of_the_mode_only(tmp_path, mode, scheme, guarded):
+    from gateway.app import create_app
+
+    settings = Settings(_env_file=None, stack_dir=tmp_path, auth=mode, api_token="t" * 20 if mode == "token" else None,
+                        mlflow_admin_password="x" * 20)
+    document = create_app(settings).openapi()
+    assert list(document.get("components", {}).get("securitySchemes", {})) == ([scheme] if scheme else [])
+    secured = {(m, p) for p, ops in document["paths"].items() for m, op in ops.items() if op.get("security")}
+    assert guarded <= secured
+    if mode == "token":  # reads are open with a token: declaring one there would be a lie clients act on
+        assert ("post", "/predict") not in secured and ("get", "/models/{name}") not in secured
+    assert ("get", "/health") not in secured and ("get", "/v2/health/ready") not in secured
