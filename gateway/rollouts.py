@@ -201,10 +201,11 @@ class Rollouts:
 
     async def roll_back(self, name: str, reason: str) -> None:
         def write() -> None:
-            self.registry.set_traffic(name, TrafficPolicy())
+            # the why first, the switch last: whoever reads the policy back as single also reads the reason
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.registry.client.set_registered_model_tag(name, TAG_ROLLED_BACK_AT, stamp)
             self.registry.client.set_registered_model_tag(name, TAG_ROLLBACK_REASON, reason)
+            self.registry.set_traffic(name, TrafficPolicy())
 
         try:
             await asyncio.to_thread(write)
