@@ -30,6 +30,7 @@ from mlflow.tracking._model_registry.client import ModelRegistryClient
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from contract.settings import Settings
+from runtime.docs import amend_openapi
 
 Level = Literal["READ", "EDIT", "MANAGE"]
 # MLflow's permissions, weakest first (mlflow.server.auth.permissions); what it does not name ranks 0
@@ -37,6 +38,8 @@ RANKS = {"NO_PERMISSIONS": 0, "DENY": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE
 REALM = 'Basic realm="tabular-classifier", charset="UTF-8"'
 TOKEN_SCHEME, USER_SCHEME = "token", "mlflowUser"  # the OpenAPI security schemes of the two modes
 CACHE_ENTRIES = 10_000
+# the auth app's answer to "what may this user do on that resource" (what its own checks resolve)
+PERMISSION_PATH = "/api/3.0/mlflow/users/permissions/get"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class MlflowPermissions:
                 self._cache.move_to_end(key)
                 return cached[1]
         answer = await self.http.get(
-            f"{self.tracking_uri}/api/3.0/mlflow/users/permissions/get",
+            f"{self.tracking_uri}{PERMISSION_PATH}",
             params={"username": caller.username, "resource_type": "registered_model", "resource_id": model},
             auth=(caller.username, caller.password))
         if answer.status_code == status.HTTP_401_UNAUTHORIZED:
@@ -184,7 +187,7 @@ def as_caller_run(settings: Settings, caller: Caller, experiment_id: str, run_na
     admin = (settings.mlflow_admin_username, settings.mlflow_admin_password or "")
     grant = {"username": caller.username, "resource_type": "experiment", "resource_id": experiment_id}
     with httpx.Client(timeout=30) as http:
-        held = http.get(f"{base}/api/3.0/mlflow/users/permissions/get", auth=admin, params=grant)
+        held = http.get(f"{base}{PERMISSION_PATH}", auth=admin, params=grant)
         held.raise_for_status()
         has = str(held.json().get("permission", "NO_PERMISSIONS"))
         if RANKS.get(has, 0) < RANKS["EDIT"]:
@@ -212,13 +215,9 @@ def acting_user() -> str:
 def document_auth(app: FastAPI, settings: Settings) -> None:
     """The OpenAPI document declares the authentication this gateway asks for: the token on the routes
     that change things (mode token), an MLflow user on every guarded route (mode mlflow), none (mode none)."""
-    build = app.openapi
     keep = {"token": TOKEN_SCHEME, "mlflow": USER_SCHEME}.get(settings.auth_mode)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
+    def amend(schema: dict[str, Any]) -> None:
         schemes = schema.get("components", {}).get("securitySchemes", {})
         for name in [n for n in schemes if n != keep]:
             del schemes[name]
@@ -229,6 +228,5 @@ def document_auth(app: FastAPI, settings: Settings) -> None:
                     operation["security"] = kept
                 else:
                     operation.pop("security", None)
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    amend_openapi(app, amend)

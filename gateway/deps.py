@@ -5,11 +5,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
-from typing import Literal
-
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
@@ -55,7 +53,7 @@ RolloutsDep = Annotated[Rollouts, Depends(app_state("rollouts"))]
 _bearer = HTTPBearer(auto_error=False, scheme_name=TOKEN_SCHEME, description="GATEWAY_AUTH=token: GATEWAY_API_TOKEN")
 _basic = HTTPBasic(auto_error=False, scheme_name=USER_SCHEME,
                    description="GATEWAY_AUTH=mlflow: an MLflow user of the tracking server")
-ModelFrom = Literal["path", "body", "default", "caller"]
+ModelFrom = Literal["path", "body", "caller"]
 
 
 async def _model_of(request: Request, settings: Settings, model_from: ModelFrom) -> str | None:
@@ -67,8 +65,6 @@ async def _model_of(request: Request, settings: Settings, model_from: ModelFrom)
         except ValueError:  # not JSON: the route's own validation answers 422 once the caller is known
             body = None
         return (body.get("model_name") if isinstance(body, dict) else None) or settings.model_name
-    if model_from == "default":
-        return settings.model_name
     return None  # the route checks per model itself (POST /feedback: the models that answered)
 
 

@@ -21,6 +21,8 @@ from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
+from runtime.docs import amend_openapi
+
 PARAMETER_PLACES = ("query", "path", "header", "cookie")
 FIELD_ERROR_KEYS = ("loc", "msg", "type", "ctx")
 PROTOCOL_PREFIX = "/v2"
@@ -100,12 +102,7 @@ PROTOCOL_ERROR_SCHEMA = {"title": "InferenceProtocolError", "type": "object", "r
 def document_error_body(app: FastAPI) -> None:
     """The OpenAPI document says the body above for every error a route declares (FastAPI's default
     for a 422 is its own list, which the gateway does not answer)."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
+    def amend(schema: dict[str, Any]) -> None:
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.pop("HTTPValidationError", None)
         schemas["Error"], schemas["InferenceProtocolError"] = ERROR_SCHEMA, PROTOCOL_ERROR_SCHEMA
@@ -119,6 +116,5 @@ def document_error_body(app: FastAPI) -> None:
                     # the protocol's "not ready" is a 400 with an empty body
                     if code[0] in "45" and (fastapis or not (content or (protocol and code == "400"))):
                         response["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}}
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    amend_openapi(app, amend)

@@ -10,8 +10,10 @@ prefix too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -54,3 +56,17 @@ def add_offline_docs(app: FastAPI) -> None:
         return get_redoc_html(
             openapi_url=schema, title=f"{app.title} - ReDoc", redoc_js_url=f"{assets}/redoc.standalone.js",
             redoc_favicon_url=f"{assets}/favicon.png", with_google_fonts=False)
+
+
+def amend_openapi(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> None:
+    """Change ``app``'s OpenAPI document in place once, when it is first built (amendments chain)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        amend(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
