@@ -10,13 +10,18 @@ One rule, checked by the gateway before it listens (so every way of starting it 
   :data:`MIN_TOKEN_LENGTH` characters when reachable beyond loopback;
 - a placeholder secret (``.env.example``'s ``change-me``, and the usual ones) is refused wherever it
   is given, as the FastAPI full-stack template refuses ``changethis``.
+
+Standard library only at run time: the tracking server's image runs :func:`admin_password_refusal`
+too (``stack/tracking_auth.py``) without the project's dependencies.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from contract.settings import Settings
+if TYPE_CHECKING:
+    from contract.settings import Settings
 
 # .env.example's placeholders (a unit test checks every secret there is one of these) and the usual ones
 PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "change-this", "changethis", "secret", "password",
@@ -63,14 +68,21 @@ def refusals(settings: Settings) -> list[str]:
             found.append(f"GATEWAY_API_TOKEN has {len(token)} characters: use at least {MIN_TOKEN_LENGTH} "
                          "(e.g. `openssl rand -hex 32`)")
     if settings.auth_mode == "mlflow":
-        password = settings.mlflow_admin_password or ""
-        if not password:
-            found.append("GATEWAY_AUTH=mlflow needs MLFLOW_AUTH_ADMIN_PASSWORD: the tracking server's admin "
-                         f"({settings.mlflow_admin_username}), created on its first start (MLflow has no default)")
-        elif is_placeholder(password) or len(password) < MIN_TOKEN_LENGTH:
-            found.append(f"MLFLOW_AUTH_ADMIN_PASSWORD must be a password of your own of at least {MIN_TOKEN_LENGTH} "
-                         "characters (e.g. `openssl rand -hex 24`)")
+        if problem := admin_password_refusal(settings.mlflow_admin_username, settings.mlflow_admin_password):
+            found.append(problem)
     if is_placeholder(settings.postgres_password):
         found.append(f"the PostgreSQL password (POSTGRES_PASSWORD in .env, PGPASSWORD here) is the placeholder "
                      f"{settings.postgres_password!r}: set a password of your own")
     return found
+
+
+def admin_password_refusal(username: str, password: str | None) -> str | None:
+    """Why the auth app's admin password will not do, or None. Checked before the tracking server first
+    starts, since MLflow creates the admin then and never updates its password from the environment."""
+    if not password:
+        return ("GATEWAY_AUTH=mlflow needs MLFLOW_AUTH_ADMIN_PASSWORD: the tracking server's admin "
+                f"({username}), created on its first start (MLflow has no default)")
+    if is_placeholder(password) or len(password) < MIN_TOKEN_LENGTH:
+        return (f"MLFLOW_AUTH_ADMIN_PASSWORD must be a password of your own of at least {MIN_TOKEN_LENGTH} "
+                "characters (e.g. `openssl rand -hex 24`)")
+    return None

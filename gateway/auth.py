@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,8 @@ TOKEN_SCHEME, USER_SCHEME = "token", "mlflowUser"  # the OpenAPI security scheme
 CACHE_ENTRIES = 10_000
 # the auth app's answer to "what may this user do on that resource" (what its own checks resolve)
 PERMISSION_PATH = "/api/3.0/mlflow/users/permissions/get"
+USER_PATH = "/api/2.0/mlflow/users/get"  # is_admin: a user may read their own
+ADMIN_KEY = ""  # the cache entry of "is this caller an admin" (no model is named "")
 
 
 @dataclass(frozen=True)
@@ -87,29 +90,46 @@ class MlflowPermissions:
         return caller.username, hashlib.sha256(caller.password.encode()).hexdigest(), model
 
     async def permission(self, caller: Caller, model: str) -> str:
+        """READ, EDIT, MANAGE or NO_PERMISSIONS; MANAGE for MLflow's admins, whom its own checks let do
+        anything (its permission endpoint answers for grants only)."""
+        if await self._cached(caller, ADMIN_KEY, self._ask_is_admin) == "admin":
+            return "MANAGE"
+        return await self._cached(caller, model, self._ask_permission)
+
+    async def _cached(self, caller: Caller, model: str, ask: Callable[[Caller, str], Awaitable[str]]) -> str:
         key, now = self._key(caller, model), time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
             if cached and cached[0] > now:
                 self._cache.move_to_end(key)
                 return cached[1]
-        answer = await self.http.get(
-            f"{self.tracking_uri}{PERMISSION_PATH}",
-            params={"username": caller.username, "resource_type": "registered_model", "resource_id": model},
-            auth=(caller.username, caller.password))
+        answer = await ask(caller, model)
+        with self._lock:
+            self._cache[key] = (now + self.ttl, answer)
+            self._cache.move_to_end(key)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return answer
+
+    async def _get(self, caller: Caller, path: str, params: dict[str, str]) -> dict:
+        answer = await self.http.get(f"{self.tracking_uri}{path}", params=params,
+                                     auth=(caller.username, caller.password))
         if answer.status_code == status.HTTP_401_UNAUTHORIZED:
             raise unauthorized(f"the tracking server does not know user {caller.username!r} with that password")
         if answer.status_code != status.HTTP_200_OK:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
                                 detail=f"the tracking server could not check permissions: {answer.status_code} "
                                        f"{answer.text[:200]}")
-        permission = str(answer.json().get("permission", "NO_PERMISSIONS"))
-        with self._lock:
-            self._cache[key] = (now + self.ttl, permission)
-            self._cache.move_to_end(key)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        return permission
+        return answer.json()
+
+    async def _ask_is_admin(self, caller: Caller, _: str) -> str:
+        user = await self._get(caller, USER_PATH, {"username": caller.username})
+        return "admin" if user.get("user", {}).get("is_admin") else "user"
+
+    async def _ask_permission(self, caller: Caller, model: str) -> str:
+        answer = await self._get(caller, PERMISSION_PATH, {"username": caller.username,
+                                                           "resource_type": "registered_model", "resource_id": model})
+        return str(answer.get("permission", "NO_PERMISSIONS"))
 
 
 class Authorizer:

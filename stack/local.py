@@ -28,6 +28,7 @@ from contract.registry import NotFound, Registry
 from contract.exposure import refusals
 from contract.settings import PROJECT_DIR, Settings, settings_or_exit
 from runtime.processes import VENV_BIN, children, pid_alive, stop_process_group, tool_env
+from stack.tracking_auth import auth_app
 
 SERVICES = ("gateway", "model-server", "mlflow")  # stop order
 
@@ -193,29 +194,20 @@ class LocalStack:
                 "MLFLOW_TRACKING_PASSWORD": (s.mlflow_admin_password or "") if mlflow_auth else ""}
 
     def auth_app(self) -> tuple[list[str], dict[str, str]]:
-        """``mlflow server`` options and environment for MLflow's basic-auth app: its users in SQLite
-        under STACK_DIR, nobody allowed anything unless granted (the admin and each model's creator
-        excepted), a CSRF key kept beside them."""
+        """``mlflow server`` options and environment for MLflow's basic-auth app (stack/tracking_auth.py): its
+        users in SQLite under STACK_DIR or, in the compose topology, in the tracking server's own database;
+        a CSRF key kept beside the stack's files."""
         s = self.settings
         if s.auth_mode != "mlflow":
             return [], {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config = self.run_dir / "basic_auth.ini"
-        config.write_text("[mlflow]\n"
-                          "default_permission = NO_PERMISSIONS\n"
-                          f"database_uri = sqlite:///{(s.stack_dir / 'auth.db').resolve()}\n"
-                          f"admin_username = {s.mlflow_admin_username}\n"
-                          # checked passwords trusted as long as the gateway trusts a checked caller: without
-                          # it every REST call of a training run pays a PBKDF2 hash
-                          f"auth_cache_ttl_seconds = {max(1, round(s.auth_cache_seconds))}\n"
-                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
         key_file = s.stack_dir / "flask-secret-key"
         if not key_file.exists():
+            s.stack_dir.mkdir(parents=True, exist_ok=True)
             key_file.touch(mode=0o600)
             key_file.write_text(secrets.token_hex(32))
-        return (["--app-name", "basic-auth"],
-                {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": s.mlflow_admin_password or "",
-                 "MLFLOW_FLASK_SERVER_SECRET_KEY": key_file.read_text().strip()})
+        database_uri = s.backend_store_uri or f"sqlite:///{(s.stack_dir / 'auth.db').resolve()}"
+        return auth_app(self.run_dir, database_uri, s.mlflow_admin_username, s.mlflow_admin_password or "",
+                        s.auth_cache_seconds, key_file.read_text().strip())
 
     # --- services ---------------------------------------------------------------------
     def start_tracking(self) -> None:

@@ -55,7 +55,7 @@ def test_every_secret_in_env_example_is_a_placeholder_the_rule_refuses():
     example = dict(line.split("=", 1) for line in (PROJECT_DIR / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
     secrets = {k: v for k, v in example.items() if "PASSWORD" in k or "TOKEN" in k}
-    assert set(secrets) == {"POSTGRES_PASSWORD", "GATEWAY_API_TOKEN"}
+    assert set(secrets) == {"POSTGRES_PASSWORD", "GATEWAY_API_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD"}
     assert all(value in PLACEHOLDER_SECRETS for value in secrets.values()), secrets
     assert example["GATEWAY_AUTH"] == "token" and example["GATEWAY_BIND"] == "127.0.0.1"
 

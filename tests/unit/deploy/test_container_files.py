@@ -97,7 +97,8 @@ def test_no_secret_is_written_into_the_compose_file_and_env_example_names_each_o
 
 
 # not settings of ours: read by libpq (the PostgreSQL credentials) and by MLflow itself
-READ_BY_LIBRARIES = {"PGUSER", "PGPASSWORD", "MLFLOW_DISABLE_TELEMETRY"}
+READ_BY_LIBRARIES = {"PGUSER", "PGPASSWORD", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_TRACKING_USERNAME",
+                     "MLFLOW_TRACKING_PASSWORD"}
 
 
 def test_the_first_start_trains_and_promotes_the_default_model_as_make_up_does(compose):
@@ -130,7 +131,8 @@ def test_dockerignore_lets_through_everything_the_images_copy():
     for dockerfile in DOCKERFILES:
         for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), flags=re.MULTILINE):
             for source in sources.split():
-                assert source.rstrip("/") in allowed, f"{dockerfile.name} copies {source}"
+                path = source.rstrip("/")
+                assert any(path == a or path.startswith(f"{a}/") for a in allowed), f"{dockerfile.name} copies {source}"
                 assert (PROJECT_DIR / source).exists()
 
 
@@ -141,3 +143,41 @@ def test_the_app_image_is_built_once_for_the_model_server_and_the_gateway(compos
     app_image = services["model-server"]["image"]
     assert services["gateway"]["image"] == app_image and services["gateway"]["pull_policy"] == "never"
     assert "model-server" in services["gateway"]["depends_on"]  # so it is built first
+
+
+def test_the_tracking_server_starts_through_the_auth_launcher_with_the_gateways_auth_settings(compose):
+    """GATEWAY_AUTH=mlflow switches on MLflow's auth app (stack/tracking_auth.py) with the same values the
+    app containers get, and the app containers act toward it as its admin."""
+    services = compose["services"]
+    mlflow = services["mlflow"]
+    assert mlflow["command"][:5] == ["python", "-m", "stack.tracking_auth", "mlflow", "server"]
+    app = services["gateway"]["environment"]
+    for name in ("GATEWAY_AUTH", "GATEWAY_AUTH_CACHE_SECONDS", "MLFLOW_AUTH_ADMIN_USERNAME",
+                 "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        assert mlflow["environment"][name] == app[name] == services["model-server"]["environment"][name], name
+    assert mlflow["environment"]["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${")
+    assert app["MLFLOW_TRACKING_USERNAME"] == app["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert app["MLFLOW_TRACKING_PASSWORD"] == app["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    example = dict(line.split("=", 1) for line in (PROJECT_DIR / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"} <= set(example)
+    # the launcher's cache default is the gateway's
+    from stack.tracking_auth import DEFAULT_CACHE_SECONDS
+    assert DEFAULT_CACHE_SECONDS == Settings.model_fields["auth_cache_seconds"].default
+    assert app["GATEWAY_AUTH_CACHE_SECONDS"] == f"${{GATEWAY_AUTH_CACHE_SECONDS:-{DEFAULT_CACHE_SECONDS:g}}}"
+
+
+def test_the_tracking_server_image_runs_the_launcher_with_nothing_else_of_the_project():
+    text = (PROJECT_DIR / "deploy" / "docker" / "mlflow.Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "stack.tracking_auth", "mlflow", "server"' in text
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.MULTILINE)
+    assert sorted(" ".join(copied).split()) == sorted(["contract/__init__.py", "contract/exposure.py",
+                                                         "stack/__init__.py", "stack/tracking_auth.py",
+                                                         "requirements.txt"])
+    # those files need nothing beyond the standard library (the image has MLflow and no project dependency)
+    done = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "import stack.tracking_auth; "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                           "('pydantic', 'pydantic_settings', 'mlflow', 'httpx', 'runtime', 'gateway')))",
+                           str(PROJECT_DIR)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -138,7 +138,35 @@ def test_app_containers_use_real_settings_names_and_the_secret_names_its_keys():
             if ref:
                 assert ref["key"] in secret_keys[ref["name"]], (name, ref)
             elif container["name"] not in ("postgres",):
-                assert env["name"] in SETTINGS_NAMES, (name, env["name"])
+                assert env["name"] in SETTINGS_NAMES | READ_BY_MLFLOW, (name, env["name"])
+
+
+READ_BY_MLFLOW = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # the services' identity toward MLflow
+
+
+def _sources(container: dict) -> dict[str, dict]:
+    return {e["name"]: e.get("valueFrom", e.get("value")) for e in container.get("env", [])}
+
+
+def test_gateway_auth_mlflow_turns_on_the_auth_app_and_the_services_act_as_its_admin():
+    docs = rendered("production")
+    (config_map,) = by_kind(docs, "ConfigMap").values()
+    assert config_map["data"]["GATEWAY_AUTH"] == "token"  # one line to switch to mlflow
+    deployments = by_kind(docs, "Deployment")
+    (mlflow,) = deployments["mlflow"]["spec"]["template"]["spec"]["containers"]
+    assert mlflow["args"][:5] == ["python", "-m", "stack.tracking_auth", "mlflow", "server"]
+    server = _sources(mlflow)
+    assert server["GATEWAY_AUTH"]["configMapKeyRef"]["key"] == "GATEWAY_AUTH"
+    admin_name = server["MLFLOW_AUTH_ADMIN_USERNAME"]
+    admin_password = server["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert admin_password["secretKeyRef"]["key"] == "MLFLOW_AUTH_ADMIN_PASSWORD"
+    for name in ("gateway", "trainer", "model-server"):
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        env = _sources(container)
+        assert env["MLFLOW_TRACKING_USERNAME"] == admin_name, name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == admin_password, name
+        if name != "model-server":  # the gateway's own admin calls (grants, permission checks)
+            assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == admin_password, name
 
 
 def test_the_ingress_sends_training_to_the_trainer_and_the_rest_to_the_gateway():

@@ -24,16 +24,29 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+ADMINS = {"root"}  # granted nothing: MLflow's own checks let an admin do anything
+
+
 def fake_tracking_server(calls: list[tuple[str, str]]) -> FastAPI:
     app = FastAPI()
 
+    def authenticated(request: Request, username: str) -> str | None:
+        user, _, password = base64.b64decode(request.headers["authorization"].split()[1]).decode().partition(":")
+        return user if password == f"{user}-pw" and user == username else None
+
     @app.get("/api/3.0/mlflow/users/permissions/get")
     def permission(request: Request, username: str, resource_type: str, resource_id: str):  # noqa: ANN202
-        user, _, password = base64.b64decode(request.headers["authorization"].split()[1]).decode().partition(":")
-        if password != f"{user}-pw" or user != username:
+        if not (user := authenticated(request, username)):
             return PlainTextResponse("You are not authenticated.", status_code=401)
         calls.append((user, resource_id))
         return JSONResponse({"permission": GRANTS.get((user, resource_id), "NO_PERMISSIONS")})
+
+    @app.get("/api/2.0/mlflow/users/get")
+    def user(request: Request, username: str):  # noqa: ANN202
+        if not (user := authenticated(request, username)):
+            return PlainTextResponse("You are not authenticated.", status_code=401)
+        calls.append((user, "is admin?"))
+        return JSONResponse({"user": {"username": user, "is_admin": user in ADMINS}})
 
     return app
 
@@ -83,12 +96,20 @@ def test_a_checked_permission_is_trusted_for_the_cache_time_only_and_per_passwor
     auth, calls = authorizer(ttl=60)
     for _ in range(3):
         asyncio.run(auth.check(basic("reader", "reader-pw"), "guarded", "READ"))
-    assert calls == [("reader", "guarded")]  # one question to the tracking server
+    assert calls == [("reader", "is admin?"), ("reader", "guarded")]  # asked once each
     assert status_of(auth.check(basic("reader", "other-pw"), "guarded", "READ")) == 401  # not the cached answer
     fresh, calls = authorizer(ttl=0)
     for _ in range(2):
         asyncio.run(fresh.check(basic("reader", "reader-pw"), "guarded", "READ"))
-    assert len(calls) == 2
+    assert len(calls) == 4
+
+
+def test_mlflow_admins_may_do_anything_as_mlflows_own_checks_let_them():
+    auth, calls = authorizer()
+    for model in ("guarded", "other"):
+        assert status_of(auth.check(basic("root", "root-pw"), model, "MANAGE")) == 200
+    assert calls == [("root", "is admin?")]  # no grant looked up, the answer cached across models
+    assert status_of(auth.check(basic("root", "wrong"), "guarded", "READ")) == 401
 
 
 def test_token_mode_opens_reads_and_guards_changes_and_none_mode_opens_everything():
