@@ -15,3 +15,6 @@ EXPLAIN_CLASSES = ("predicted", "all")
 BASE_VALUE_COLUMN = "base_value"
 CONTRIB_PREFIX = "contrib_"  # contrib_<input column>, for the predicted class
 EXPLANATIONS_COLUMN = "explanations"  # with "all": {class: {"base_value": b, "contributions": {column: v}}}
+# what base_value + the contributions add up to: "probability" (forests) or "log_odds" (gradient boosting);
+# versions from before it explained probabilities
+EXPLAINS_COLUMN = "explains"

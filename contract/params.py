@@ -24,8 +24,13 @@ from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
 PROMOTE = ("never", "if_better", "canary")
 # The tree ensembles a model can be (pyfunc/pipeline.py: ESTIMATORS builds each): the seed's random forest,
-# and extremely randomised trees (random cut points, no bootstrap: faster to fit, often as good).
-MODEL_TYPES = ("random_forest", "extra_trees")
+# extremely randomised trees (random cut points, no bootstrap: faster to fit, often as good) and scikit-learn's
+# histogram gradient boosting (small trees added one after another: usually the best ranking on tabular data).
+MODEL_TYPES = ("random_forest", "extra_trees", "hist_gradient_boosting")
+FORESTS = ("random_forest", "extra_trees")
+# Each family's own parameters among ForestParams' fields (the others are shared, or say which family to build)
+FOREST_ONLY = ("n_estimators", "max_features", "n_jobs")
+BOOSTING_ONLY = ("learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization", "early_stopping")
 
 # Cells that mean "missing" besides blank ones, unless a run says otherwise (na_values): the census
 # data's "?" and what pandas' read_csv takes for missing by default (R, spreadsheets and databases write them)
@@ -150,6 +155,17 @@ def threshold(raw: str) -> str | float:
         return open_fraction(text)
     except ValueError:
         raise ValueError("expected auto or a number strictly between 0 and 1") from None
+
+
+def learning_rate(raw: str) -> float:
+    return _number(raw, lambda value: 0 < value <= 1, "expected a number above 0 and at most 1")
+
+
+def optional_max_leaf_nodes(raw: str) -> int | None:
+    if _is_none(raw):
+        return None
+    value = _int(raw, minimum=2)
+    return value
 
 
 def non_negative_int(raw: str) -> int:
@@ -298,11 +314,29 @@ class ForestParams:
     class_weight: str | None = param(None, class_weight, "none, balanced or balanced_subsample",
                                      Api(Literal["balanced", "balanced_subsample", "none"] | None))
     random_state: int = random_state()
-    n_jobs: int = param(-1, n_jobs, "cores used to fit, -1 = all", Api(int, {"ge": -1, "le": 64}))
+    n_jobs: int = param(-1, n_jobs, "cores used to fit, -1 = all (forests)", Api(int, {"ge": -1, "le": 64}))
+    # hist_gradient_boosting only (max_depth, min_samples_leaf, class_weight and random_state apply to it too)
+    learning_rate: float = param(0.1, learning_rate, "gradient boosting: shrinkage of each tree, in (0, 1]",
+                                 Api(float, {"gt": 0, "le": 1}))
+    max_iter: int = param(200, positive_int, "gradient boosting: most boosting iterations (trees a class)",
+                          Api(int, {"ge": 1, "le": 5000}))
+    max_leaf_nodes: int | None = param(31, optional_max_leaf_nodes, "gradient boosting: leaves a tree, none = "
+                                       "unlimited", Api(int | None, {"ge": 2, "le": 10_000}))
+    l2_regularization: float = param(0.0, non_negative_number, "gradient boosting: L2 penalty on leaf values",
+                                     Api(float, {"ge": 0, "le": 1000}))
+    early_stopping: bool = param(True, boolean, "gradient boosting: stop when 10% of the training split held "
+                                 "out stops improving (10 iterations)", Api(bool))
+
+    def __post_init__(self) -> None:
+        if self.model_type == "hist_gradient_boosting" and self.class_weight == "balanced_subsample":
+            raise ParameterError("class_weight", "balanced_subsample",
+                                 "balanced_subsample is for forests; gradient boosting takes none or balanced")
 
     def sklearn_kwargs(self) -> dict[str, Any]:
-        """The estimator's own parameters (``model_type`` chooses the estimator)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_type"}
+        """The estimator's own parameters (``model_type`` chooses the estimator; each family gets its own)."""
+        not_this_family = BOOSTING_ONLY if self.model_type in FORESTS else FOREST_ONLY
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "model_type" and f.name not in not_this_family}
 
 
 @dataclass(frozen=True)

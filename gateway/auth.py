@@ -31,6 +31,7 @@ from mlflow.tracking._model_registry.client import ModelRegistryClient
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from contract.settings import Settings
+from gateway.errors import error_for, protocol_error
 from runtime.docs import amend_openapi
 
 Level = Literal["READ", "EDIT", "MANAGE"]
@@ -236,17 +237,26 @@ def document_auth(app: FastAPI, settings: Settings) -> None:
     """The OpenAPI document declares the authentication this gateway asks for: the token on the routes
     that change things (mode token), an MLflow user on every guarded route (mode mlflow), none (mode none)."""
     keep = {"token": TOKEN_SCHEME, "mlflow": USER_SCHEME}.get(settings.auth_mode)
+    # what a guarded route may answer besides its own codes (a client generated from the document expects them)
+    refusals = {"401": "no credentials, or credentials the gateway does not accept"}
+    if settings.auth_mode == "mlflow":
+        refusals["403"] = "the MLflow user lacks the permission on the model (named in the answer)"
 
     def amend(schema: dict[str, Any]) -> None:
         schemes = schema.get("components", {}).get("securitySchemes", {})
         for name in [n for n in schemes if n != keep]:
             del schemes[name]
-        for operations in schema.get("paths", {}).values():
+        for path, operations in schema.get("paths", {}).items():
+            error = "InferenceProtocolError" if error_for(path) is protocol_error else "Error"
             for operation in operations.values():
                 kept = [s for s in operation.get("security", []) if keep in s]
-                if kept:
-                    operation["security"] = kept
-                else:
+                if not kept:
                     operation.pop("security", None)
+                    continue
+                operation["security"] = kept
+                for code, description in refusals.items():
+                    operation.setdefault("responses", {}).setdefault(code, {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}}})
 
     amend_openapi(app, amend)

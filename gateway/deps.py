@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
+from contract.names import valid_model_name
 from contract.registry import Registry
 from contract.settings import Settings
 from gateway.auth import TOKEN_SCHEME, USER_SCHEME, Caller, Level, current_caller
@@ -64,7 +65,11 @@ async def _model_of(request: Request, settings: Settings, model_from: ModelFrom)
             body = await request.json()
         except ValueError:  # not JSON: the route's own validation answers 422 once the caller is known
             body = None
-        return (body.get("model_name") if isinstance(body, dict) else None) or settings.model_name
+        named = body.get("model_name") if isinstance(body, dict) else None
+        if not named:
+            return settings.model_name
+        # not a model name: the credentials are checked, then the route's validation answers 422 naming the field
+        return named if isinstance(named, str) and valid_model_name(named) else None
     return None  # the route checks per model itself (POST /feedback: the models that answered)
 
 
@@ -75,7 +80,7 @@ def requires(level: Level, model_from: ModelFrom) -> Callable[..., Awaitable[Cal
     async def check(request: Request, settings: Settings) -> Caller | None:
         model = await _model_of(request, settings, model_from)
         creating = False
-        if model_from == "body" and settings.auth_mode == "mlflow":
+        if model_from == "body" and settings.auth_mode == "mlflow" and model is not None:
             registry: Registry = request.app.state.registry
             creating = not await run_in_threadpool(registry.exists, model)
         # a change gets the audit line the request middleware writes once the answer is known

@@ -78,14 +78,21 @@ class PredictResponse(BaseModel):
 
 
 class ClassExplanation(BaseModel):
-    base_value: float = Field(description="the model's expected probability of the class over the training rows")
+    base_value: float = Field(description="the model's expected output for the class over the training rows, in "
+                                          "the units `explains` names")
     contributions: dict[str, float] = Field(
         description="each raw input column's share (a categorical column's one-hot features summed), largest "
-                    "|value| first; base_value + their sum = the probability")
+                    "|value| first; base_value + their sum = the class's probability (forests) or log-odds "
+                    "(gradient boosting)")
 
 
 class Explanation(Prediction, ClassExplanation):
-    """A prediction and the exact TreeSHAP explanation of its label's probability."""
+    """A prediction and the exact TreeSHAP explanation of its label's probability or log-odds."""
+
+    explains: Literal["probability", "log_odds"] = Field(
+        description="what base_value + contributions add up to: the probability (random forest, extra trees) or "
+                    "the log-odds (gradient boosting, whose trees add up before the logistic function; with more "
+                    "than two classes, the class's softmax score)")
 
     by_class: dict[str, ClassExplanation] | None = Field(
         None, description="with ?classes=all: the explanation of every class's probability")

@@ -7,15 +7,18 @@ with that overhead stripped:
 - preprocessing replays the fitted steps on numpy arrays: imputation with the
   fitted fill values, ``(x - center_) / scale_`` in float64 as RobustScaler does,
   one-hot positions from a dict per column;
-- the features are cast to float32, as the forest casts them, and every tree is
-  walked with the same ``x <= threshold`` test scikit-learn's Cython uses (its
-  nodes packed one record each, see :data:`NODE`); leaf
-  values are normalised and summed tree by tree in scikit-learn's order, then
-  divided by the number of trees.
+- the features are cast to float32 as a forest casts them (float64 for gradient
+  boosting, as it does), and every tree is walked with the same ``x <= threshold``
+  test scikit-learn's Cython uses (its nodes packed one record each, see
+  :data:`NODE`); a forest's leaf values are normalised and summed tree by tree in
+  scikit-learn's order, then divided by the number of trees; gradient boosting's
+  raw scores are added to its baseline in its order, then go through its link
+  (the logistic function, or softmax for several classes).
 
 The results are therefore bit-identical to ``pipeline.predict_proba`` with
-``n_jobs=1``; the train step checks that on the whole test split and refuses to
-register a model where they differ.
+``n_jobs=1`` for a forest, and equal to rounding for gradient boosting (the link
+functions may round differently); the train step checks agreement within 1e-6 on
+the whole test split and refuses to register a model where they differ.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any
 import numba
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.pipeline import Pipeline
+from sklearn.utils.extmath import softmax
 
 from pyfunc.cleaning import MISSING, FeatureSchema, clean_columns, clean_records
 from pyfunc.explain import TreeExplainer
@@ -42,11 +47,15 @@ NODE = np.dtype([("threshold", np.float64), ("feature", np.int32), ("right", np.
 
 
 @numba.njit(nogil=True, cache=False)
-def _forest_proba(X, roots, nodes, value):  # noqa: ANN001, ANN202
+def _tree_sum(X, roots, nodes, value, init):  # noqa: ANN001, ANN202
+    """``init`` plus the leaf values each row reaches, tree by tree in the order scikit-learn adds them."""
     n_rows = X.shape[0]
-    n_classes = value.shape[1]
-    out = np.zeros((n_rows, n_classes))
-    for root in roots:  # tree by tree, as scikit-learn accumulates
+    n_outputs = value.shape[1]
+    out = np.empty((n_rows, n_outputs))
+    for i in range(n_rows):
+        for c in range(n_outputs):
+            out[i, c] = init[c]
+    for root in roots:
         for i in range(n_rows):
             node = root
             while True:
@@ -57,52 +66,120 @@ def _forest_proba(X, roots, nodes, value):  # noqa: ANN001, ANN202
                     node = node + 1
                 else:
                     node = right
-            for c in range(n_classes):
+            for c in range(n_outputs):
                 out[i, c] += value[node, c]
-    return out / roots.shape[0]
+    return out
 
 
 @dataclass(frozen=True)
-class CompiledForest:
+class CompiledTrees:
+    """A tree ensemble as flat arrays: a forest (the mean of its trees' class probabilities) or gradient
+    boosting (a baseline plus the sum of its trees' raw scores, through the logistic or softmax link)."""
+
     roots: np.ndarray
     nodes: np.ndarray  # NODE records of every tree, one after the other
-    value: np.ndarray  # class probabilities at each node (the leaves' are read)
+    value: np.ndarray  # per node and output: class probabilities (forest) or raw scores (boosting)
     cover: np.ndarray  # the training weight through each node (explanations need it, predictions not)
     depths: np.ndarray  # each tree's depth
+    init: np.ndarray  # per output: what the sum starts from (0 for a forest, the baseline for boosting)
+    link: str  # "mean" (forest), "logit" (binary boosting) or "softmax" (multiclass boosting)
+    dtype: type  # what the estimator casts its input to: float32 (forests) or float64 (boosting)
+
+    @property
+    def explains(self) -> str:
+        """What the explanations add up to: the probability (forests) or the log-odds (boosting, where
+        probabilities are not additive over the trees)."""
+        return "probability" if self.link == "mean" else "log_odds"
 
     @cached_property
     def explainer(self) -> TreeExplainer:
-        """TreeSHAP of this forest, built on first use (a model never asked to explain never pays for it)."""
+        """TreeSHAP of these trees, built on first use (a model never asked to explain never pays for it)."""
         nodes = self.nodes
         return TreeExplainer.build(self.roots, nodes["right"].copy(), nodes["feature"].copy(),
-                                   nodes["threshold"].copy(), self.cover, self.value, self.depths, average=True,
-                                   probabilities=True)
+                                   nodes["threshold"].copy(), self.cover, self.value, self.depths,
+                                   average=self.link == "mean", probabilities=self.link == "mean")
+
+    def explain(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Base value per class and contributions (rows x features x classes) in :attr:`explains`' units."""
+        phi = self.explainer.contributions(X)
+        base = self.explainer.base + self.init
+        if self.link == "logit":  # one score for two classes: the first class's log-odds are its negation
+            return np.concatenate([-base, base]), np.concatenate([-phi, phi], axis=2)
+        return base, phi
+
+    @staticmethod
+    def _pack(trees: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, feature, right child, is_leaf) of each tree -> roots and NODE records."""
+        offsets = np.cumsum([0] + [len(t[0]) for t in trees[:-1]]).astype(np.int64)
+        nodes = np.empty(sum(len(t[0]) for t in trees), dtype=NODE)
+        for (threshold, feature, right, leaf), offset in zip(trees, offsets, strict=True):
+            internal = ~leaf
+            part = nodes[offset:offset + len(threshold)]
+            part["threshold"] = threshold
+            part["feature"] = np.maximum(feature, 0)
+            part["right"] = np.where(internal, right + offset, -1)
+        return offsets, nodes
 
     @classmethod
-    def from_estimators(cls, estimators: list) -> CompiledForest:
+    def from_estimators(cls, estimators: list) -> CompiledTrees:
+        """A random forest's or extra trees' fitted trees."""
         trees = [e.tree_ for e in estimators]
-        offsets = np.cumsum([0] + [t.node_count for t in trees[:-1]]).astype(np.int64)
-        nodes = np.empty(sum(t.node_count for t in trees), dtype=NODE)
-        values = []
-        for tree, offset in zip(trees, offsets, strict=True):
-            internal = tree.children_left >= 0
-            if not np.array_equal(tree.children_left[internal], np.flatnonzero(internal) + 1):
+        packed, values = [], []
+        for tree in trees:
+            leaf = tree.children_left < 0
+            if not np.array_equal(tree.children_left[~leaf], np.flatnonzero(~leaf) + 1):
                 raise ValueError("a tree not built depth first: a left child is not the next node")
-            part = nodes[offset:offset + tree.node_count]
-            part["threshold"] = tree.threshold
-            part["feature"] = np.maximum(tree.feature, 0)
-            part["right"] = np.where(internal, tree.children_right + offset, -1)
-            leaf = tree.value[:, 0, :].astype(np.float64)
+            packed.append((tree.threshold, tree.feature, tree.children_right, leaf))
+            value = tree.value[:, 0, :].astype(np.float64)
             # DecisionTreeClassifier.predict_proba divides by the row sum (0 -> 1).
-            total = leaf.sum(axis=1, keepdims=True)
+            total = value.sum(axis=1, keepdims=True)
             total[total == 0.0] = 1.0
-            values.append(leaf / total)
-        return cls(roots=offsets, nodes=nodes, value=np.concatenate(values),
+            values.append(value / total)
+        roots, nodes = cls._pack(packed)
+        value = np.concatenate(values)
+        return cls(roots=roots, nodes=nodes, value=value,
                    cover=np.concatenate([t.weighted_n_node_samples for t in trees]).astype(np.float64),
-                   depths=np.array([t.max_depth for t in trees], dtype=np.int64))
+                   depths=np.array([t.max_depth for t in trees], dtype=np.int64),
+                   init=np.zeros(value.shape[1]), link="mean", dtype=np.float32)
 
-    def predict_proba(self, X32: np.ndarray) -> np.ndarray:
-        return _forest_proba(X32, self.roots, self.nodes, self.value)
+    @classmethod
+    def from_boosting(cls, estimator) -> CompiledTrees:  # noqa: ANN001 (HistGradientBoostingClassifier)
+        """A fitted ``HistGradientBoostingClassifier``: per iteration one tree a class (one for two classes),
+        laid out in the order its prediction adds them; tree ``j`` scores output ``j % n_outputs``."""
+        n_outputs = estimator.n_trees_per_iteration_
+        trees = [predictor.nodes for iteration in estimator._predictors for predictor in iteration]
+        packed, values = [], []
+        for j, tree in enumerate(trees):
+            leaf = tree["is_leaf"].astype(bool)
+            if tree["is_categorical"].any():
+                raise ValueError("a tree splits on a native categorical feature; the pipeline one-hot encodes them")
+            if not np.array_equal(tree["left"][~leaf], np.flatnonzero(~leaf) + 1):
+                raise ValueError("a tree not built depth first: a left child is not the next node")
+            packed.append((tree["num_threshold"], tree["feature_idx"].astype(np.int64), tree["right"].astype(np.int64),
+                           leaf))
+            value = np.zeros((len(tree), n_outputs))
+            value[:, j % n_outputs] = tree["value"]
+            values.append(value)
+        roots, nodes = cls._pack(packed)
+        return cls(roots=roots, nodes=nodes, value=np.concatenate(values),
+                   cover=np.concatenate([t["count"] for t in trees]).astype(np.float64),
+                   depths=np.array([t["depth"].max() for t in trees], dtype=np.int64),
+                   init=np.asarray(estimator._baseline_prediction, np.float64).reshape(-1),
+                   link="logit" if n_outputs == 1 else "softmax", dtype=np.float64)
+
+    @classmethod
+    def from_estimator(cls, estimator) -> CompiledTrees:  # noqa: ANN001
+        return cls.from_estimators(estimator.estimators_) if hasattr(estimator, "estimators_") \
+            else cls.from_boosting(estimator)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raw = _tree_sum(X, self.roots, self.nodes, self.value, self.init)
+        if self.link == "mean":
+            return raw / self.roots.shape[0]
+        if self.link == "logit":  # as HalfBinomialLoss.predict_proba
+            positive = expit(raw[:, 0])
+            return np.column_stack([1 - positive, positive])
+        return softmax(raw)  # as HalfMultinomialLoss.predict_proba
 
 
 @dataclass(frozen=True)
@@ -117,7 +194,7 @@ class CompiledPipeline:
     # (cleaning's one MISSING object) -> the column of the imputed category
     categorical_columns: list[dict[Any, int]]
     n_features: int
-    forest: CompiledForest
+    forest: CompiledTrees
     classes: np.ndarray
     feature_columns: np.ndarray  # features x input columns (pyfunc/pipeline.py: feature_columns)
 
@@ -147,13 +224,13 @@ class CompiledPipeline:
         if forest.n_features_in_ != position:
             raise ValueError(f"forest expects {forest.n_features_in_} features, preprocessing gives {position}")
         compiled = cls(schema, numeric_fill, np.asarray(center, np.float64), np.asarray(scale, np.float64),
-                       lookups, position, CompiledForest.from_estimators(forest.estimators_), forest.classes_,
+                       lookups, position, CompiledTrees.from_estimator(forest), forest.classes_,
                        feature_columns(pipeline, schema))
         compiled.predict_proba(pd.DataFrame([{c: None for c in schema.columns}]))  # compile the kernel now
         return compiled
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw rows -> the float32 feature matrix the forest sees."""
+        """Raw rows -> the feature matrix the trees see (in the dtype the estimator casts to)."""
         return self._encode(*clean_columns(frame, self.schema), len(frame))
 
     def encode_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -161,8 +238,8 @@ class CompiledPipeline:
         return self._encode(*clean_records(records, self.schema), len(records))
 
     def _encode(self, numeric: np.ndarray, categorical: list[np.ndarray], n_rows: int) -> np.ndarray:
-        # float32, as the forest casts its input; the scaling in float64 first, as RobustScaler does
-        X = np.zeros((n_rows, self.n_features), dtype=np.float32)
+        # float32 for a forest, as it casts its input; the scaling in float64 first, as RobustScaler does
+        X = np.zeros((n_rows, self.n_features), dtype=self.forest.dtype)
         if numeric.shape[1]:
             numeric = np.where(np.isnan(numeric), self.numeric_fill, numeric)
             X[:, : numeric.shape[1]] = (numeric - self.center) / self.scale
@@ -187,16 +264,18 @@ class CompiledPipeline:
     def explain(self, frame: pd.DataFrame) -> Explanation:
         """Probabilities and their exact TreeSHAP decomposition per input column (pyfunc/explain.py)."""
         X = self.encode(frame)
-        phi = self.forest.explainer.contributions(X)  # rows x features x classes
+        base, phi = self.forest.explain(X)  # rows x features x classes
         # a categorical column's share is the sum of its one-hot features' (SHAP values add up)
         by_column = np.einsum("rfc,fk->rkc", phi, self.feature_columns)
-        return Explanation(self.forest.predict_proba(X), self.forest.explainer.base, by_column)
+        return Explanation(self.forest.predict_proba(X), base, by_column, self.forest.explains)
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """``base[c] + contributions[r, :, c].sum() == proba[r, c]`` for every row and class, to rounding."""
+    """``base[c] + contributions[r, :, c].sum()`` is, to rounding, ``proba[r, c]`` (``explains`` "probability": a
+    forest) or the class's log-odds (``explains`` "log_odds": gradient boosting; multiclass: its softmax score)."""
 
     proba: np.ndarray  # rows x classes
-    base: np.ndarray  # classes: the forest's expected output over the training rows
+    base: np.ndarray  # classes: the model's expected output over the training rows
     contributions: np.ndarray  # rows x input columns (FeatureSchema.columns order) x classes
+    explains: str = "probability"

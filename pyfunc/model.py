@@ -37,6 +37,7 @@ EXPLAIN_CLASSES = ("predicted", "all")
 BASE_VALUE_COLUMN = "base_value"
 CONTRIB_PREFIX = "contrib_"
 EXPLANATIONS_COLUMN = "explanations"
+EXPLAINS_COLUMN = "explains"  # what base_value + the contributions add up to: "probability" or "log_odds"
 
 
 def proba_column(label: Any) -> str:
@@ -99,7 +100,7 @@ def add_explanations(scored: pd.DataFrame, explanation: Explanation, columns: li
     """``scored`` (:func:`format_predictions` of ``explanation.proba``) plus the explanation columns."""
     rows = np.arange(len(scored))
     best = rule.best(explanation.proba)
-    extra = {BASE_VALUE_COLUMN: explanation.base[best]}
+    extra = {EXPLAINS_COLUMN: explanation.explains, BASE_VALUE_COLUMN: explanation.base[best]}
     extra.update({contrib_column(c): explanation.contributions[rows, j, best] for j, c in enumerate(columns)})
     if every_class:
         labels = [str(c) for c in classes]
@@ -148,7 +149,9 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         self._pipeline = load_pipeline(context.artifacts[PIPELINE_ARTIFACT])
         # The reference path scores in the calling thread: joblib workers cost
         # more than a few rows, and servers scale with processes.
-        self._pipeline.named_steps["forest"].n_jobs = 1
+        estimator = self._pipeline.named_steps["forest"]
+        if hasattr(estimator, "n_jobs"):  # a forest (gradient boosting has no joblib workers)
+            estimator.n_jobs = 1
         self._compiled = CompiledPipeline.from_pipeline(self._pipeline, self._schema)
         decision = context.artifacts.get(DECISION_ARTIFACT)
         self._rule = (DecisionRule.from_json(Path(decision).read_text(encoding="utf-8"), self._compiled.classes)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import skops.io as sio
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, RobustScaler
@@ -23,12 +23,16 @@ from sklearn.preprocessing import OneHotEncoder, RobustScaler
 from pyfunc.cleaning import FeatureSchema
 
 # Types skops does not trust by default and our pipeline contains: the fitted
-# trees' C structure and numpy dtypes. Both are plain data in skops' format.
-TRUSTED_TYPES: tuple[str, ...] = ("numpy.dtype", "sklearn.tree._tree.Tree")
+# trees' C structure, gradient boosting's trees (node arrays) and numpy dtypes.
+# All are plain data in skops' format.
+TRUSTED_TYPES: tuple[str, ...] = ("numpy.dtype", "sklearn.tree._tree.Tree",
+                                  "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor")
 
-# model_type (contract/params.py: MODEL_TYPES) -> the estimator. Both are averages of fully grown
-# decision trees, so the compiled path (pyfunc/fast.py) and TreeSHAP read them the same way.
-ESTIMATORS = {"random_forest": RandomForestClassifier, "extra_trees": ExtraTreesClassifier}
+# model_type (contract/params.py: MODEL_TYPES) -> the estimator. The forests average fully grown decision
+# trees, gradient boosting sums small ones; the compiled path (pyfunc/fast.py) and TreeSHAP read all three.
+ESTIMATORS = {"random_forest": RandomForestClassifier, "extra_trees": ExtraTreesClassifier,
+              "hist_gradient_boosting": HistGradientBoostingClassifier}
+DENSE_INPUT = frozenset({"hist_gradient_boosting"})  # refuses a sparse one-hot matrix
 
 
 def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any],
@@ -51,7 +55,8 @@ def build_pipeline(schema: FeatureSchema, forest_params: Mapping[str, Any],
         transformers.append(("categorical", categorical, schema.categorical))
     return Pipeline(
         [
-            ("preprocess", ColumnTransformer(transformers, remainder="drop")),
+            ("preprocess", ColumnTransformer(transformers, remainder="drop",
+                                             sparse_threshold=0.0 if model_type in DENSE_INPUT else 0.3)),
             ("forest", ESTIMATORS[model_type](**forest_params)),
         ]
     )
@@ -74,9 +79,13 @@ def feature_columns(pipeline: Pipeline, schema: FeatureSchema) -> np.ndarray:
     return np.repeat(np.eye(len(widths)), widths, axis=0)
 
 
-def input_column_importance(pipeline: Pipeline, schema: FeatureSchema) -> dict[str, float]:
-    """The forest's impurity importances summed back onto the raw input columns."""
-    totals = pipeline.named_steps["forest"].feature_importances_ @ feature_columns(pipeline, schema)
+def input_column_importance(pipeline: Pipeline, schema: FeatureSchema) -> dict[str, float] | None:
+    """The forest's impurity importances summed back onto the raw input columns; None for a model without
+    them (gradient boosting: the train step measures permutation importance instead)."""
+    importances = getattr(pipeline.named_steps["forest"], "feature_importances_", None)
+    if importances is None:
+        return None
+    totals = importances @ feature_columns(pipeline, schema)
     return dict(sorted(zip(schema.columns, totals.tolist(), strict=True), key=lambda item: item[1], reverse=True))
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from sklearn.base import clone
+from sklearn.inspection import permutation_importance
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
@@ -148,10 +149,22 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
 
     evaluate.plot_confusion_matrix(y_test, y_pred, pipeline.classes_, out_dir / "confusion_matrix.png")
     evaluate.plot_roc(y_test, proba, pipeline.classes_, positive, out_dir / "roc_curve.png")
-    importance = pd.Series(input_column_importance(pipeline, schema), name="importance")
+    importance = pd.Series(input_column_importance(pipeline, schema)
+                           or permutation_column_importance(pipeline, schema, splits.test, y_test, forest.random_state),
+                           name="importance")
     importance.rename_axis("column").to_csv(out_dir / "feature_importance.csv")
     evaluate.plot_importance(importance, out_dir / "feature_importance.png")
     return Fitted(pipeline, schema, rule, metrics, Answers(proba, y_pred))
+
+
+def permutation_column_importance(pipeline: Pipeline, schema: FeatureSchema, test: pd.DataFrame, y_test: np.ndarray,
+                                  seed: int, repeats: int = 5) -> dict[str, float]:
+    """Per raw input column, how much the test split's log-loss worsens when that column's values are shuffled
+    (mean of ``repeats``): the importance of a model without impurity importances (gradient boosting)."""
+    result = permutation_importance(pipeline, clean_raw_frame(test, schema), y_test, scoring="neg_log_loss",
+                                    n_repeats=repeats, random_state=seed)
+    return dict(sorted(zip(schema.columns, result.importances_mean.tolist(), strict=True),
+                       key=lambda item: item[1], reverse=True))
 
 
 def decision_rule(pipeline: Pipeline, train: pd.DataFrame, labels: Labels, model: ModelParams,
@@ -181,7 +194,9 @@ def reference_proba(pipeline: Pipeline, schema: FeatureSchema, raw: pd.DataFrame
     With several jobs scikit-learn adds the trees' votes in whatever order the
     threads finish; one thread gives the order the compiled path reproduces.
     """
-    n_jobs = pipeline.named_steps["forest"].n_jobs
+    n_jobs = pipeline.named_steps["forest"].get_params().get("n_jobs")
+    if n_jobs is None:  # gradient boosting: each row's trees are added in order by any thread
+        return pipeline.predict_proba(clean_raw_frame(raw, schema))
     pipeline.set_params(forest__n_jobs=1)
     try:
         return pipeline.predict_proba(clean_raw_frame(raw, schema))

@@ -1,10 +1,11 @@
-"""``tune`` step: search the forest's hyperparameters, then train and register the best candidate.
+"""``tune`` step: search the model family and its hyperparameters, then train and register the best candidate.
 
 ``preprocess`` runs first as a child run. Each candidate is scored by
 stratified cross-validation on the training split only (the test split stays
 untouched) and logged as a child run of this one. Optuna's TPE sampler picks
-the candidates; trials run in parallel threads, one per core, each forest on
-one core, so the machine is never oversubscribed. The best candidate then goes
+the candidates; trials run in parallel threads, one per core, each model on
+one core (forests with ``n_jobs=1``, gradient boosting's OpenMP threads limited
+to one), so the machine is never oversubscribed. The best candidate then goes
 through the ``train`` step, unchanged: refit on the whole training split,
 scored once on the test split, logged, registered and (with ``promote``)
 compared with the champion, exactly like any trained version.
@@ -23,38 +24,70 @@ import numpy as np
 import optuna
 from mlflow.entities import Metric, Param, RunStatus
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from contract.errors import DataError, ProjectError
 from contract.names import TAG_TUNED_PARAMS, TAG_TUNING_RUN_ID
-from contract.params import DataParams, ForestParams, ModelParams, TuneParams, parse_cli, parse_params, to_arguments
+from contract.params import (
+    FORESTS,
+    DataParams,
+    ForestParams,
+    ModelParams,
+    TuneParams,
+    format_value,
+    parse_cli,
+    parse_params,
+    to_arguments,
+)
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.pipeline import build_pipeline
 from steps import evaluate
 from steps.runs import log_params_once, next_steps, record_outcome, run_child, step_run
 from steps.splits import SPLITS_DIR, Splits, load_splits, prepare_labels
 
-# The search space, as MLproject strings parsed by ForestParams' own parsers.
+# The search space, as MLproject strings parsed by ForestParams' own parsers. Shared by the families (one
+# name, one set of choices: Optuna keeps a parameter's distribution across trials)...
 SPACE = {
     "max_depth": ("none", "8", "16", "32"),
-    "max_features": ("sqrt", "log2", "0.3", "0.5"),
-    "class_weight": ("none", "balanced", "balanced_subsample"),
+    "class_weight": ("none", "balanced"),
 }
+# ... and each family's own
+FOREST_SPACE = {"max_features": ("sqrt", "log2", "0.3", "0.5")}
 
 
-TRAIN_DEFAULTS = {"n_estimators": 100, "min_samples_leaf": 1, "max_depth": "none", "max_features": "sqrt",
-                  "class_weight": "none"}
+def defaults(model_type: str) -> dict[str, object]:
+    """What `train` would fit in this family, as the searched parameters: tuning starts from it."""
+    searched = {*SPACE, "min_samples_leaf", "model_type"} | (
+        {*FOREST_SPACE, "n_estimators"} if model_type in FORESTS else
+        {"learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization"})
+    train = ForestParams(model_type=model_type)
+    return {name: format_value(getattr(train, name)) if name in SPACE or name in FOREST_SPACE else getattr(train, name)
+            for name in searched}
 
 
 def candidate(trial: optuna.Trial, random_state: int, model_types: Sequence[str]) -> ForestParams:
+    # the family first: each trial's run records it with the rest
+    model_type = trial.suggest_categorical("model_type", list(model_types))
     raw = {
-        # the family first: each trial's run records it with the rest
-        "model_type": trial.suggest_categorical("model_type", list(model_types)),
-        "n_estimators": str(trial.suggest_int("n_estimators", 50, 300, step=50)),
-        "min_samples_leaf": str(trial.suggest_int("min_samples_leaf", 1, 20, log=True)),
+        "model_type": model_type,
         **{name: trial.suggest_categorical(name, options) for name, options in SPACE.items()},
         "random_state": str(random_state),
-        "n_jobs": "1",  # one core a trial; trials run side by side
     }
+    if model_type in FORESTS:
+        raw.update({
+            "n_estimators": str(trial.suggest_int("n_estimators", 50, 300, step=50)),
+            "min_samples_leaf": str(trial.suggest_int("min_samples_leaf", 1, 20, log=True)),
+            **{name: trial.suggest_categorical(name, options) for name, options in FOREST_SPACE.items()},
+            "n_jobs": "1",  # one core a trial; trials run side by side
+        })
+    else:  # gradient boosting: early stopping on, so max_iter is a ceiling
+        raw.update({
+            "learning_rate": str(trial.suggest_float("learning_rate", 0.02, 0.3, log=True)),
+            "max_iter": str(trial.suggest_int("max_iter", 100, 500, step=100)),
+            "max_leaf_nodes": str(trial.suggest_int("max_leaf_nodes", 8, 128, log=True)),
+            "l2_regularization": str(trial.suggest_float("l2_regularization", 0.0, 5.0)),
+            "min_samples_leaf": str(trial.suggest_int("min_samples_leaf", 1, 100, log=True)),
+        })
     return parse_params(ForestParams, raw)
 
 
@@ -125,7 +158,7 @@ def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=random_state))
     # the first candidate is what `train` would fit (in the first family asked for): tuning starts from it
-    study.enqueue_trial({"model_type": tune.model_types[0], **TRAIN_DEFAULTS})
+    study.enqueue_trial(defaults(tune.model_types[0]))
     parallel = max(1, min(os.cpu_count() or 1, tune.max_trials))
     started = time.monotonic()
 
@@ -135,8 +168,10 @@ def search(cv: CrossValidation, metric: str, tune: TuneParams, random_state: int
             print(progress_line(done, tune.max_trials, time.monotonic() - started, study.best_value, metric,
                                 tune.timeout_s or None), flush=True)
 
-    study.optimize(objective, n_trials=tune.max_trials, timeout=tune.timeout_s or None, n_jobs=parallel,
-                   callbacks=[report])
+    # one core a trial: gradient boosting's OpenMP threads too (the limit is the process's, as the trials' threads)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        study.optimize(objective, n_trials=tune.max_trials, timeout=tune.timeout_s or None, n_jobs=parallel,
+                       callbacks=[report])
     return study
 
 
@@ -159,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         # the winner, trained on all cores by the train step like any other version
         forest = replace(candidate(optuna.trial.FixedTrial(best.params), data.random_state, tune.model_types),
-                         n_jobs=-1)
+                         n_jobs=-1)  # (gradient boosting uses every core in any case)
         trained = run_child("train", {**to_arguments(forest, model), "splits_uri": splits_uri,
                                       "target": data.target}, experiment_id)
         version = record_outcome(prepared, trained, model.model_name)

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from contract.model_output import BASE_VALUE_COLUMN, CONTRIB_PREFIX, EXPLANATIONS_COLUMN
+from contract.model_output import BASE_VALUE_COLUMN, CONTRIB_PREFIX, EXPLAINS_COLUMN, EXPLANATIONS_COLUMN
 from contract.settings import Settings
 from gateway.deps import Reads, AdmissionDep, PredictorDep, SettingsDep
 from gateway.model_client import Target
@@ -46,7 +46,8 @@ def to_explanations(rows: list[dict[str, Any]], ids: list[str], every_class: boo
     explained = []
     for prediction, row in zip(to_predictions(rows, ids), rows, strict=True):
         contributions = {k.removeprefix(CONTRIB_PREFIX): v for k, v in row.items() if k.startswith(CONTRIB_PREFIX)}
-        prediction.update(base_value=row[BASE_VALUE_COLUMN], contributions=largest_first(contributions))
+        prediction.update(explains=row.get(EXPLAINS_COLUMN) or "probability", base_value=row[BASE_VALUE_COLUMN],
+                          contributions=largest_first(contributions))
         if every_class:
             prediction["by_class"] = {
                 label: {"base_value": part["base_value"], "contributions": largest_first(part["contributions"])}
@@ -74,8 +75,9 @@ async def explain(request: Request, settings: SettingsDep, predictor: PredictorD
     """Predict and explain raw rows with the served version of the default model (``MODEL_NAME``).
 
     Per row: the prediction as ``/predict`` gives it, ``base_value`` and ``contributions`` (one a raw input
-    column, largest |value| first) with ``base_value + sum(contributions) = probability``; ``?classes=all``
-    adds ``by_class``. Exact TreeSHAP (path-dependent), as ``shap.TreeExplainer`` computes it.
+    column, largest |value| first) with ``base_value + sum(contributions)`` = the probability (forests) or the
+    log-odds (gradient boosting), as ``explains`` says; ``?classes=all`` adds ``by_class``. Exact TreeSHAP
+    (path-dependent), as ``shap.TreeExplainer`` computes it.
     """
     return await answer_explain(request, Target(settings.model_name), classes == "all", settings, predictor,
                                 admission)

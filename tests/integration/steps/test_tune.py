@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps.tune import TRAIN_DEFAULTS
+from steps.tune import defaults
 from tests.conftest import Tracking, census_rows
 from tests.integration.helpers import assert_succeeded, mlflow_run, run_step
 
@@ -65,7 +65,7 @@ def test_promotion_if_better_promotes_a_better_version_and_keeps_a_worse_one_out
 def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracking: Tracking, data):
     name = "tuned"
     result = mlflow_run(tracking, f"data_path={data}", f"model_name={name}", "max_trials=3", "cv_folds=2",
-                        "metric=roc_auc", "model_types=extra_trees", entry_point="tune")
+                        "metric=roc_auc", "model_types=hist_gradient_boosting,extra_trees", entry_point="tune")
     assert_succeeded(result)
     client = mlflow.MlflowClient()
     (tuning,) = client.search_runs([tracking.experiment_id], "tags.mlflow.project.entryPoint = 'tune'")
@@ -74,8 +74,8 @@ def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracki
     steps = sorted(r.data.tags.get("mlflow.project.entryPoint") for r in children if "trial" not in r.data.tags)
     assert len(trials) == 3 and steps == ["preprocess", "train"]
     # starts from train's defaults, in the first family asked for; every trial records its family
-    assert {"model_type": "extra_trees", **{k: str(v) for k, v in TRAIN_DEFAULTS.items()}} == trials[0].data.params
-    assert {t.data.params["model_type"] for t in trials} == {"extra_trees"}
+    assert {k: str(v) for k, v in defaults("hist_gradient_boosting").items()} == trials[0].data.params
+    assert {t.data.params["model_type"] for t in trials} <= {"hist_gradient_boosting", "extra_trees"}
     scores = [t.data.metrics["cv_roc_auc"] for t in trials]
     assert all(0.5 < s <= 1 for s in scores) and all("cv_roc_auc_std" in t.data.metrics for t in trials)
     assert tuning.data.metrics["best_cv_roc_auc"] == max(scores)
@@ -87,7 +87,7 @@ def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracki
     trained = client.get_run(tuning.data.tags["train_run_id"])
     for key, value in best.items():  # the registered version was trained with the winner's parameters
         assert trained.data.params[key] == str(value), key
-    assert trained.data.params["model_type"] == "extra_trees" and trained.data.metrics["fast_path_max_abs_diff"] <= 1e-6
+    assert trained.data.params["model_type"] == best["model_type"] and trained.data.metrics["fast_path_max_abs_diff"] <= 1e-6
     # registered exactly like `train`: the same artifacts and test metrics
     assert {"accuracy", "f1", "roc_auc", "fast_path_max_abs_diff"} <= set(trained.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(trained.info.run_id)}

@@ -132,3 +132,35 @@ def test_first_line_of_an_error_is_one_bounded_line_or_its_type():
     assert first_line(ValueError("  bad thing\ntraceback-ish detail")) == "bad thing"
     assert first_line(RuntimeError("")) == "RuntimeError"
     assert first_line(OSError("x" * 500), 300) == "x" * 300
+
+
+def test_each_model_family_gets_its_own_parameters_and_the_shared_ones():
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    boosting = parse_params(ForestParams, {"model_type": "hist_gradient_boosting", "learning_rate": "0.05",
+                                           "max_iter": "300", "max_leaf_nodes": "none", "l2_regularization": "1.5",
+                                           "early_stopping": "false", "max_depth": "6", "class_weight": "balanced"})
+    kwargs = boosting.sklearn_kwargs()
+    assert kwargs == {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": None, "l2_regularization": 1.5,
+                      "early_stopping": False, "max_depth": 6, "min_samples_leaf": 1, "class_weight": "balanced",
+                      "random_state": 42}
+    HistGradientBoostingClassifier(**kwargs)  # every one is the estimator's own
+    forest = ForestParams().sklearn_kwargs()
+    assert "learning_rate" not in forest and forest["n_estimators"] == 100
+    RandomForestClassifier(**forest)
+    assert ForestParams(model_type="hist_gradient_boosting").early_stopping is True  # on by default
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    ({"learning_rate": "0"}, "learning_rate='0'"),
+    ({"learning_rate": "1.5"}, "learning_rate='1.5'"),
+    ({"max_iter": "0"}, "max_iter='0'"),
+    ({"max_leaf_nodes": "1"}, "max_leaf_nodes='1'"),
+    ({"l2_regularization": "-1"}, "l2_regularization='-1'"),
+    ({"early_stopping": "maybe"}, "early_stopping='maybe'"),
+    ({"class_weight": "balanced_subsample"}, "class_weight='balanced_subsample': balanced_subsample is for forests"),
+])
+def test_bad_gradient_boosting_parameters_are_refused_naming_them(raw, says):
+    with pytest.raises(ParameterError) as refused:
+        parse_params(ForestParams, {"model_type": "hist_gradient_boosting", **raw})
+    assert str(refused.value).startswith(says), refused.value

@@ -14,7 +14,7 @@ import shap
 
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.explain import TreeExplainer, quadrature
-from pyfunc.fast import CompiledForest, CompiledPipeline
+from pyfunc.fast import CompiledPipeline, CompiledTrees
 from pyfunc.pipeline import build_pipeline
 from tests.conftest import census_rows, mixed_frame
 
@@ -25,7 +25,8 @@ def fit(frame: pd.DataFrame, target: str, forest: dict,
         model_type: str = "random_forest") -> tuple[CompiledPipeline, object, FeatureSchema]:
     features = [c for c in frame.columns if c != target]
     schema = infer_feature_schema(frame[features], ["?"])
-    pipeline = build_pipeline(schema, {"random_state": 0, "n_jobs": 1, **forest}, model_type)
+    jobs = {} if model_type == "hist_gradient_boosting" else {"n_jobs": 1}
+    pipeline = build_pipeline(schema, {"random_state": 0, **jobs, **forest}, model_type)
     pipeline.fit(clean_raw_frame(frame, schema), frame[target].to_numpy())
     return CompiledPipeline.from_pipeline(pipeline, schema), pipeline, schema
 
@@ -117,7 +118,7 @@ def test_a_summed_ensemble_and_zero_cover_are_handled():
     from sklearn.ensemble import RandomForestClassifier
 
     forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
-    compiled = CompiledForest.from_estimators(forest.estimators_)
+    compiled = CompiledTrees.from_estimators(forest.estimators_)
     nodes = compiled.nodes
     summed = TreeExplainer.build(compiled.roots, nodes["right"].copy(), nodes["feature"].copy(),
                                  nodes["threshold"].copy(), compiled.cover, compiled.value, compiled.depths,
@@ -144,3 +145,34 @@ def test_extra_trees_match_shap_per_column_and_add_up():
     compiled, pipeline, schema = fit(frame.head(1400), "income", {"n_estimators": 10}, model_type="extra_trees")
     assert type(pipeline.named_steps["forest"]).__name__ == "ExtraTreesClassifier"
     assert_matches_shap_and_adds_up(compiled, pipeline, schema, frame.tail(100).drop(columns=["income"]))
+
+
+
+@pytest.mark.parametrize("labels", [None, ("low", "mid", "high")], ids=["census-binary", "multiclass"])
+def test_gradient_boosting_matches_shap_in_log_odds_and_adds_up_to_them(labels):
+    """shap explains gradient boosting's raw output (log-odds; softmax scores for several classes): so do we,
+    for every class (a binary model's first class has the negated log-odds of the second)."""
+    if labels is None:
+        frame, target = census_rows(1500), "income"
+    else:
+        frame, target = mixed_frame(n=600, seed=4, labels=labels), "label"
+    compiled, pipeline, schema = fit(frame.head(len(frame) - 100), target,
+                                     {"max_iter": 30, "max_leaf_nodes": 31, "learning_rate": 0.2},
+                                     model_type="hist_gradient_boosting")
+    rows = frame.tail(100).drop(columns=[target])
+    ours = compiled.explain(rows)
+    assert ours.explains == "log_odds" and compiled.forest.explains == "log_odds"
+    explainer = shap.TreeExplainer(pipeline.named_steps["forest"], feature_perturbation="tree_path_dependent")
+    values = np.asarray(explainer.shap_values(compiled.encode(rows), check_additivity=False))
+    expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+    if values.ndim == 2:  # binary: one raw output, the second class's log-odds
+        values, expected = np.stack([-values, values], axis=2), np.concatenate([-expected, expected])
+    reference = np.einsum("rfc,fk->rkc", values, compiled.feature_columns)
+    np.testing.assert_allclose(ours.contributions, reference, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(ours.base, expected, rtol=0, atol=TOLERANCE)
+    raw = pipeline.named_steps["forest"].decision_function(pipeline.named_steps["preprocess"].transform(
+        clean_raw_frame(rows, schema)))
+    raw = np.stack([-raw, raw], axis=1) if raw.ndim == 1 else raw
+    np.testing.assert_allclose(ours.base + ours.contributions.sum(axis=1), raw, rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(ours.proba, compiled.predict_proba(rows))
+    assert np.abs(ours.contributions).max() > 0.05  # not a vacuous comparison of zeros

@@ -109,3 +109,28 @@ def test_every_model_type_is_built_saved_loaded_and_compiled_bit_identically(tmp
     np.testing.assert_array_equal(compiled.predict_proba(raw), loaded.predict_proba(clean_raw_frame(raw, schema)))
     importance = input_column_importance(loaded, schema)
     assert set(importance) == set(FEATURES) and abs(sum(importance.values()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("labels", [("no", "yes"), ("low", "mid", "high")], ids=["binary", "multiclass"])
+def test_gradient_boosting_is_built_saved_loaded_and_compiled_to_scikit_learns_probabilities(tmp_path, labels):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    frame = mixed_frame(n=600, seed=3, labels=labels)
+    schema = infer_feature_schema(frame[FEATURES], ["?"])
+    params = {"max_iter": 40, "learning_rate": 0.2, "max_leaf_nodes": 15, "early_stopping": True, "random_state": 0}
+    pipeline = build_pipeline(schema, params, "hist_gradient_boosting")
+    pipeline.fit(clean_raw_frame(frame, schema), frame["label"].to_numpy())
+    estimator = pipeline.named_steps["forest"]
+    assert isinstance(estimator, HistGradientBoostingClassifier) and estimator.n_iter_ > 1
+    save_pipeline(pipeline, tmp_path / "p.skops")  # nothing outside TRUSTED_TYPES
+    loaded = load_pipeline(tmp_path / "p.skops")
+    raw = mixed_frame(n=300, seed=6, labels=labels)[FEATURES].astype(object)
+    raw.loc[raw.index[:5], "colour"] = "never-seen"
+    raw.loc[raw.index[5:10], "hours"] = "?"
+    compiled = CompiledPipeline.from_pipeline(loaded, schema)
+    reference = loaded.predict_proba(clean_raw_frame(raw, schema))
+    ours = compiled.predict_proba(raw)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12)  # the train step's check allows 1e-6
+    assert np.ptp(ours[:, 0]) > 0.3  # the rows are told apart: not a comparison of constant outputs
+    np.testing.assert_array_equal(compiled.classes, loaded.classes_)
+    assert input_column_importance(loaded, schema) is None  # no impurity importances: the train step permutes
