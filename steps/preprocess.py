@@ -21,6 +21,7 @@ import mlflow.data
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
+from mlflow.types import ColSpec, DataType, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -167,11 +168,29 @@ def describe_split_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str
             resolved = resolve_dataset_source(source)
     except MlflowException:
         resolved = None
-    return [
-        {"dataset": mlflow.data.from_pandas(split, source=resolved, targets=target, name=name).to_dict(),
-         "context": context, "source_uri": source}
-        for split, name, context in ((train, "train", "training"), (test, "test", "testing"))
-    ]
+    described = []
+    for split, name, context in ((train, "train", "training"), (test, "test", "testing")):
+        dataset = mlflow.data.from_pandas(split, source=resolved, targets=target, name=name)
+        dataset.schema = dataset_schema(split)  # MLflow's cached property, filled in our faster way
+        described.append({"dataset": dataset.to_dict(), "context": context, "source_uri": source})
+    return described
+
+
+def dataset_schema(frame: pd.DataFrame) -> Schema | None:
+    """The schema MLflow's ``from_pandas`` infers, without its walk over every cell of a text column (it
+    checks each value's type in Python: 12 of the 16 s this step took on the census sample). A column whose
+    values are all text or missing (pandas tells in C) is ``string``, required when none is missing; any
+    other column is inferred by MLflow itself (None if it cannot, as MLflow's dataset then has no schema)."""
+    text = {name for name in frame.columns if pd.api.types.infer_dtype(frame[name], skipna=True) == "string"}
+    others = [name for name in frame.columns if name not in text]
+    inferred: dict[str, ColSpec] = {}
+    if others:
+        schema = mlflow.data.from_pandas(frame[others]).schema
+        if schema is None:
+            return None
+        inferred = {spec.name: spec for spec in schema.inputs}
+    return Schema([ColSpec(DataType.string, str(name), required=not frame[name].isna().any()) if name in text
+                   else inferred[str(name)] for name in frame.columns])
 
 
 def log_datasets(described: list[dict]) -> None:

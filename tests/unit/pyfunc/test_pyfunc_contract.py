@@ -178,7 +178,8 @@ def test_explain_param_adds_base_value_and_a_contribution_per_input_column(model
     explained = model.predict(RAW_ROWS, params={"explain": True})
     pd.testing.assert_frame_equal(explained[plain.columns], plain)  # the predictions are unchanged
     contrib = [f"contrib_{c}" for c in FEATURES]
-    assert list(explained.columns) == [*plain.columns, "base_value", *contrib]
+    assert list(explained.columns) == [*plain.columns, "explains", "base_value", *contrib]
+    assert set(explained["explains"]) == {"probability"}  # a forest: the contributions add up to probabilities
     # local accuracy: the predicted class's probability, from the base value and the columns' shares
     np.testing.assert_allclose(explained["base_value"] + explained[contrib].sum(axis=1), plain["probability"],
                                rtol=0, atol=1e-9)
