@@ -108,12 +108,14 @@ class CompiledTrees:
         return base, phi
 
     @staticmethod
-    def _pack(trees: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """(threshold, feature, right child, is_leaf) of each tree -> roots and NODE records."""
+    def _pack(trees: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        """(threshold, feature, left child, right child, is_leaf) of each tree -> roots and NODE records."""
         offsets = np.cumsum([0] + [len(t[0]) for t in trees[:-1]]).astype(np.int64)
         nodes = np.empty(sum(len(t[0]) for t in trees), dtype=NODE)
-        for (threshold, feature, right, leaf), offset in zip(trees, offsets, strict=True):
+        for (threshold, feature, left, right, leaf), offset in zip(trees, offsets, strict=True):
             internal = ~leaf
+            if not np.array_equal(left[internal], np.flatnonzero(internal) + 1):
+                raise ValueError("a tree not built depth first: a left child is not the next node")
             part = nodes[offset:offset + len(threshold)]
             part["threshold"] = threshold
             part["feature"] = np.maximum(feature, 0)
@@ -127,9 +129,7 @@ class CompiledTrees:
         packed, values = [], []
         for tree in trees:
             leaf = tree.children_left < 0
-            if not np.array_equal(tree.children_left[~leaf], np.flatnonzero(~leaf) + 1):
-                raise ValueError("a tree not built depth first: a left child is not the next node")
-            packed.append((tree.threshold, tree.feature, tree.children_right, leaf))
+            packed.append((tree.threshold, tree.feature, tree.children_left, tree.children_right, leaf))
             value = tree.value[:, 0, :].astype(np.float64)
             # DecisionTreeClassifier.predict_proba divides by the row sum (0 -> 1).
             total = value.sum(axis=1, keepdims=True)
@@ -153,10 +153,8 @@ class CompiledTrees:
             leaf = tree["is_leaf"].astype(bool)
             if tree["is_categorical"].any():
                 raise ValueError("a tree splits on a native categorical feature; the pipeline one-hot encodes them")
-            if not np.array_equal(tree["left"][~leaf], np.flatnonzero(~leaf) + 1):
-                raise ValueError("a tree not built depth first: a left child is not the next node")
-            packed.append((tree["num_threshold"], tree["feature_idx"].astype(np.int64), tree["right"].astype(np.int64),
-                           leaf))
+            packed.append((tree["num_threshold"], tree["feature_idx"].astype(np.int64), tree["left"].astype(np.int64),
+                           tree["right"].astype(np.int64), leaf))
             value = np.zeros((len(tree), n_outputs))
             value[:, j % n_outputs] = tree["value"]
             values.append(value)
