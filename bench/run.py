@@ -229,15 +229,7 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "duration_s": duration}
     try:
         stack.start_tracking()
-        print("training: mlflow run on the default data, then the plain script ...", flush=True)
-        mlflow_run_s = timed([str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local",
-                              "--experiment-name", "bench", "-P", f"model_name={MODEL}"], stack.env(),
-                             root / "mlflow-run.log")
-        plain_s = timed([str(VENV_BIN / "python"), str(PROJECT_DIR / "bench" / "plain_train.py"), str(DATA)],
-                        stack.env(), root / "plain.log")
-        results["training"] = {"mlflow_run_s": mlflow_run_s, "plain_script_s": plain_s,
-                               "target_s": 1.3 * plain_s + 15, "met": mlflow_run_s <= 1.3 * plain_s + 15}
-
+        results["training"] = training_times(stack, root)
         client = mlflow.MlflowClient(stack.tracking_uri, registry_uri=stack.tracking_uri)
         raw = pd.read_csv(DATA, dtype=str, keep_default_na=False).drop(columns=["income"]).tail(1000)
         local = Path(mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(MODEL, "1"),
@@ -298,6 +290,14 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
                 measured["rows_per_s"] = measured["rps"]
                 table.append({"scenario": f"log cost {round_ + 1}, 1 row, c=16", "rows": 1, "connections": 16,
                               "target": key, "name": name, **measured})
+        # and on 1,000-row requests, where the log writes a thousand rows per request (once each, in turn)
+        for key, url, name in (("c", targets["c"][1], "gateway /predict (inference log on)"),
+                               ("d", off_url, "gateway /predict (inference log off)")):
+            print(f"  {name}: 1000 rows, c=2 ...", flush=True)
+            measured = wrk(url, bodies["c", 1000], 2, duration)
+            measured["rows_per_s"] = measured["rps"] * 1000
+            table.append({"scenario": "log cost, 1000 rows, c=2", "rows": 1000, "connections": 2,
+                          "target": key, "name": name, **measured})
         try:
             table += rollout_costs(stack, client, bodies["c", 1], duration)
         except Exception as err:  # noqa: BLE001 (the other measurements stand; the report says what is missing)
@@ -331,6 +331,28 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
     return results
 
 
+TRAINING_ROUNDS = 3
+
+
+def training_times(stack: LocalStack, root: Path) -> dict[str, Any]:
+    """``mlflow run .`` on the default data against the plain script, in turn, ``TRAINING_ROUNDS`` times each;
+    the target compares the medians. A single pair swings by seconds on this machine, and the first run
+    also pays the freshly started tracking server's own first requests (listed apart, as ``first``)."""
+    mlflow_runs, plain_runs = [], []
+    for round_ in range(TRAINING_ROUNDS):
+        print(f"training, round {round_ + 1} of {TRAINING_ROUNDS}: mlflow run on the default data, then the "
+              "plain script ...", flush=True)
+        mlflow_runs.append(timed([str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local",
+                                  "--experiment-name", "bench", "-P", f"model_name={MODEL}"], stack.env(),
+                                 root / f"mlflow-run-{round_ + 1}.log"))
+        plain_runs.append(timed([str(VENV_BIN / "python"), str(PROJECT_DIR / "bench" / "plain_train.py"), str(DATA)],
+                                stack.env(), root / f"plain-{round_ + 1}.log"))
+    mlflow_run_s, plain_s = float(np.median(mlflow_runs)), float(np.median(plain_runs))
+    return {"mlflow_run_s": mlflow_run_s, "plain_script_s": plain_s, "target_s": 1.3 * plain_s + 15,
+            "met": mlflow_run_s <= 1.3 * plain_s + 15, "mlflow_runs_s": mlflow_runs, "plain_runs_s": plain_runs,
+            "first": {"mlflow_run_s": mlflow_runs[0], "plain_script_s": plain_runs[0]}}
+
+
 def start_gateway_without_log(stack: LocalStack, root: Path) -> str:
     """A second gateway on the same model server, with the inference log off; stopped with the stack's group."""
     port = free_port()
@@ -352,12 +374,12 @@ POLICIES = {"single": {"mode": "single"}, "canary": {"mode": "canary", "alias": 
 
 
 def rollout_costs(stack: LocalStack, client: mlflow.MlflowClient, body: Path, duration: int) -> list[dict]:
-    """The gateway under each traffic policy, with version 2 (the same artifacts registered again, loaded
-    separately like any version) as the challenger; two rounds in turn, as for the log's cost."""
+    """The gateway under each traffic policy, with version 1's artifacts registered again as the challenger
+    (loaded separately, like any version); two rounds in turn, as for the log's cost."""
     first = client.get_model_version(MODEL, "1")
     # MLflow 3 registers a logged model's source (models:/m-...) only with that logged model's id
-    client.create_model_version(MODEL, first.source, model_id=first.source.removeprefix("models:/"))
-    client.set_registered_model_alias(MODEL, "challenger", "2")
+    challenger = client.create_model_version(MODEL, first.source, model_id=first.source.removeprefix("models:/"))
+    client.set_registered_model_alias(MODEL, "challenger", challenger.version)
     gateway = stack.settings.gateway_url
     wait_until(lambda: httpx.post(f"{gateway}/models/{MODEL}/predict?alias=challenger", content=body.read_bytes(),
                                   headers={"Content-Type": "application/json"}, timeout=60).status_code == 200,
@@ -379,8 +401,9 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict,
                      soaked: dict | None = None, explained: dict | None = None) -> list[dict[str, Any]]:
     cell = {(r["target"], r["scenario"]): r for r in table}
     checks = []
-    on = sum(r["rps"] for r in table if r["scenario"].startswith("log cost") and r["target"] == "c")
-    off = sum(r["rps"] for r in table if r["scenario"].startswith("log cost") and r["target"] == "d")
+    single = [r for r in table if r["scenario"].startswith("log cost") and r["rows"] == 1]
+    on = sum(r["rps"] for r in single if r["target"] == "c")
+    off = sum(r["rps"] for r in single if r["target"] == "d")
     if off:
         checks.append({"target": "inference log on >= 90% of off (1 row, c=16, req/s ratio)", "value": on / off,
                        "met": on >= 0.9 * off})
@@ -422,7 +445,7 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict,
                    "met": fast[0] <= 0.5})
     checks.append({"target": "in process: 64 rows p50 <= 2 ms (records path)", "value": fast[1],
                    "met": fast[1] <= 2.0})
-    checks.append({"target": "training: mlflow run <= 1.3x plain + 15 s", "value": training["mlflow_run_s"],
+    checks.append({"target": "training: mlflow run <= 1.3x plain + 15 s (medians)", "value": training["mlflow_run_s"],
                    "met": training["met"]})
     if explained:
         checks.append({"target": "explain: single row in process <= 50 ms", "value": explained["ours_single_row_ms"],
@@ -443,7 +466,7 @@ def report(results: dict[str, Any]) -> str:
     plain[CSV_SCENARIO[0]] = plain["1000 rows, c=2"]
     for r in results["load"]:
         if r["scenario"].startswith(("log cost", "traffic")):
-            plain[r["scenario"]] = plain["1 row, c=16"]
+            plain[r["scenario"]] = plain["1000 rows, c=2" if r["rows"] == 1000 else "1 row, c=16"]
     for r in results["load"]:
         ratio = r["rps"] / plain[r["scenario"]]["rps"]
         lines.append(f"{r['scenario']:30} {r['name']:45} {r['rps']:9.1f} {r['rows_per_s']:10.0f} "
@@ -453,8 +476,10 @@ def report(results: dict[str, Any]) -> str:
     lines.append("resident memory (MB): " + ", ".join(f"{k}={v:.0f}" for k, v in memory.items())
                  + "   model artifacts (MB): " + ", ".join(f"{k}={v:.1f}" for k, v in size.items()))
     t = results["training"]
-    lines.append(f"training: mlflow run {t['mlflow_run_s']:.1f}s, plain script {t['plain_script_s']:.1f}s "
-                 f"(target <= {t['target_s']:.1f}s)")
+    lines.append(f"training (median of {len(t['mlflow_runs_s'])}): mlflow run {t['mlflow_run_s']:.1f}s, plain script "
+                 f"{t['plain_script_s']:.1f}s (target <= {t['target_s']:.1f}s); each run: mlflow run "
+                 + ", ".join(f"{v:.1f}" for v in t["mlflow_runs_s"]) + "s, plain "
+                 + ", ".join(f"{v:.1f}" for v in t["plain_runs_s"]) + "s")
     if "soak" in results:
         k = results["soak"]
         lines.append(f"soak: {k['requests']} requests in {k['seconds']}s at c={k['connections']} "

@@ -8,7 +8,7 @@ model's compiled path (``pyfunc/fast.py``) cleans DataFrames with
 :func:`clean_columns` and JSON rows with :func:`clean_records`, so the model sees
 the same values in training and serving. The one exception is
 :func:`normalize_missing`, which the preprocess step runs on whole files before
-any column kind is known (the same text rules, vectorised).
+any column kind is known (the same cell rule, :func:`clean_cell`).
 """
 
 from __future__ import annotations
@@ -95,15 +95,11 @@ def normalize_missing(frame: pd.DataFrame, na_values: Iterable[str]) -> pd.DataF
 
 
 def _normalize_column(column: pd.Series, markers: frozenset[str]) -> pd.Series:
-    values = column.to_numpy(dtype=object)
-    if pd.api.types.is_string_dtype(column.dtype) and not column.isna().any():
-        # All text (a CSV read as text): the same rules as clean_cell, vectorised.
-        stripped = np.char.strip(values.astype(str))
-        missing = (stripped == "") | np.isin(stripped, list(markers))
-        out = stripped.astype(object)
-        out[missing] = _MISSING
-        return pd.Series(out, index=column.index, dtype=object)
-    return pd.Series([clean_cell(v, markers) for v in values], index=column.index, dtype=object)
+    values = column.to_numpy(dtype=object).tolist()
+    out = _by_distinct_value(values, lambda value: clean_cell(value, markers))
+    if out is None:  # a short column, or one holding other types (booleans, lists): cell by cell
+        out = [clean_cell(value, markers) for value in values]
+    return pd.Series(out, index=column.index, dtype=object)
 
 
 def parse_number(value: Any) -> float:

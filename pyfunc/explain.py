@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from pyfunc.jit import njit
 
 
 def quadrature(points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +43,7 @@ def quadrature(points: int) -> tuple[np.ndarray, np.ndarray]:
     return (x + 1.0) / 2.0, w / 2.0
 
 
-@numba.njit(cache=False)
+@njit()
 def _path_features(right, feature, roots, n_nodes):  # noqa: ANN001, ANN202
     """Per tree: the largest number of distinct features on a path from its root to a leaf."""
     out = np.zeros(roots.shape[0], dtype=np.int64)
@@ -94,7 +95,7 @@ FOLLOWS, LEAVES, LEFT = 0, 1, 2
 BATCH_ROWS = 16  # rows explained together: their per-row state stays in the core's caches
 
 
-@numba.njit(nogil=True, cache=False, fastmath={"reassoc", "contract"})
+@njit(nogil=True, fastmath={"reassoc", "contract"})
 def _tree_shap(X, roots, depths, points, t_nodes, t_weights, right, feature, threshold, ratio, value,  # noqa: ANN001, ANN202, C901, PLR0912, PLR0913, PLR0915
                n_out):
     """Contributions (rows x features x n_out) summed over the trees, not yet divided by their number.
@@ -232,7 +233,7 @@ def _tree_shap(X, roots, depths, points, t_nodes, t_weights, right, feature, thr
     return phi
 
 
-@numba.njit(cache=False)
+@njit()
 def _expected_values(roots, n_nodes, right, cover, value):  # noqa: ANN001, ANN202
     """Per tree and output: the leaves' values weighted by their share of the root's cover."""
     out = np.zeros((roots.shape[0], value.shape[1]))

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import numba
 import numpy as np
 import pandas as pd
 from scipy.special import expit
@@ -38,6 +37,7 @@ from sklearn.utils.extmath import softmax
 
 from pyfunc.cleaning import MISSING, FeatureSchema, clean_columns, clean_records
 from pyfunc.explain import TreeExplainer
+from pyfunc.jit import njit
 from pyfunc.pipeline import feature_columns
 
 
@@ -46,7 +46,7 @@ from pyfunc.pipeline import feature_columns
 NODE = np.dtype([("threshold", np.float64), ("feature", np.int32), ("right", np.int32)])  # right < 0: a leaf
 
 
-@numba.njit(nogil=True, cache=False)
+@njit(nogil=True)
 def _tree_sum(X, roots, nodes, value, init):  # noqa: ANN001, ANN202
     """``init`` plus the leaf values each row reaches, tree by tree in the order scikit-learn adds them."""
     n_rows = X.shape[0]

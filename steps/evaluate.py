@@ -134,11 +134,11 @@ def plot_roc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positiv
     plt.close(fig)
 
 
-def plot_importance(importance: pd.Series, path: Path, top: int = 30) -> None:
+def plot_importance(importance: pd.Series, path: Path, measure: str, top: int = 30) -> None:
     shown = importance.head(top).iloc[::-1]
     fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(shown) + 1)))
     ax.barh(shown.index.astype(str), shown.to_numpy())
-    ax.set_xlabel("importance (impurity decrease, summed over one-hot columns)")
+    ax.set_xlabel(f"importance ({measure})")
     ax.set_title(f"Feature importance by input column (top {len(shown)})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,7 +1,9 @@
 """``main`` step: run ``preprocess`` then ``train`` as child runs of this one.
 
-Each step is a real MLflow Project run nested under the driver run; the
-preprocess run's ``splits`` artifact URI is what the train step reads.
+Each step's run is nested under the driver run, with the tags and parameters
+``mlflow run -e <step>`` gives it, and runs in the driver's process
+(``steps/runs.py``: ``run_child``); the preprocess run's ``splits`` artifact URI
+is what the train step reads.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from contract.params import DataParams, ForestParams, ModelParams, parse_cli, to_arguments
-from steps.runs import log_params_once, next_steps, record_outcome, run_child, step_run
+from steps.runs import exit_when_done, log_params_once, next_steps, record_outcome, run_child, step_run
 from steps.sources import fetch
 from steps.splits import SPLITS_DIR
 
@@ -41,4 +43,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_when_done(main)

@@ -27,7 +27,6 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from contract.errors import DataError, ParameterError, first_line
-from contract.inference_log import logged_rows, open_log
 from contract.names import TAG_SUSPECT_MARKERS
 from contract.params import DataParams, parse_cli, to_arguments
 from contract.settings import get_settings
@@ -102,6 +101,9 @@ def as_text(value: Any) -> str:
 def feedback_rows(params: DataParams, columns: list[str]) -> pd.DataFrame:
     """The logged rows of ``params.feedback_from`` that have a true label (POST /feedback), as raw text
     cells under the file's ``columns``, the label under the target."""
+    # here, not at the top: SQLAlchemy and its dialects cost every other run a third of a second to import
+    from contract.inference_log import logged_rows, open_log
+
     uri = params.inference_log or get_settings().inference_log
     if uri is None:
         raise ParameterError("feedback_from", params.feedback_from, "the inference log is off (INFERENCE_LOG_URI=off)")
@@ -236,10 +238,15 @@ def run_preprocess(params: DataParams) -> dict[str, Any]:
     return profile
 
 
+def step(argv: Sequence[str] | None = None) -> None:
+    """The step in the active run, from its command-line arguments (``main``, or a driver's ``run_child``)."""
+    (params,) = parse_cli(argv, DataParams)
+    run_preprocess(params)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     with step_run("preprocess"):
-        (params,) = parse_cli(argv, DataParams)
-        run_preprocess(params)
+        step(argv)
 
 
 if __name__ == "__main__":

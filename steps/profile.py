@@ -82,12 +82,13 @@ def suspect_markers(cleaned: pd.DataFrame, categorical: list[str]) -> dict[str, 
     every number of it into a category of its own."""
     found = {}
     for name in categorical:
-        known = cleaned[name].dropna().astype(str)
-        if known.empty:
+        counts = cleaned[name].value_counts()  # known cells by distinct value, most frequent first
+        if counts.empty:
             continue
-        text = known[pd.to_numeric(known, errors="coerce").isna()]
-        tokens = text.value_counts()
-        if 0 < len(tokens) <= SUSPECT_TOKENS and len(text) <= SUSPECT_SHARE * len(known):
+        # each distinct value read as a number once, not each cell
+        text = pd.to_numeric(pd.Series(counts.index.astype(str)), errors="coerce").isna().to_numpy()
+        tokens = counts[text]
+        if 0 < len(tokens) <= SUSPECT_TOKENS and tokens.sum() <= SUSPECT_SHARE * counts.sum():
             found[name] = [str(token) for token in tokens.index]
     return found
 

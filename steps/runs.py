@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-import mlflow.projects
 from mlflow import ActiveRun
 from mlflow.entities import Run
-from mlflow.projects import ExecutionException
 
 from contract.errors import ProjectError
 from contract.names import (
@@ -26,6 +27,9 @@ from contract.names import (
 )
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+# What a child run takes from its driver's, as ``mlflow run`` would set it: where the code came from
+# (source name and type, git commit, repository, branch), the backend and environment, the user.
+INHERITED_TAG_PREFIXES = ("mlflow.source.", "mlflow.project.backend", "mlflow.project.env", "mlflow.user")
 
 
 @contextmanager
@@ -47,6 +51,22 @@ def step_run(run_name: str) -> Iterator[ActiveRun]:
         raise SystemExit(2) from None
 
 
+def exit_when_done(main: Callable[[], None]) -> None:
+    """Run a driver's ``main`` (``main``, ``tune``), then end the process without the interpreter's teardown.
+
+    When the work is done, the run ended and the output flushed, freeing every
+    module of MLflow, scikit-learn, numba and pandas one object at a time still
+    costs a second or more, and ``mlflow run`` waits for it. Nothing is left to
+    write then; an error (an exception, ``SystemExit``) ends the process the
+    normal way.
+    """
+    main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def log_params_once(params: dict[str, object]) -> None:
     """Log params the active run does not have yet.
 
@@ -60,30 +80,35 @@ def log_params_once(params: dict[str, object]) -> None:
 
 
 def run_child(entry_point: str, parameters: Mapping[str, str], experiment_id: str) -> Run:
-    """Run an entry point of this project as a child of the active run; return its finished run.
+    """Run an entry point of this project as a child of the active run, in this process; return its finished run.
 
-    Synchronous, so MLflow starts the step's command directly (no extra ``mlflow
-    run`` process, seconds saved per step) and in our process group: a signal
-    that stops the driver (Ctrl-C, a cancelled gateway job) stops the step too.
-    A failed step's one-line reason (its ``error`` tag) becomes this step's error.
+    The child is the run ``mlflow run -e <entry_point>`` makes (the same parameters,
+    the entry point, source and git tags, the driver as parent run), without a
+    Python process of its own: a second and third start-up would import MLflow,
+    scikit-learn and the step's code again, seconds each. The step is the module's
+    :func:`step` (``steps/<entry_point>.py``), what its ``main`` runs under
+    ``mlflow run``. A failed step's one-line reason (its ``error`` tag) becomes
+    this step's error; the child is marked failed.
     """
     parent = mlflow.active_run()
     assert parent is not None, "run_child needs an active run"
+    step = importlib.import_module(f"steps.{entry_point}").step
+    inherited = {key: value for key, value in mlflow.get_run(parent.info.run_id).data.tags.items()
+                 if key.startswith(INHERITED_TAG_PREFIXES)}
+    argv = [part for key, value in parameters.items() for part in (f"--{key}", str(value))]
+    # created as MLflow's projects create them, without the tags start_run would guess (the git branch ...)
+    created = mlflow.MlflowClient().create_run(experiment_id, run_name=entry_point, tags={
+        **inherited, MLFLOW_ENTRY_POINT: entry_point, MLFLOW_PARENT_RUN_ID: parent.info.run_id})
     try:
-        submitted = mlflow.projects.run(
-            str(PROJECT_DIR), entry_point=entry_point, parameters=dict(parameters), experiment_id=experiment_id,
-            env_manager="local",  # the driver already runs inside the project's environment
-            synchronous=True,
-        )
-    except ExecutionException:
-        # MLflow raises without the run; the child is the newest run of this entry point under ours
-        children = mlflow.search_runs(
-            [experiment_id], output_format="list", max_results=1, order_by=["attributes.start_time DESC"],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'"
-                          f" AND tags.`{MLFLOW_ENTRY_POINT}` = '{entry_point}'")
-        reason = children[0].data.tags.get(TAG_ERROR) if children else None
-        raise ProjectError(f"{entry_point} failed: {reason or 'see the log above'}") from None
-    return mlflow.get_run(submitted.run_id)
+        with mlflow.start_run(run_id=created.info.run_id, nested=True) as child:
+            try:
+                step(argv)
+            except ProjectError as err:
+                mlflow.set_tag(TAG_ERROR, str(err))
+                raise
+    except ProjectError as err:  # the child ended as failed on the way out
+        raise ProjectError(f"{entry_point} failed: {err}") from None
+    return mlflow.get_run(child.info.run_id)
 
 
 def record_outcome(prepared: Run, trained: Run, model_name: str) -> str:

@@ -149,11 +149,15 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
 
     evaluate.plot_confusion_matrix(y_test, y_pred, pipeline.classes_, out_dir / "confusion_matrix.png")
     evaluate.plot_roc(y_test, proba, pipeline.classes_, positive, out_dir / "roc_curve.png")
-    importance = pd.Series(input_column_importance(pipeline, schema)
-                           or permutation_column_importance(pipeline, schema, splits.test, y_test, forest.random_state),
-                           name="importance")
+    by_impurity = input_column_importance(pipeline, schema)
+    if by_impurity is not None:
+        importance, measure = by_impurity, "impurity decrease, summed over one-hot columns"
+    else:
+        importance = permutation_column_importance(pipeline, schema, splits.test, y_test, forest.random_state)
+        measure = "test split log-loss increase when the column is shuffled"
+    importance = pd.Series(importance, name="importance")
     importance.rename_axis("column").to_csv(out_dir / "feature_importance.csv")
-    evaluate.plot_importance(importance, out_dir / "feature_importance.png")
+    evaluate.plot_importance(importance, out_dir / "feature_importance.png", measure)
     return Fitted(pipeline, schema, rule, metrics, Answers(proba, y_pred))
 
 
@@ -275,10 +279,15 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
     return version
 
 
+def step(argv: Sequence[str] | None = None) -> None:
+    """The step in the active run, from its command-line arguments (``main``, or a driver's ``run_child``)."""
+    split_params, model, forest = parse_cli(argv, SplitParams, ModelParams, ForestParams)
+    train_and_register(split_params, model, forest)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     with step_run("train"):
-        split_params, model, forest = parse_cli(argv, SplitParams, ModelParams, ForestParams)
-        train_and_register(split_params, model, forest)
+        step(argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from contract.params import (
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
 from pyfunc.pipeline import build_pipeline
 from steps import evaluate
-from steps.runs import log_params_once, next_steps, record_outcome, run_child, step_run
+from steps.runs import exit_when_done, log_params_once, next_steps, record_outcome, run_child, step_run
 from steps.splits import SPLITS_DIR, Splits, load_splits, prepare_labels
 
 # The search space, as MLproject strings parsed by ForestParams' own parsers. Shared by the families (one
@@ -210,4 +210,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_when_done(main)

@@ -30,10 +30,19 @@ def test_census_slice_trains_logs_and_registers_a_raw_input_model(tracking, tmp_
                         "model_name=census-it", "n_estimators=30")
     assert_succeeded(result)
 
+    # the driver's last words, printed just before it ends without the interpreter's teardown
+    assert "main: census-it version 1 registered by run" in result.stdout
+    assert "serve it   MLFLOW_TRACKING_URI=" in result.stdout
+
     runs = runs_by_name(tracking)
     driver, prepared, trained = runs["main"], runs["preprocess"], runs["train"]
-    for child in (prepared, trained):
+    source = {k: v for k, v in driver.data.tags.items() if k.startswith("mlflow.source.")}
+    assert source["mlflow.source.type"] == "PROJECT"
+    for child, entry_point in ((prepared, "preprocess"), (trained, "train")):
+        # the runs `mlflow run -e <entry point>` makes, though they ran in the driver's process
         assert child.data.tags["mlflow.parentRunId"] == driver.info.run_id
+        assert child.data.tags["mlflow.project.entryPoint"] == entry_point
+        assert {k: v for k, v in child.data.tags.items() if k.startswith("mlflow.source.")} == source
         assert child.info.status == "FINISHED"
     assert trained.data.params["splits_uri"] == f"{prepared.info.artifact_uri}/splits"
 
@@ -138,7 +147,13 @@ def test_bad_parameters_and_data_fail_with_one_line_naming_the_problem(tracking,
     assert error_lines, result.stderr[-2000:]
     assert expected in error_lines[-1]
     assert mlflow.MlflowClient().search_registered_models() == []
-    assert runs_by_name(tracking)["main"].data.tags["error"].endswith(error_lines[-1].split(": ", 2)[-1])
+    runs = runs_by_name(tracking)
+    assert runs["main"].data.tags["error"].endswith(error_lines[-1].split(": ", 2)[-1])
+    assert runs["main"].info.status == "FAILED"
+    if "preprocess" in runs:  # the data's fault: the step that found it failed too, with its reason
+        assert runs["preprocess"].info.status == "FAILED"
+        assert expected in runs["preprocess"].data.tags["error"]
+        assert error_lines[-1] == f"error: preprocess failed: {runs['preprocess'].data.tags['error']}"
 
 
 @pytest.mark.parametrize(
