@@ -38,7 +38,7 @@ from pyfunc.model import (
     DecisionRule,
     proba_column,
 )
-from pyfunc.pipeline import build_pipeline, input_column_importance, save_pipeline
+from pyfunc.pipeline import build_pipeline, fits_dense, input_column_importance, save_pipeline
 from steps import evaluate
 from steps.preprocess import log_datasets
 from steps.promotion import Answers, promote_if_better
@@ -127,9 +127,9 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
         # out-of-bag probabilities: out-of-fold predictions of the training rows, no refit (extra trees do
         # not bootstrap, so they have none: decision_rule cross-validates them)
         kwargs["oob_score"] = True
-    pipeline = build_pipeline(schema, kwargs, forest.model_type)
-    started = time.perf_counter()
     train = clean_raw_frame(splits.train, schema)
+    pipeline = build_pipeline(schema, kwargs, forest.model_type, dense=fits_dense(train, schema))
+    started = time.perf_counter()
     pipeline.fit(train, labels.train)
     fit_seconds = time.perf_counter() - started
     rule = decision_rule(pipeline, train, labels, model, forest.random_state)

@@ -40,7 +40,7 @@ from contract.params import (
     to_arguments,
 )
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
-from pyfunc.pipeline import build_pipeline
+from pyfunc.pipeline import build_pipeline, fits_dense
 from steps import evaluate
 from steps.runs import exit_when_done, log_params_once, next_steps, record_outcome, run_child, step_run
 from steps.splits import SPLITS_DIR, Splits, load_splits, prepare_labels
@@ -98,6 +98,7 @@ class CrossValidation:
         features = splits.meta.features
         self.schema = infer_feature_schema(splits.train[features], splits.meta.na_values)
         self.x = clean_raw_frame(splits.train, self.schema)
+        self.dense = fits_dense(self.x, self.schema)
         labels = prepare_labels(splits, target, model.positive_class)
         self.y, self.classes, self.positive = labels.train, labels.classes, labels.positive
         smallest = min(int(np.sum(self.y == c)) for c in self.classes)
@@ -108,7 +109,7 @@ class CrossValidation:
     def score(self, forest: ForestParams) -> dict[str, list[float]]:
         scores: dict[str, list[float]] = {}
         for fit_rows, held_out in self.folds:
-            pipeline = build_pipeline(self.schema, forest.sklearn_kwargs(), forest.model_type)
+            pipeline = build_pipeline(self.schema, forest.sklearn_kwargs(), forest.model_type, self.dense)
             pipeline.fit(self.x.iloc[fit_rows], self.y[fit_rows])
             proba = pipeline.predict_proba(self.x.iloc[held_out])
             metrics = evaluate.classification_metrics(self.y[held_out], proba, pipeline.classes_, self.positive)

@@ -134,3 +134,35 @@ def test_gradient_boosting_is_built_saved_loaded_and_compiled_to_scikit_learns_p
     assert np.ptp(ours[:, 0]) > 0.3  # the rows are told apart: not a comparison of constant outputs
     np.testing.assert_array_equal(compiled.classes, loaded.classes_)
     assert input_column_importance(loaded, schema) is None  # no impurity importances: the train step permutes
+
+
+@pytest.mark.parametrize("model_type", ["random_forest", "extra_trees"])
+def test_a_dense_training_matrix_grows_the_same_forest_as_a_sparse_one(model_type):
+    def with_codes(n: int, seed: int):  # a column of many categories: a one-hot matrix sparse enough to stay so
+        frame = mixed_frame(n=n, seed=seed)
+        frame["code"] = [f"c{i}" for i in np.random.default_rng(seed).integers(0, 40, n)]
+        return frame
+
+    frame, columns = with_codes(600, 11), [*FEATURES, "code"]
+    schema = infer_feature_schema(frame[columns], ["?"])
+    x, y = clean_raw_frame(frame, schema), frame["label"].to_numpy()
+    params = {"n_estimators": 15, "random_state": 0, "n_jobs": 1}
+    sparse, dense = (build_pipeline(schema, params, model_type, dense=d).fit(x, y) for d in (False, True))
+    assert hasattr(sparse.named_steps["preprocess"].transform(x), "toarray")  # the one-hot matrix, sparse
+    assert isinstance(dense.named_steps["preprocess"].transform(x), np.ndarray)
+    raw = with_codes(300, 12)[columns]
+    np.testing.assert_array_equal(dense.predict_proba(clean_raw_frame(raw, schema)),
+                                  sparse.predict_proba(clean_raw_frame(raw, schema)))
+
+
+def test_the_training_matrix_is_dense_while_it_fits_the_budget(monkeypatch):
+    import pyfunc.pipeline as pipeline_module
+
+    frame = mixed_frame(n=500, seed=13)
+    schema = infer_feature_schema(frame[FEATURES], ["?"])
+    x = clean_raw_frame(frame, schema)
+    width = len(schema.numeric) + sum(x[c].nunique() for c in schema.categorical)
+    monkeypatch.setattr(pipeline_module, "DENSE_MAX_BYTES", len(x) * width * 8)
+    assert pipeline_module.fits_dense(x, schema)
+    monkeypatch.setattr(pipeline_module, "DENSE_MAX_BYTES", len(x) * width * 8 - 1)
+    assert not pipeline_module.fits_dense(x, schema)
