@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -44,6 +43,7 @@ from gateway.routes.health import served_models
 from gateway.schemas import unprocessable
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
+from runtime.processes import settle_heap
 from runtime.tasks import cancel
 
 log = logging.getLogger("gateway")
@@ -157,9 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
                 schedule = MonitorSchedule(app.state.jobs, settings.monitor_every_minutes,
                                            lambda: served_models(settings, app.state.model_client.http))
                 schedule.start()
-        # MLflow and pandas leave ~10^6 long-lived objects; a full GC pass over
-        # them stalls every request for tens of ms. Park them out of the GC's way.
-        gc.freeze()
+        settle_heap()
         try:
             yield
         finally:

@@ -1,7 +1,9 @@
 """The inference log, written by the gateway: every answered prediction, off the request path.
 
-A request only appends its rows to a bounded buffer in memory (microseconds);
-a background task writes them in batches, in a thread. When the store is slow
+A request only appends one entry to a bounded buffer in memory (microseconds):
+its body as it came (or its records, when they came another way) and the
+model's answer; a background task encodes and writes the entries in batches,
+in a thread, one row per request (``contract/inference_log.py``). When the store is slow
 or down, predictions go on answering at full speed: the rows that do not fit in
 the buffer (``INFERENCE_LOG_BUFFER_ROWS``) are dropped and counted
 (``gateway_inference_log_dropped_rows_total``), the incident is logged once when
@@ -18,9 +20,8 @@ import contextlib
 import logging
 import random
 import time
-import uuid
 from collections import deque
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,23 +29,48 @@ from sqlalchemy import Engine
 
 from contract import inference_log as store
 from contract.errors import first_line
-from contract.model_output import PROBA_PREFIX
+from contract.packing import pack, unpack
 from contract.settings import Settings
 from contract.tables import column_name
-from gateway.observability import Metrics
+from gateway.observability import Metrics, unique_id
 from runtime.tasks import cancel
 
 log = logging.getLogger("gateway.inference_log")
-BATCH_ROWS = 2000
+BATCH_ROWS = 2000  # predictions per transaction (whole requests: one may hold more)
 FLUSH_SECONDS = 0.5
 PRUNE_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 5.0
 
 
-def prediction_ids(count: int) -> list[str]:
+def request_key() -> str:
+    """A new request's key: its predictions' ids are ``<key>-<row>``."""
+    return unique_id()
+
+
+def prediction_ids(key: str, count: int) -> list[str]:
     """Ids for the predictions of one request: unique, and cheap for thousands of rows."""
-    base = uuid.uuid4().hex
-    return [f"{base}-{i}" for i in range(count)]
+    return [f"{key}-{i}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One answered request, as queued: encoded for the store by the writer, off the request path."""
+
+    key: str
+    role: str
+    request_id: str | None
+    created_at: float
+    model: str
+    version: str
+    inputs_format: str  # store.JSON_ROWS or store.CSV_ROWS
+    inputs: bytes | list[dict[str, Any]]  # the body as sent (packed, if ``packed``), or the records
+    outputs: list[dict[str, Any]]  # the model's rows
+    latency_ms: float
+    packed: bool = False  # the body came packed (it went to the model server so): 30x less to keep queued
+
+    @property
+    def rows(self) -> int:
+        return len(self.outputs)
 
 
 class InferenceLog:
@@ -55,7 +81,8 @@ class InferenceLog:
         self.capacity = settings.inference_log_buffer_rows
         self.exclude = frozenset(column_name(c) for c in settings.inference_log_exclude_columns)
         self.metrics = metrics
-        self.pending: deque[dict[str, Any]] = deque()
+        self.pending: deque[Entry] = deque()
+        self.pending_rows = 0
         self._engine: Engine | None = None
         self._wake = asyncio.Event()
         self._writing = asyncio.Lock()
@@ -65,28 +92,44 @@ class InferenceLog:
         self._next_prune = 0.0
 
     # --- the request path ---------------------------------------------------------------
-    def record(self, ids: Sequence[str], request_id: str | None, model: str, version: str,
-               records: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], latency_ms: float,
-               role: str = store.ANSWER) -> None:
-        """Queue a request's predictions for the log (unless the request is not sampled)."""
+    def record(self, key: str, request_id: str | None, model: str, version: str, inputs_format: str,
+               inputs: bytes | list[dict[str, Any]], outputs: list[dict[str, Any]], latency_ms: float,
+               role: str = store.ANSWER, packed: bytes | None = None) -> None:
+        """Queue a request's predictions for the log (unless the request is not sampled): ``inputs`` are the
+        body as sent (``inputs_format`` JSON or CSV; ``packed``, if it was packed already) or its records,
+        ``outputs`` the model's rows."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        if len(self.pending) + len(records) > self.capacity:
-            self._lose(len(records), "buffer_full", f"the buffer of {self.capacity} rows is full")
+        rows = len(outputs)
+        if self.pending_rows + rows > self.capacity:
+            self._lose(rows, "buffer_full", f"the buffer of {self.capacity} rows is full")
             return
-        now = time.time()
-        exclude = self.exclude
-        for prediction_id, record, prediction in zip(ids, records, predictions, strict=True):
-            inputs = {k: v for k, v in record.items() if column_name(k) not in exclude} if exclude else record
-            probabilities = {k.removeprefix(PROBA_PREFIX): v for k, v in prediction.items() if k.startswith(PROBA_PREFIX)}
-            self.pending.append({
-                "id": prediction_id, "role": role, "request_id": request_id, "created_at": now, "model_name": model,
-                "model_version": version, "inputs": orjson.dumps(inputs).decode(),
-                "label": orjson.dumps(prediction.get("label")).decode(),
-                "probabilities": orjson.dumps(probabilities).decode(), "latency_ms": latency_ms})
-        self.metrics.log_pending.set(len(self.pending))
-        if len(self.pending) >= BATCH_ROWS:
+        self.pending.append(Entry(key, role, request_id, time.time(), model, version, inputs_format,
+                                  inputs if packed is None else packed, outputs, latency_ms, packed is not None))
+        self.pending_rows += rows
+        self.metrics.log_pending.set(self.pending_rows)
+        if self.pending_rows >= BATCH_ROWS:
             self._wake.set()
+
+    def stored(self, entry: Entry) -> dict[str, Any]:
+        """An entry as the store's row (in the writer's thread: packing a big request takes a millisecond)."""
+        inputs_format, inputs, packed = entry.inputs_format, entry.inputs, None
+        if self.exclude:  # never stored: the rows are read, the columns dropped, the rest kept as JSON records
+            if isinstance(inputs, bytes):
+                inputs = store.body_records(inputs_format, unpack(inputs) if entry.packed else inputs)
+            inputs_format = store.JSON_ROWS
+            inputs = [{k: v for k, v in record.items() if column_name(k) not in self.exclude} for record in inputs]
+        elif entry.packed:
+            packed = inputs
+        if packed is None:
+            packed = pack(inputs if isinstance(inputs, bytes) else orjson.dumps(inputs))
+        return {"id": entry.key, "role": entry.role, "request_id": entry.request_id, "created_at": entry.created_at,
+                "model_name": entry.model, "model_version": entry.version, "rows": entry.rows,
+                "inputs_format": inputs_format, "inputs": packed, "outputs": pack(orjson.dumps(entry.outputs)),
+                "latency_ms": entry.latency_ms}
+
+    def _write(self, engine: Engine, batch: list[Entry]) -> None:
+        store.insert_requests(engine, [self.stored(entry) for entry in batch])
 
     # --- the writer -----------------------------------------------------------------------
     def start(self) -> None:
@@ -111,21 +154,27 @@ class InferenceLog:
                 await self._prune()
 
     async def flush(self) -> bool:
-        """Write every row queued so far; False if the store refused (the rows stay queued)."""
+        """Write every request queued so far; False if the store refused (they stay queued)."""
         async with self._writing:
             while self.pending:
-                batch = [self.pending[i] for i in range(min(BATCH_ROWS, len(self.pending)))]
+                batch, rows = [], 0
+                for entry in self.pending:
+                    if batch and rows + entry.rows > BATCH_ROWS:
+                        break
+                    batch.append(entry)
+                    rows += entry.rows
                 try:
                     engine = self._engine or await asyncio.to_thread(store.open_log, self.uri)
                     self._engine = engine
-                    await asyncio.to_thread(store.insert_predictions, engine, batch)
+                    await asyncio.to_thread(self._write, engine, batch)
                 except Exception as err:  # noqa: BLE001 (the store is slow or down: predictions go on)
                     self._failing(err)
                     return False
                 for _ in batch:
                     self.pending.popleft()
-                self.metrics.log_written.inc(len(batch))
-                self.metrics.log_pending.set(len(self.pending))
+                self.pending_rows -= rows
+                self.metrics.log_written.inc(rows)
+                self.metrics.log_pending.set(self.pending_rows)
             self._resumed()
             return True
 

@@ -16,8 +16,8 @@ from contract.model_output import BASE_VALUE_COLUMN, EXPLAIN_CLASSES, EXPLAIN_CL
 from contract.settings import Settings
 from contract.traffic import TrafficPolicy, to_canary
 from gateway.batching import Answer
-from gateway.inference_log import InferenceLog, prediction_ids
-from gateway.model_client import ModelServerClient, Target
+from gateway.inference_log import InferenceLog, prediction_ids, request_key as new_request_key
+from gateway.model_client import CSV, ModelServerClient, Rows, Target
 from gateway.observability import Metrics
 from gateway.rollouts import Rollouts, request_key
 from runtime.logs import request_id_var
@@ -28,6 +28,7 @@ class Predicted:
     version: str
     rows: list[dict[str, Any]]  # as the model server answered: label, probability, proba_<class>
     ids: list[str]  # one prediction id a row
+    key: str  # the request's key in the inference log (the ids are <key>-<row>)
 
 
 def model_error_message(body: Any) -> str:
@@ -55,23 +56,34 @@ class Predictor:
         self.inference_log = inference_log
         self.rollouts = rollouts
 
-    async def predict(self, records: list[dict[str, Any]], target: Target) -> Predicted:
-        """Predictions for ``records``, each with its id and logged; the errors as HTTP errors."""
+    async def predict(self, rows: Rows, target: Target) -> Predicted:
+        """Predictions for ``rows``, each with its id and logged; the errors as HTTP errors."""
         started = time.perf_counter()
         served = target.alias is None and target.version is None  # the served version, under the policy
         policy = self.rollouts.policy(target.name) if served else TrafficPolicy()
         answer = None
-        if policy.mode == "canary" and to_canary(policy, request_key(policy, records, request_id_var.get())):
-            tried = await self._call(records, Target(target.name, alias=policy.alias))
-            if tried is not None and (tried.status == 200 or the_callers_fault(tried)):
-                answer = tried  # else the served version answers below: the caller sees no canary failure
+        if policy.mode == "canary":
+            records = rows.parsed() if policy.sticky_key else []  # routed by a column's value, or the request id
+            if to_canary(policy, request_key(policy, records, request_id_var.get())):
+                tried = await self._call(rows, Target(target.name, alias=policy.alias))
+                if tried is not None and (tried.status == 200 or the_callers_fault(tried)):
+                    answer = tried  # else the served version answers below: the caller sees no canary failure
         if answer is None:
-            answer = await self._call(records, target)
-        predicted = self._answered(records, target, self._checked(answer), started)
+            answer = await self._call(rows, target)
+        predicted = self._answered(rows, target, self._checked(self._read_as_sent(rows, answer)), started)
         if policy.mode == "shadow" and policy.alias:
-            self.rollouts.run_later(self._shadow(records, Target(target.name, alias=policy.alias), predicted.rows,
-                                                 predicted.ids))
+            self.rollouts.run_later(self._shadow(rows, Target(target.name, alias=policy.alias), predicted))
         return predicted
+
+    def _read_as_sent(self, rows: Rows, answer: Answer | None) -> Answer | None:
+        """A body passed on unread that the model server refused, or that held too many rows, is read here:
+        the caller gets the gateway's own 4xx naming the field, as if it had been read first."""
+        if rows.records is not None or answer is None:
+            return answer
+        if answer.status in (400, 413, 415, 422) or (
+                answer.status == 200 and len(answer.body["predictions"]) > self.settings.max_predict_rows):
+            rows.parsed()  # raises the caller's error; else the model's own refusal stands
+        return answer
 
     async def explain(self, records: list[dict[str, Any]], target: Target, every_class: bool) -> Predicted:
         """Predictions with their explanations (``base_value``, ``contrib_<column>``, and ``explanations`` when
@@ -79,35 +91,42 @@ class Predictor:
         whose answers the caller would not see explained."""
         started = time.perf_counter()
         params = {EXPLAIN_PARAM: True, EXPLAIN_CLASSES_PARAM: EXPLAIN_CLASSES[1 if every_class else 0]}
-        answer = self._checked(await self._call(records, target, params))
-        rows = answer.body["predictions"]
-        if rows and BASE_VALUE_COLUMN not in rows[0]:  # MLflow drops params a version's signature lacks
+        rows = Rows(records)
+        answer = self._checked(await self._call(rows, target, params))
+        predictions = answer.body["predictions"]
+        if predictions and BASE_VALUE_COLUMN not in predictions[0]:  # MLflow drops params a version's signature lacks
             raise HTTPException(status.HTTP_409_CONFLICT,
                                 detail=f"version {answer.version} of '{target.name}' was trained before models "
                                        "could explain their predictions; train a new version")
-        return self._answered(records, target, answer, started)
+        return self._answered(rows, target, answer, started)
 
-    def _answered(self, records: list[dict[str, Any]], target: Target, answer: Answer, started: float) -> Predicted:
+    def _answered(self, rows: Rows, target: Target, answer: Answer, started: float,
+                  role: str = log_tables.ANSWER, key: str | None = None) -> Predicted:
         """A successful answer's predictions with their ids, logged."""
-        version, rows, ids = answer.version or "unknown", answer.body["predictions"], prediction_ids(len(records))
+        version, predictions, key = answer.version or "unknown", answer.body["predictions"], key or new_request_key()
         if self.inference_log is not None:
-            self.inference_log.record(ids, request_id_var.get(), target.name, version, records, rows,
-                                      (time.perf_counter() - started) * 1000)
-        return Predicted(version, rows, ids)
+            # the body as it came when there is one (nothing re-encoded on the request path), else the records
+            if rows.body is not None:
+                fmt, inputs = (log_tables.CSV_ROWS if rows.media == CSV else log_tables.JSON_ROWS), rows.body
+            else:
+                fmt, inputs = log_tables.JSON_ROWS, rows.parsed()
+            latency = (time.perf_counter() - started) * 1000 if role == log_tables.ANSWER else 0.0
+            self.inference_log.record(key, request_id_var.get(), target.name, version, fmt, inputs, predictions,
+                                      latency, role, packed=rows.packed)
+        return Predicted(version, predictions, prediction_ids(key, len(predictions)), key)
 
-    async def _call(self, records: list[dict[str, Any]], target: Target,
-                    params: dict[str, Any] | None = None) -> Answer | None:
+    async def _call(self, rows: Rows, target: Target, params: dict[str, Any] | None = None) -> Answer | None:
         """One call, counted for its version (None when the model server did not answer)."""
         started = time.perf_counter()
         try:
-            answer = await self.model.predict(records, target, params)
+            answer = await self.model.predict(rows, target, params)
         except httpx.HTTPError:
             self.metrics.model_server_errors.labels("unreachable").inc()
             return None
         seconds = time.perf_counter() - started
-        rows = answer.body.get("predictions", []) if answer.status == 200 else []
-        self.metrics.observe_prediction(target.name, answer.version, answer.status, len(records), seconds,
-                                        (row.get("label") for row in rows))
+        predictions = answer.body.get("predictions", []) if answer.status == 200 else []
+        self.metrics.observe_prediction(target.name, answer.version, answer.status, len(predictions), seconds,
+                                        (row.get("label") for row in predictions))
         failed = answer.status != 200 and not the_callers_fault(answer)
         self.rollouts.observe(target.name, answer.version, failed, seconds)
         return answer
@@ -132,14 +151,10 @@ class Predictor:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY,
                             detail=f"model server answered {answer.status}: {model_error_message(answer.body)}")
 
-    async def _shadow(self, records: list[dict[str, Any]], target: Target, served: list[dict[str, Any]],
-                      ids: list[str]) -> None:
+    async def _shadow(self, rows: Rows, target: Target, served: Predicted) -> None:
         """After the answer: the shadow version's answers for the same rows, logged and compared."""
-        answer = await self._call(records, target)
+        answer = await self._call(rows, target)
         if answer is None or answer.status != 200:
             return
-        rows = answer.body["predictions"]
-        self.rollouts.compare_shadow(target.name, served, rows)
-        if self.inference_log is not None:
-            self.inference_log.record(ids, request_id_var.get(), target.name, answer.version or "unknown", records,
-                                      rows, 0.0, role=log_tables.SHADOW)
+        self.rollouts.compare_shadow(target.name, served.rows, answer.body["predictions"])
+        self._answered(rows, target, answer, 0.0, role=log_tables.SHADOW, key=served.key)

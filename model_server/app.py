@@ -16,15 +16,16 @@ as it is:
 A version not loaded yet is loaded on its first request: 503 with
 ``Retry-After`` meanwhile, never a hang. Answers carry the version as
 ``X-Model-Name``/``X-Model-Version``; an unknown model or alias is a 404. The
-bodies are passed to the version's backend untouched: each loaded version runs
-in a process of its own (:mod:`model_server.backends`), with its own logged code.
+bodies are passed to the version's backend untouched (a Zstandard-packed one,
+``Content-Encoding: zstd``, as the gateway sends big bodies, is unpacked by the
+worker): each loaded version runs in a process of its own
+(:mod:`model_server.backends`), with its own logged code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import tempfile
 import time
@@ -46,9 +47,10 @@ from contract.settings import Settings, settings_or_exit
 from model_server.backends import Backend, BackendUnavailable, ChildProcesses, Launcher
 from model_server.follower import Pair, RegistryFollower
 from model_server.pool import Failed, Loading, ModelPool
-from model_server.protocol import error_body
+from model_server.protocol import ProtocolError, check_encoding, error_body
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
+from runtime.processes import settle_heap
 
 log = logging.getLogger("model_server")
 
@@ -119,9 +121,14 @@ class ModelServer:
         }
 
     async def forward(self, backend: Backend, request: Request) -> Response:
+        try:
+            encoding = check_encoding(request.headers.get("content-encoding", ""))
+        except ProtocolError as err:
+            return Response(err.body(), status_code=err.status, media_type=err.content_type)
         backend.in_flight += 1
         try:
-            reply = await backend.invoke(await request.body(), request.headers.get("content-type", "application/json"))
+            reply = await backend.invoke(await request.body(), request.headers.get("content-type", "application/json"),
+                                         encoding)
         except BackendUnavailable as err:
             return unavailable(str(err))
         finally:
@@ -185,7 +192,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(server.run())
-        gc.freeze()  # as in the gateway: keep full GC passes off the request path
+        settle_heap()
         try:
             yield
         finally:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from contract.settings import PROJECT_DIR, Settings
-from model_server import wire
+from model_server import protocol, wire
 from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
 
 log = logging.getLogger("model_server")
@@ -60,7 +60,8 @@ class Backend:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    async def invoke(self, body: bytes, content_type: str) -> Reply:
+    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "") -> Reply:
+        """The backend's answer to a scoring request (``content_encoding``: protocol.check_encoding's)."""
         raise NotImplementedError
 
     async def ready(self) -> bool:
@@ -80,13 +81,37 @@ class Backend:
 @dataclass(eq=False)
 class WorkerBackend(Backend):
     socket_path: Path = Path()
-    _idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    processes: int = 1
+    _idle: list[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = field(default_factory=list)
+    _busy: list[int] = field(default_factory=list)  # calls in flight, per process
+
+    def __post_init__(self) -> None:
+        self.sockets = wire.process_sockets(self.socket_path, self.processes)
+        self._idle = [[] for _ in self.sockets]
+        self._busy = [0] * len(self.sockets)
+
+    async def _connect(self, index: int) -> tuple[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """A connection to process ``index``, or to the next one that takes it (a copy that died refuses)."""
+        for attempt in range(len(self.sockets)):
+            tried = (index + attempt) % len(self.sockets)
+            if self._idle[tried]:
+                return tried, self._idle[tried].pop()
+            try:
+                return tried, await asyncio.open_unix_connection(str(self.sockets[tried]))
+            except OSError:
+                if attempt == len(self.sockets) - 1:
+                    raise
+        raise OSError("no process")  # not reached: the loop returns or raises
 
     async def _call(self, header: dict[str, Any], body: bytes) -> Reply:
-        connection = self._idle.pop() if self._idle else None
+        index = self._busy.index(min(self._busy))  # the process with the fewest calls in flight
+        connection = None
+        self._busy[index] += 1  # counted before the first await: concurrent calls spread out
         try:
-            if connection is None:
-                connection = await asyncio.open_unix_connection(str(self.socket_path))
+            tried, connection = await self._connect(index)
+            self._busy[index] -= 1
+            self._busy[tried] += 1
+            index = tried
             reader, writer = connection
             await wire.write_frame(writer, header, body)
             answer, content = await wire.read_frame(reader)
@@ -98,14 +123,18 @@ class WorkerBackend(Backend):
             if connection is not None:
                 connection[1].close()
             raise
-        if len(self._idle) < IDLE_CONNECTIONS:
-            self._idle.append(connection)
+        finally:
+            self._busy[index] -= 1
+        if len(self._idle[index]) < IDLE_CONNECTIONS:
+            self._idle[index].append(connection)
         else:
             connection[1].close()
         return Reply(answer["status"], answer["content_type"], content)
 
-    async def invoke(self, body: bytes, content_type: str) -> Reply:
-        return await self._call({"op": "invocations", "content_type": content_type}, body)
+    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "") -> Reply:
+        # passed on packed: the worker unpacks it (the fewer bytes moved, the better)
+        return await self._call({"op": "invocations", "content_type": content_type,
+                                 "content_encoding": content_encoding}, body)
 
     async def ready(self) -> bool:
         if not self.socket_path.exists():
@@ -116,11 +145,13 @@ class WorkerBackend(Backend):
             return False
 
     async def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-        self._idle.clear()
+        for idle in self._idle:
+            for _, writer in idle:
+                writer.close()
+            idle.clear()
         await super().close()
-        self.socket_path.unlink(missing_ok=True)
+        for path in self.sockets:
+            path.unlink(missing_ok=True)
 
 
 @dataclass(eq=False)
@@ -128,8 +159,13 @@ class ScoringServerBackend(Backend):
     url: str = ""
     http: httpx.AsyncClient | None = None
 
-    async def invoke(self, body: bytes, content_type: str) -> Reply:
+    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "") -> Reply:
         assert self.http is not None
+        try:
+            body = protocol.decoded(body, content_encoding)  # MLflow's scoring server reads no content coding
+            body, content_type = protocol.as_mlflow_body(body, content_type)
+        except protocol.ProtocolError as err:
+            return Reply(err.status, err.content_type, err.body())
         try:
             answer = await self.http.post(f"{self.url}/invocations", content=body,
                                           headers={"Content-Type": content_type})
@@ -218,7 +254,8 @@ class Launcher:
                  "--socket", str(socket_path), "--log-level", self.settings.log_level,
                  "--parent-pid", str(os.getpid()), "--processes", str(self.settings.model_server_workers)],
                 name, version)
-            return WorkerBackend(name, version, process, log_path, self.children.forget, socket_path=socket_path)
+            return WorkerBackend(name, version, process, log_path, self.children.forget, socket_path=socket_path,
+                                 processes=self.settings.model_server_workers)
         host = "127.0.0.1"  # reached only by this model server
         port = free_port(host)
         process, log_path = self._spawn(

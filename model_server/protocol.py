@@ -2,7 +2,11 @@
 
 Request bodies: JSON with exactly one of ``dataframe_split``, ``dataframe_records``,
 ``instances`` or ``inputs`` (plus ``params``), CSV (``text/csv``, a header row)
-or Parquet. Answers: ``{"predictions": [...]}``; errors
+or Parquet; and, beyond MLflow's, the gateway's own body ``{"records": [...]}``
+(nothing else beside it), read as ``dataframe_records``: the gateway passes a
+big request's body on as the caller sent it instead of reading and re-encoding
+it (:func:`as_mlflow_body` turns it into MLflow's for ``mlflow models serve``, and reads CSV
+bodies by the same rule as this module, so that CSV means the same in both modes). Answers: ``{"predictions": [...]}``; errors
 ``{"error_code": ..., "message": ...}`` with MLflow's status codes (415 as text,
 like MLflow). One difference on purpose: an error never pastes the caller's
 input back (MLflow's does, whole), only what is wrong with it.
@@ -21,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from contract import tables
+from contract import packing, tables
 
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_CSV = "text/csv"
@@ -29,6 +33,7 @@ CONTENT_TYPE_PARQUET = "application/vnd.apache.parquet"
 CONTENT_TYPES = (CONTENT_TYPE_CSV, CONTENT_TYPE_JSON, CONTENT_TYPE_PARQUET)
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 PARAMS_KEY = "params"
+GATEWAY_KEY = "records"  # the gateway's body: {"records": [...]}
 
 
 class ProtocolError(Exception):
@@ -91,6 +96,28 @@ def media_type(content_type: str) -> str:
     return mime
 
 
+def check_encoding(content_encoding: str) -> str:
+    """The body's content coding: none, or Zstandard (``zstd``, as the gateway sends big bodies); a 415
+    for others."""
+    coding = content_encoding.strip().lower()
+    if coding in ("", "identity"):
+        return ""
+    if coding != packing.ENCODING:
+        raise ProtocolError(f"Content-Encoding {content_encoding!r} is not supported; send the body as it is, or "
+                            f"{packing.ENCODING}", 415, content_type="text/plain")
+    return coding
+
+
+def decoded(body: bytes, content_encoding: str) -> bytes:
+    """The body as sent before its content coding (``check_encoding``'s answer)."""
+    if not content_encoding:
+        return body
+    try:
+        return packing.unpack(body)
+    except ValueError as err:
+        raise invalid(f"The body is not valid {content_encoding}: {err}") from None
+
+
 def parse_request(body: bytes, content_type: str) -> ScoringInput:
     mime = media_type(content_type or CONTENT_TYPE_JSON)
     if mime == CONTENT_TYPE_CSV:
@@ -110,6 +137,10 @@ def json_input(body: bytes) -> ScoringInput:
         raise invalid(f"{required}. Received a list.")
     if not isinstance(payload, dict):
         raise invalid(f"{required}. Received unexpected input type '{type(payload).__name__}'.")
+    if GATEWAY_KEY in payload and not any(key in payload for key in FORMATS):
+        if len(payload) != 1:
+            raise invalid(f"a '{GATEWAY_KEY}' body holds nothing else; got {sorted(payload)}")
+        return ScoringInput(row_records(payload[GATEWAY_KEY], GATEWAY_KEY))
     keys = [key for key in FORMATS if key in payload]
     if len(keys) != 1:
         raise ProtocolError(f"{required}. Received dictionary with input fields: {list(payload)}.")
@@ -120,6 +151,24 @@ def json_input(body: bytes) -> ScoringInput:
     records = {"dataframe_split": split_records, "dataframe_records": row_records,
                "instances": tensor_records, "inputs": tensor_records}[key](payload[key], key)
     return ScoringInput(records, params or None)
+
+
+def as_mlflow_body(body: bytes, content_type: str) -> tuple[bytes, str]:
+    """``body`` as MLflow's scoring server should read it, and its content type: the gateway's
+    ``{"records": [...]}`` becomes ``{"dataframe_records": [...]}``, and CSV becomes records by the project's
+    one CSV rule (``contract.tables.csv_records``: cells as text, a line with the wrong number of cells
+    refused), so a CSV body means the same in both modes; any other body is left as it is (MLflow answers it)."""
+    if content_type.lower().startswith(CONTENT_TYPE_CSV):
+        return orjson.dumps({"dataframe_records": csv_records(body)}), CONTENT_TYPE_JSON
+    if not content_type.lower().startswith(CONTENT_TYPE_JSON) or f'"{GATEWAY_KEY}"'.encode() not in body:
+        return body, content_type
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body, content_type
+    if isinstance(payload, dict) and list(payload) == [GATEWAY_KEY]:
+        return orjson.dumps({"dataframe_records": payload[GATEWAY_KEY]}), content_type
+    return body, content_type
 
 
 def row_records(data: Any, key: str) -> list[dict[str, Any]]:

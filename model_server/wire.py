@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,3 +33,9 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], byte
         raise ValueError(f"frame header of {header_length} bytes")
     header = orjson.loads(await reader.readexactly(header_length))
     return header, await reader.readexactly(body_length)
+
+
+def process_sockets(socket_path: Path, processes: int) -> list[Path]:
+    """The sockets of a worker's processes: the first process's is ``socket_path``, the others'
+    ``<socket_path>.<index>``."""
+    return [socket_path, *(socket_path.with_name(f"{socket_path.name}.{i}") for i in range(1, processes))]

@@ -10,7 +10,8 @@ project's model code: before loading, the worker takes the project folder off
 ``.importlinter`` keep ``model_server`` from importing it). Whatever version it
 loads, ``pyfunc`` then comes from that version's ``code/`` folder.
 
-The socket is created once the model is loaded: the model server waits for it.
+The sockets (one a process, see ``--processes``) are created once the model is loaded: the model
+server waits for them.
 Requests and replies are :mod:`model_server.wire` frames; bodies are MLflow's
 scoring protocol (:mod:`model_server.protocol`).
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -106,6 +106,7 @@ class Worker:
         if op != "invocations":
             return 404, protocol.CONTENT_TYPE_JSON, protocol.error_body("ENDPOINT_NOT_FOUND", f"no operation {op!r}")
         try:
+            body = protocol.decoded(body, header.get("content_encoding", ""))
             request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON))
             rows = len(request.records) if request.records is not None else len(request.table)
             if rows <= INLINE_ROWS and not request.params:  # params (explain) cost more: a thread too
@@ -149,19 +150,19 @@ def listen(socket_path: Path) -> socket.socket:
     return listener
 
 
-def fork_processes(count: int) -> bool:
-    """Fork ``count - 1`` copies of this loaded worker; True in the first process, False in a copy.
+def fork_processes(count: int) -> int:
+    """Fork ``count - 1`` copies of this loaded worker; the process's index: 0 in the first, 1... in a copy.
 
-    The copies share the model's memory (copy on write, after ``gc.freeze``) and accept connections
-    on the same socket, so one version's requests use several cores: the cleaning is Python and
-    holds the GIL. Forked before any thread or event loop exists.
+    The copies share the model's memory (copy on write, after ``gc.freeze``) so one version's requests
+    use several cores: the cleaning is Python and holds the GIL. Forked before any thread or event loop
+    exists.
     """
     first = os.getpid()
-    for _ in range(count - 1):
+    for index in range(1, count):
         if os.fork() == 0:
             die_with(first)
-            return False
-    return True
+            return index
+    return 0
 
 
 async def serve(model: LoadedModel, listener: socket.socket) -> None:
@@ -178,6 +179,7 @@ async def serve(model: LoadedModel, listener: socket.socket) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from runtime.logs import apply_mlflow_client_defaults, configure_logging
+    from runtime.processes import settle_heap
 
     parser = argparse.ArgumentParser(prog="python -m model_server.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", required=True)
@@ -192,16 +194,23 @@ def main(argv: list[str] | None = None) -> None:
     apply_mlflow_client_defaults()
     isolate_from_project()
     model = LoadedModel(args.model_uri)
-    gc.freeze()  # the model's objects live as long as the process: keep full GC passes off them
-    listener = listen(args.socket)  # created once the model is loaded: the model server waits for it
-    first = fork_processes(max(1, args.processes))
+    settle_heap()  # the model's objects live as long as the process: kept out of the collector's passes
+    # One socket a process (wire.process_sockets), so the model server chooses which process gets a
+    # request: on one shared socket, its few kept connections could all be accepted by one process while
+    # the other idled. Created once the model is loaded, the first process's last: the model server
+    # waits for it, and then finds them all.
+    paths = wire.process_sockets(args.socket, max(1, args.processes))
+    listeners = [listen(path) for path in reversed(paths)][::-1]
+    index = fork_processes(len(paths))
+    for other, listener in enumerate(listeners):
+        if other != index:
+            listener.close()
     import uvloop  # the same C event loop uvicorn runs our services on
 
     try:
-        uvloop.run(serve(model, listener))
+        uvloop.run(serve(model, listeners[index]))
     finally:
-        if first:
-            args.socket.unlink(missing_ok=True)
+        paths[index].unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

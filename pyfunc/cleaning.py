@@ -2,10 +2,13 @@
 
 Raw input is what a CSV file or a JSON client gives us: text with stray
 whitespace, missing-value markers such as ``?``, empty cells, numbers sent as
-strings and strings sent as numbers. Every path goes through :func:`clean_values`:
-training fits on :func:`clean_raw_frame` (``steps/train.py``), and the served
-model's compiled path (``pyfunc/fast.py``) cleans DataFrames with
-:func:`clean_columns` and JSON rows with :func:`clean_records`, so the model sees
+strings and strings sent as numbers. Every path applies the same cell rules
+(:func:`clean_cell`, :func:`clean_category`, :func:`parse_number`): training fits
+on :func:`clean_raw_frame` (``steps/train.py``), and the served model's compiled
+path (``pyfunc/fast.py``) takes the raw cells of DataFrames
+(:func:`frame_columns`) and JSON rows (:func:`record_columns`) column by column,
+cleans the numbers with :func:`clean_values` and turns each categorical cell
+straight into its one-hot column with :func:`category_codes`, so the model sees
 the same values in training and serving. The one exception is
 :func:`normalize_missing`, which the preprocess step runs on whole files before
 any column kind is known (the same cell rule, :func:`clean_cell`).
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from operator import itemgetter
@@ -210,7 +213,30 @@ class _BadValue(ValueError):
 # Columns whose cells are all of these types are cleaned one distinct value at a time (below). bool
 # is not among them: True == 1 as a dict key, and the two clean differently.
 _MEMO_TYPES = frozenset({str, int, float, type(None)})
+_TEXT_TYPES = frozenset({str, type(None)})
 _MEMO_MIN_ROWS = 16
+
+
+def _distinct_cleaned(values: Sequence[Any], clean: Any) -> dict[Any, Any] | None:
+    """``{value: clean(value)}`` for each distinct value of a column, or None when the column does not allow
+    it (see :func:`_by_distinct_value`)."""
+    if len(values) < _MEMO_MIN_ROWS:
+        return None
+    try:
+        distinct = set(values)
+    except TypeError:  # a list or an object in the column: cell by cell finds its row
+        return None
+    kinds = set(map(type, distinct))
+    if not kinds <= _MEMO_TYPES:
+        return None
+    # A bool hides in the set behind an equal number (True == 1): then every cell's type is checked. Text
+    # and nulls alone (JSON rows copied from a CSV) cannot hide one, and skip that pass.
+    if not kinds <= _TEXT_TYPES and not set(map(type, values)) <= _MEMO_TYPES:
+        return None
+    try:
+        return {value: clean(value) for value in distinct}
+    except (ValueError, OverflowError, TypeError):
+        return None
 
 
 def _by_distinct_value(values: Sequence[Any], clean: Any) -> list[Any] | None:
@@ -219,13 +245,8 @@ def _by_distinct_value(values: Sequence[Any], clean: Any) -> list[Any] | None:
     per-request hot loop. None when the column does not allow it (a bool, a list, a value ``clean``
     refuses): the caller then goes cell by cell, which also finds the row at fault; so does a short
     column, for which the sets cost more than they save."""
-    if len(values) < _MEMO_MIN_ROWS or not set(map(type, values)) <= _MEMO_TYPES:
-        return None
-    try:
-        cleaned = {value: clean(value) for value in set(values)}
-    except (ValueError, OverflowError, TypeError):
-        return None
-    return list(map(cleaned.__getitem__, values))
+    cleaned = _distinct_cleaned(values, clean)
+    return None if cleaned is None else list(map(cleaned.__getitem__, values))
 
 
 def _number_cell(value: Any, markers: frozenset[str]) -> float:
@@ -279,6 +300,18 @@ def _category_column(values: Sequence[Any], markers: frozenset[str]) -> np.ndarr
     return np.array(fast, dtype=object)
 
 
+def category_codes(values: Sequence[Any], markers: frozenset[str], codes: dict[Any, int]) -> Iterator[int] | None:
+    """``codes[clean_category(v)]`` (-1 for a category not in ``codes``) for each cell of a categorical column,
+    cleaning and looking up each distinct value once: what the compiled model needs of a column, without the
+    column of cleaned text between. None when the column must be cleaned cell by cell (see
+    :func:`_by_distinct_value`): :func:`clean_values` then names the bad row, if any."""
+    cleaned = _distinct_cleaned(values, lambda value: clean_category(value, markers))
+    if cleaned is None:
+        return None
+    coded = {value: codes.get(category, -1) for value, category in cleaned.items()}
+    return map(coded.__getitem__, values)
+
+
 def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
     """Clean raw values given column by column, in ``schema.columns`` order.
 
@@ -323,19 +356,25 @@ def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tup
     return numeric, categorical
 
 
-def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
-    """:func:`clean_values` for a DataFrame of raw rows; extra columns are ignored."""
+def frame_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[list[Any]]:
+    """The raw cells of ``schema.columns`` in a DataFrame, column by column; extra columns are ignored."""
     positions = _positions(list(frame.columns), schema)
     # One conversion of the whole frame, then pick the columns: far cheaper than
     # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
     raw = frame.to_numpy(dtype=object)[:, positions]
-    return clean_values([raw[:, j].tolist() for j in range(raw.shape[1])], schema)  # lists iterate faster
+    return [raw[:, j].tolist() for j in range(raw.shape[1])]  # lists iterate faster
 
 
-def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
-    """:func:`clean_values` for JSON-style records (one dict per row), without pandas."""
+def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`clean_values` for a DataFrame of raw rows; extra columns are ignored."""
+    return clean_values(frame_columns(frame, schema), schema)
+
+
+def record_columns(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> list[Sequence[Any]]:
+    """The raw cells of ``schema.columns`` in JSON-style records (one dict per row), column by column,
+    without pandas; columns are matched as :func:`column_key` says."""
     if not schema.columns or not records:
-        return clean_values([[] for _ in schema.columns], schema)
+        return [[] for _ in schema.columns]
     # every row's cells in the schema's order, then the columns: both loops in C
     pick = schema.pick
     try:
@@ -349,7 +388,12 @@ def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> t
         if absent:  # some rows lack a column others have
             raise _missing_columns_error(absent, [], schema) from None
         rows = list(map(pick, keyed))
-    return clean_values(list(zip(*rows, strict=True)), schema)
+    return list(zip(*rows, strict=True))
+
+
+def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`clean_values` for JSON-style records (one dict per row), without pandas."""
+    return clean_values(record_columns(records, schema), schema)
 
 
 def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:

@@ -23,7 +23,7 @@ the whole test split and refuses to register a model where they differ.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain, repeat
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,7 +35,7 @@ from scipy.special import expit
 from sklearn.pipeline import Pipeline
 from sklearn.utils.extmath import softmax
 
-from pyfunc.cleaning import MISSING, FeatureSchema, clean_columns, clean_records
+from pyfunc.cleaning import MISSING, FeatureSchema, category_codes, clean_values, frame_columns, record_columns
 from pyfunc.explain import TreeExplainer
 from pyfunc.jit import njit
 from pyfunc.pipeline import feature_columns
@@ -227,30 +227,46 @@ class CompiledPipeline:
         compiled.predict_proba(pd.DataFrame([{c: None for c in schema.columns}]))  # compile the kernel now
         return compiled
 
+    @cached_property
+    def _numbers_only(self) -> FeatureSchema:
+        return FeatureSchema(self.schema.numeric, [], self.schema.na_values)
+
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw rows -> the feature matrix the trees see (in the dtype the estimator casts to)."""
-        return self._encode(*clean_columns(frame, self.schema), len(frame))
+        return self._encode_columns(frame_columns(frame, self.schema), len(frame))
 
     def encode_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """:meth:`encode` for JSON-style records, without building a DataFrame."""
-        return self._encode(*clean_records(records, self.schema), len(records))
+        return self._encode_columns(record_columns(records, self.schema), len(records))
 
-    def _encode(self, numeric: np.ndarray, categorical: list[np.ndarray], n_rows: int) -> np.ndarray:
+    def _encode_columns(self, columns: list[Sequence[Any]], n_rows: int) -> np.ndarray:
+        """Raw cells, column by column in the schema's order -> the feature matrix."""
+        first = len(self.schema.numeric)
+        markers = frozenset(self.schema.na_values)
+        codes = []
+        for values, lookup in zip(columns[first:], self.categorical_columns, strict=True):
+            coded = category_codes(values, markers, lookup)  # one lookup a distinct value
+            if coded is None:  # cleaned cell by cell (which names a bad row), then looked up
+                numeric, categorical = clean_values(columns, self.schema)
+                return self._encode(numeric, [map(lookup.get, values, repeat(-1)) for values, lookup
+                                              in zip(categorical, self.categorical_columns, strict=True)], n_rows)
+            codes.append(coded)
+        numeric, _ = clean_values(columns[:first], self._numbers_only)
+        return self._encode(numeric, codes, n_rows)
+
+    def _encode(self, numeric: np.ndarray, codes: list[Iterable[int]], n_rows: int) -> np.ndarray:
+        """The matrix from the numbers and, per categorical column, each row's one-hot column (-1: none)."""
         # float32 for a forest, as it casts its input; the scaling in float64 first, as RobustScaler does
         X = np.zeros((n_rows, self.n_features), dtype=self.forest.dtype)
         if numeric.shape[1]:
             numeric = np.where(np.isnan(numeric), self.numeric_fill, numeric)
             X[:, : numeric.shape[1]] = (numeric - self.center) / self.scale
-        if categorical:
-            # one dict lookup a cell, every column in one pass looped in C (cleaning marks every missing
-            # value with the one MISSING object), then one assignment for the whole matrix
-            columns = np.fromiter(chain.from_iterable(
-                map(lookup.get, values, repeat(-1)) for values, lookup in zip(categorical, self.categorical_columns,
-                                                                              strict=True)),
-                dtype=np.int64, count=n_rows * len(categorical))
-            rows = np.tile(np.arange(n_rows), len(categorical))
+        if codes:
+            # every column in one pass looped in C, then one assignment for the whole matrix
+            columns = np.fromiter(chain.from_iterable(codes), dtype=np.int64,
+                                  count=n_rows * len(codes)).reshape(len(codes), n_rows)
             hit = columns >= 0  # an unknown category sets no column, as handle_unknown="ignore"
-            X[rows[hit], columns[hit]] = 1.0
+            X.reshape(-1)[(np.arange(n_rows) * self.n_features + columns)[hit]] = 1.0
         return X
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:

@@ -71,13 +71,6 @@ class DecisionRule:
         positive = self.positive_index
         return np.where(proba[:, positive] >= self.threshold, positive, 1 - positive)
 
-    def best_of_row(self, row: list[float]) -> int:
-        """:meth:`best` of one row, in plain Python (the records path)."""
-        if self.threshold is None:
-            return max(range(len(row)), key=row.__getitem__)  # first maximum, like argmax
-        positive = self.positive_index
-        return positive if row[positive] >= self.threshold else 1 - positive
-
 
 ARGMAX = DecisionRule()
 
@@ -117,8 +110,7 @@ def prediction_records(classes: np.ndarray, proba: np.ndarray, rule: DecisionRul
     labels = classes.tolist()
     names = [proba_column(label) for label in labels]
     rows = []
-    for row in proba.tolist():
-        best = rule.best_of_row(row)
+    for row, best in zip(proba.tolist(), rule.best(proba).tolist(), strict=True):
         record = {"label": labels[best], "probability": row[best]}
         record.update(zip(names, row, strict=True))
         rows.append(record)

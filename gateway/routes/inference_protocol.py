@@ -33,7 +33,7 @@ from gateway.inference_protocol import (
     metadata,
     parse_infer_request,
 )
-from gateway.model_client import Target
+from gateway.model_client import Rows, Target
 from gateway.model_info import NotOurModel
 from gateway.routes.health import model_server_status
 from gateway.routes.predict import admitted, check_rows
@@ -151,7 +151,7 @@ async def infer(request: Request, target: Target, settings: SettingsDep, predict
     async def answer() -> Response:
         parsed = parse_infer_request(await request.body(), request.headers.get("inference-header-content-length"))
         check_rows(parsed.records, settings.max_predict_rows, "GATEWAY_MAX_PREDICT_ROWS")
-        done = await predictor.predict(parsed.records, target)
+        done = await predictor.predict(Rows(parsed.records), target)
         version, predictions = done.version, [{**row, "prediction_id": i} for row, i in zip(done.rows, done.ids,
                                                                                         strict=True)]
         try:

@@ -18,11 +18,15 @@ from typing import Any
 import httpx
 import mlflow
 import numpy as np
+import orjson
+import pandas as pd
 import pytest
 from playwright.sync_api import Route, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract.inference_log import logged_rows, open_log
 from gateway.jobs import JobStore
+from gateway.routes.predict import PASS_ON_BYTES
 from runtime.processes import children, pid_alive
 from stack.local import LocalStack
 from tests.conftest import census_rows
@@ -185,6 +189,12 @@ BAD_REQUESTS = [
     ("post", "/predict", {"content": b'{"records": [{"age": 1}]}', "headers": {"content-type": "text/plain"}},
      415, "content-type"),
     ("post", "/predict", {"json": {"records": RECORDS[:1] * 10_001}}, 413, "records"),
+    # the same refusals for a body big enough to go to the model server unread (above PASS_ON_BYTES)
+    ("post", "/predict", {"json": {"records": RECORDS * 2 + ["age"]}}, 422, "records[80]"),
+    ("post", "/predict", {"json": {"records": RECORDS * 2, "model": "x"}}, 422, "'model'"),
+    ("post", "/predict", {"json": {"records": RECORDS * 2 + [dict(RECORDS[0], age=[1, 2])]}}, 422, "'age'"),
+    ("post", "/predict", {"content": pd.DataFrame(RECORDS * 2).to_csv(index=False).encode() + b"1,2\n",
+                          "headers": {"content-type": "text/csv"}}, 422, "line 82"),
     # /predict: the cells
     ("post", "/predict", row(age=[1, 2]), 422, "age"),
     ("post", "/predict", row(age={"a": {"b": {"c": [1]}}}), 422, "age"),
@@ -296,6 +306,27 @@ def test_odd_but_valid_input_is_answered(api, kwargs):
     answer = api.post("/predict", **kwargs)
     assert answer.status_code == 200, answer.text[:500]
     assert len(answer.json()["predictions"]) == len(kwargs["json"]["records"])
+
+
+def test_a_big_body_goes_to_the_model_server_unread_and_is_answered_and_logged_as_small_ones(api, stack):
+    rows = RECORDS * 2
+    assert len(orjson.dumps({"records": rows})) > PASS_ON_BYTES > len(orjson.dumps({"records": rows[:1]}))
+    alone = [api.post("/predict", json={"records": [r]}).json()["predictions"][0] for r in RECORDS]  # read here
+    together = api.post("/predict", json={"records": rows})
+    as_csv = api.post("/predict", content=pd.DataFrame(rows).to_csv(index=False),
+                      headers={"content-type": "text/csv"})
+    for answer in (together, as_csv):
+        assert answer.status_code == 200, answer.text[:500]
+        assert answers(answer.json()["predictions"]) == answers(alone * 2)
+    ids = {p["id"] for p in together.json()["predictions"]} | {p["id"] for p in as_csv.json()["predictions"]}
+    log = open_log(f"sqlite:///{stack.settings.stack_dir / 'inference.db'}")
+    logged = wait_for(lambda: len(found := [r for r in logged_rows(log, MODEL) if r.id in ids]) == 160 and found,
+                      30, "both big requests in the inference log")
+    by_id = {r.id: r for r in logged}
+    for answer in (together, as_csv):  # the rows as sent, and what the answer said of each
+        predictions = answer.json()["predictions"]
+        assert [by_id[p["id"]].inputs for p in predictions] == rows
+        assert [by_id[p["id"]].label for p in predictions] == [p["label"] for p in predictions]
 
 
 def test_an_extra_column_changes_nothing(api):

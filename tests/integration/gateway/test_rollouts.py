@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract.inference_log import output_rows
 from stack.local import LocalStack
 from tests.conftest import census_rows
 from tests.integration.conftest import TOKEN, running_stack
@@ -134,9 +135,13 @@ def test_shadow_answers_only_from_the_served_version_and_logs_both(api, stack):
 
     def logged() -> dict[tuple[str, str], tuple[str, str, str]]:
         with sqlite3.connect(database) as db:
-            rows = db.execute("SELECT id, role, model_version, label, probabilities FROM inference_predictions")
-            return {(i, role): (version, label, probabilities) for i, role, version, label, probabilities in rows
-                    if i in ids}
+            requests = db.execute("SELECT id, role, model_version, outputs FROM inference_requests").fetchall()
+        found = {}
+        for key, role, version, outputs in requests:
+            for i, row in enumerate(output_rows(outputs)):
+                probabilities = {k.removeprefix("proba_"): v for k, v in row.items() if k.startswith("proba_")}
+                found[f"{key}-{i}", role] = (version, json.dumps(row["label"]), json.dumps(probabilities))
+        return {k: v for k, v in found.items() if k[0] in ids}
 
     both = wait_for(lambda: len(found := logged()) == 80 and found, 30, "both answers logged")
     assert all(both[i, "answer"][0] == "1" and both[i, "shadow"][0] == "2" for i in ids)

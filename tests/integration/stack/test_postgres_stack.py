@@ -79,8 +79,8 @@ def snapshot(stack: LocalStack, api: httpx.Client) -> dict:
 
 def logged_ids(postgres: PostgresServer) -> set[str]:
     with psycopg.connect(postgres.uri("inference")) as db, db.cursor() as cursor:
-        cursor.execute("SELECT id FROM inference_predictions")
-        return {row[0] for row in cursor.fetchall()}
+        cursor.execute("SELECT id, rows FROM inference_requests WHERE role = 'answer'")
+        return {f"{key}-{i}" for key, rows in cursor.fetchall() for i in range(rows)}
 
 
 def metric(api: httpx.Client, name: str, **labels: str) -> float:

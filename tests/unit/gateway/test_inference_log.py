@@ -1,13 +1,19 @@
-"""The gateway's inference log writer (gateway.inference_log), against a real SQLite store."""
+"""The gateway's inference log writer (gateway.inference_log) and the store's reading of it
+(contract.inference_log), against a real SQLite store."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from contract.inference_log import logged_rows, open_log
+import orjson
+from sqlalchemy import create_engine, text
+
+from contract import inference_log as store
+from contract.inference_log import answered, logged_rows, open_log, prune, store_feedback
+from contract.packing import pack, unpack
 from contract.settings import Settings
-from gateway.inference_log import InferenceLog, prediction_ids
+from gateway.inference_log import InferenceLog, prediction_ids, request_key
 from gateway.observability import Metrics
 
 PREDICTION = {"label": "yes", "probability": 0.8, "proba_no": 0.2, "proba_yes": 0.8}
@@ -18,9 +24,31 @@ def settings(uri: str, **more: object) -> Settings:
 
 
 def record(log: InferenceLog, rows: int, **cells: object) -> list[str]:
-    ids = prediction_ids(rows)
-    log.record(ids, "req-1", "m", "3", [{"age": i, **cells} for i in range(rows)], [PREDICTION] * rows, 1.5)
-    return ids
+    """A request whose rows came as records (as the V2 protocol's do)."""
+    key = request_key()
+    log.record(key, "req-1", "m", "3", store.JSON_ROWS, [{"age": i, **cells} for i in range(rows)],
+               [PREDICTION] * rows, 1.5)
+    return prediction_ids(key, rows)
+
+
+def record_body(log: InferenceLog, body: bytes, media: str, rows: int, version: str = "3",
+                packed: bool = False) -> list[str]:
+    """A request whose body is logged as the caller sent it (``packed``: as it went to the model server)."""
+    key = request_key()
+    log.record(key, "req-2", "m", version, media, body, [PREDICTION] * rows, 2.0, packed=pack(body) if packed else None)
+    return prediction_ids(key, rows)
+
+
+def written(uri: str, rows: int) -> list[str]:
+    """The prediction ids of one request of ``rows`` rows, written to the log at ``uri``."""
+
+    async def scenario() -> list[str]:
+        log = InferenceLog(settings(uri), Metrics())
+        ids = record(log, rows)
+        await log.flush()
+        return ids
+
+    return asyncio.run(scenario())
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -33,7 +61,7 @@ def test_predictions_are_kept_in_memory_then_written_with_what_the_answer_said(t
     async def scenario() -> list[str]:
         log = InferenceLog(settings(uri), Metrics())
         ids = record(log, 3, city=" Oslo ")
-        assert len(log.pending) == 3  # nothing written on the request path
+        assert log.pending_rows == 3 and len(log.pending) == 1  # nothing written on the request path
         assert await log.flush() and not log.pending
         return ids
 
@@ -69,7 +97,7 @@ def test_a_store_that_is_down_costs_rows_beyond_the_buffer_counted_and_writing_r
     async def scenario() -> None:
         log = InferenceLog(settings(uri, inference_log_buffer_rows=5), metrics)
         kept = record(log, 4)
-        assert not await log.flush() and len(log.pending) == 4  # kept while they fit
+        assert not await log.flush() and log.pending_rows == 4  # kept while they fit
         record(log, 3)  # 4 + 3 > 5: these are dropped, and counted
         assert sample(metrics, "gateway_inference_log_dropped_rows_total", reason="buffer_full") == 3
         folder.mkdir()
@@ -97,5 +125,99 @@ def test_the_writer_task_writes_without_being_asked(tmp_path):
 
     asyncio.run(scenario())
     assert len(logged_rows(open_log(uri), "m")) == 2
-    assert json.loads(open_log(uri).connect().exec_driver_sql(
-        "SELECT inputs FROM inference_predictions LIMIT 1").scalar()) in ({"age": 0}, {"age": 1})
+    assert json.loads(unpack(open_log(uri).connect().exec_driver_sql(
+        "SELECT inputs FROM inference_requests").scalar())) == [{"age": 0}, {"age": 1}]
+
+
+def test_a_body_is_stored_as_sent_once_per_request_and_read_back_as_one_row_per_prediction(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+    as_json = orjson.dumps({"records": [{"age": "40", "city": "Oslo"}, {"age": "?", "city": " Rome"}]})
+    as_csv = b"age, city\r\n41,Paris\r\n"
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        log = InferenceLog(settings(uri), Metrics())
+        ids = record_body(log, as_json, store.JSON_ROWS, 2, packed=True), record_body(log, as_csv, store.CSV_ROWS, 1, "4")
+        await log.flush()
+        return ids
+
+    json_ids, csv_ids = asyncio.run(scenario())
+    engine = open_log(uri)
+    stored = engine.connect().exec_driver_sql("SELECT inputs, rows FROM inference_requests ORDER BY rows").all()
+    assert [(unpack(row.inputs), row.rows) for row in stored] == [(as_csv, 1), (as_json, 2)]  # byte for byte
+    rows = {r.id: r for r in logged_rows(engine, "m")}
+    assert rows[json_ids[1]].inputs == {"age": "?", "city": " Rome"} and rows[csv_ids[0]].inputs == {
+        "age": "41", " city": "Paris"}  # the header as sent: matching columns is the model's rule
+    assert rows[csv_ids[0]].model_version == "4" and rows[json_ids[0]].label == "yes"
+    assert [r.id for r in logged_rows(engine, "m", version="3")] == json_ids
+    # excluded columns are dropped from a body too, by their name as the header gives it
+    private_uri = f"sqlite:///{tmp_path / 'private.db'}"
+
+    async def private() -> None:
+        log = InferenceLog(settings(private_uri, inference_log_exclude_columns="city"), Metrics())
+        record_body(log, as_csv, store.CSV_ROWS, 1)
+        record_body(log, as_json, store.JSON_ROWS, 2, packed=True)
+        await log.flush()
+
+    asyncio.run(private())
+    assert [r.inputs for r in logged_rows(open_log(private_uri), "m")] in (
+        [{"age": "41"}, {"age": "40"}, {"age": "?"}], [{"age": "40"}, {"age": "?"}, {"age": "41"}])
+
+
+def test_a_logged_request_that_cannot_be_read_is_left_out_and_the_others_are_read(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+
+    async def scenario() -> list[str]:
+        log = InferenceLog(settings(uri), Metrics())
+        record_body(log, b"age,city\r\n41\r\n", store.CSV_ROWS, 1)  # a line short of a cell
+        record_body(log, b'{"records": [{"age": 1}]}', store.JSON_ROWS, 2)  # fewer rows than answers
+        good = record(log, 2)
+        await log.flush()
+        return good
+
+    good = asyncio.run(scenario())
+    assert sorted(r.id for r in logged_rows(open_log(uri), "m")) == sorted(good)
+    assert caplog.text.count("cannot be read, left out") == 2
+
+
+def test_feedback_finds_its_prediction_and_leaves_with_it_when_pruned(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+    ids = written(uri, 3)
+    engine = open_log(uri)
+    key = ids[0].rpartition("-")[0]
+    assert answered(engine, [*ids, f"{key}-3", "nope", f"{key}-x"]) == {i: ("m", "3") for i in ids}
+    store_feedback(engine, {ids[1]: json.dumps("no")})
+    labelled = logged_rows(engine, "m", labelled_only=True)
+    assert [(r.id, r.true_label) for r in labelled] == [(ids[1], "no")]
+    assert {r.id: r.true_label for r in logged_rows(engine, "m")} == {ids[0]: None, ids[1]: "no", ids[2]: None}
+    assert prune(engine, 0.0) == 0 and len(logged_rows(engine, "m")) == 3
+    assert prune(engine, 4e9) == 3 and not logged_rows(engine, "m")
+    assert not engine.connect().exec_driver_sql("SELECT * FROM inference_feedback").all()
+
+
+def test_a_schema_1_log_is_migrated_and_its_rows_read_beside_new_ones(tmp_path):
+    path = tmp_path / "old.db"
+    old = create_engine(f"sqlite:///{path}")
+    with old.begin() as db:  # the tables release 1 created, with one prediction and its feedback
+        db.execute(text("CREATE TABLE inference_predictions (id VARCHAR(64) NOT NULL, role VARCHAR(16) NOT NULL, "
+                        "request_id VARCHAR(128), created_at FLOAT NOT NULL, model_name VARCHAR(256) NOT NULL, "
+                        "model_version VARCHAR(16) NOT NULL, inputs TEXT NOT NULL, label TEXT, probabilities TEXT, "
+                        "latency_ms FLOAT, PRIMARY KEY (id, role))"))
+        db.execute(text("CREATE TABLE inference_feedback (prediction_id VARCHAR(64) NOT NULL PRIMARY KEY, "
+                        "label TEXT NOT NULL, received_at FLOAT NOT NULL)"))
+        db.execute(text("CREATE TABLE inference_log_meta (schema_version INTEGER NOT NULL)"))
+        db.execute(text("INSERT INTO inference_log_meta VALUES (1)"))
+        db.execute(text("INSERT INTO inference_predictions VALUES ('old-0', 'answer', 'r', 1.0, 'm', '1', "
+                        "'{\"age\": 30}', '\"no\"', '{\"no\": 0.9, \"yes\": 0.1}', 3.0)"))
+        db.execute(text("INSERT INTO inference_feedback VALUES ('old-0', '\"yes\"', 2.0)"))
+    old.dispose()
+    uri = f"sqlite:///{path}"
+    new = written(uri, 1)
+    engine = open_log(uri)
+    assert engine.connect().exec_driver_sql("SELECT schema_version FROM inference_log_meta").scalar() == 2
+    rows = logged_rows(engine, "m")
+    assert [r.id for r in rows] == [new[0], "old-0"]  # newest first, across both tables
+    assert rows[1].inputs == {"age": 30} and rows[1].true_label == "yes" and rows[1].probabilities["no"] == 0.9
+    assert answered(engine, ["old-0", new[0]]) == {"old-0": ("m", "1"), new[0]: ("m", "3")}
+    store_feedback(engine, {new[0]: json.dumps("no")})
+    assert [r.id for r in logged_rows(engine, "m", labelled_only=True)] == [new[0], "old-0"]
+    assert prune(engine, 4e9) == 2 and not logged_rows(engine, "m")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from gateway.observability import Admission, Metrics, RequestContext
+from gateway.observability import Admission, Metrics, RequestContext, unique_id
 from runtime.logs import JsonFormatter, request_id_var
 
 
@@ -128,3 +129,15 @@ def test_per_model_metric_labels_are_bounded():
     assert sample(metrics, "gateway_model_rows_total", model="other", version="other") == 1  # a third model
     assert sample(metrics, "gateway_model_requests_total", model="m", version="1", status="200") == 1
 
+
+
+def test_unique_ids_differ_across_calls_and_between_a_process_and_its_forked_child():
+    ids = {unique_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker must not go on from its parent's prefix
+        os.write(write, unique_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode()[:16] != unique_id()[:16]

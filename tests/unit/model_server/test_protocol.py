@@ -8,7 +8,15 @@ import orjson
 import pandas as pd
 import pytest
 
-from model_server.protocol import ProtocolError, parse_request, predictions_body
+from contract.packing import pack, unpack
+from model_server.protocol import (
+    ProtocolError,
+    as_mlflow_body,
+    check_encoding,
+    decoded,
+    parse_request,
+    predictions_body,
+)
 
 ROWS = [{"age": "39", "city": "Oslo"}, {"age": 52, "city": None}]
 
@@ -26,8 +34,9 @@ def parsed(payload: object, content_type: str = "application/json") -> list[dict
     {"inputs": ROWS},
     {"inputs": {"age": ["39", 52], "city": ["Oslo", None]}},
     {"instances": {"age": ["39", 52], "city": ["Oslo", None]}},
+    {"records": ROWS},
 ], ids=["records", "split", "split with index", "instances rows", "inputs rows", "inputs columns",
-        "instances columns"])
+        "instances columns", "the gateway's body"])
 def test_every_json_format_gives_the_same_rows(payload):
     assert parsed(payload) == ROWS
 
@@ -90,3 +99,42 @@ def test_an_error_never_pastes_the_input_back():
 def test_predictions_are_strict_json():
     body = predictions_body([{"label": None, "probability": float("nan"), "proba_x": float("inf")}])
     assert body == b'{"predictions":[{"label":null,"probability":null,"proba_x":null}]}'
+
+
+@pytest.mark.parametrize("payload", [{"records": ROWS, "params": {}}, {"records": {"age": 1}}, {"records": [1]}])
+def test_the_gateways_body_is_refused_with_anything_beside_or_inside_it_but_rows(payload):
+    with pytest.raises(ProtocolError) as err:
+        parsed(payload)
+    assert err.value.status == 400
+
+
+def test_the_gateways_body_and_csv_become_mlflows_for_mlflow_models_serve_and_nothing_else_changes():
+    body = orjson.dumps({"records": ROWS})
+    converted, content_type = as_mlflow_body(body, "application/json")
+    assert orjson.loads(converted) == {"dataframe_records": ROWS} and content_type == "application/json"
+    as_csv, content_type = as_mlflow_body(b"age,city\n39,Oslo\n", "text/csv; charset=utf-8")
+    assert orjson.loads(as_csv) == {"dataframe_records": [{"age": "39", "city": "Oslo"}]}  # cells stay text
+    assert content_type == "application/json"
+    with pytest.raises(ProtocolError) as refused:  # as strict as the fast worker's reading
+        as_mlflow_body(b"age,city\n39\n", "text/csv")
+    assert refused.value.status == 400 and "line 2" in refused.value.message
+    for other in (orjson.dumps({"dataframe_records": ROWS}), orjson.dumps({"records": ROWS, "x": 1})):
+        assert as_mlflow_body(other, "application/json") == (other, "application/json")
+
+
+def test_a_packed_body_is_unpacked_and_other_codings_are_refused():
+    body = orjson.dumps({"records": ROWS})
+    assert decoded(pack(body), check_encoding("zstd")) == body and decoded(body, check_encoding("")) == body
+    with pytest.raises(ProtocolError) as refused:
+        check_encoding("gzip")
+    assert refused.value.status == 415 and "gzip" in refused.value.message
+    with pytest.raises(ProtocolError) as broken:
+        decoded(b"not zstd at all", "zstd")
+    assert broken.value.status == 400 and "zstd" in broken.value.message
+
+
+def test_a_packed_frame_that_would_unpack_beyond_the_limit_is_refused_before_unpacking():
+    big = pack(b"x" * 10_000)
+    assert unpack(big) == b"x" * 10_000
+    with pytest.raises(ValueError, match="more than 1000"):
+        unpack(big, limit=1000)

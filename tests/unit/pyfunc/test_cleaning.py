@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 
 from pyfunc.cleaning import (
+    MISSING,
     FeatureSchema,
     InvalidInputError,
+    category_codes,
+    clean_category,
     clean_raw_frame,
+    clean_values,
     infer_feature_schema,
     normalize_missing,
 )
@@ -92,3 +96,45 @@ def test_invalid_input_is_a_400_for_the_mlflow_scoring_server():
 
 def test_schema_round_trips_through_json():
     assert FeatureSchema.from_json(SCHEMA.to_json()) == SCHEMA
+
+
+CELLS = [1, True, "1", " x ", "?", None, 1.0, 2.5, "y", False, 0, "True"]
+CODES = {"1": 10, "True": 11, "x": 12, MISSING: 13, "2.5": 14, "False": 15, "0": 16}
+
+
+def cell_by_cell(values: list, markers: frozenset) -> list[int]:
+    return [CODES.get(clean_category(value, markers), -1) for value in values]
+
+
+@pytest.mark.parametrize("order", [CELLS, CELLS[::-1]])  # a bool first or a number first in the column
+def test_category_codes_never_code_a_bool_as_the_number_it_equals(order):
+    values, markers = order * 3, frozenset(["?"])  # long enough to be cleaned one distinct value at a time
+    coded = category_codes(values, markers, CODES)
+    # cleaned by distinct value only when that gives what each cell would; else the caller goes cell by cell
+    assert coded is None or list(coded) == cell_by_cell(values, markers)
+
+
+@pytest.mark.parametrize("cells", [["a", " b", "?", None, "True", "1"], [1, 2.5, "1", " x", None, 0]])
+def test_category_codes_clean_text_and_numbers_one_distinct_value_at_a_time(cells):
+    values, markers = cells * 4, frozenset(["?"])
+    coded = category_codes(values, markers, CODES)
+    assert coded is not None and list(coded) == cell_by_cell(values, markers)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], {"a": 1}])
+def test_a_list_or_an_object_in_a_long_column_is_refused_naming_its_row(bad):
+    schema = FeatureSchema(numeric=["age"], categorical=["colour"], na_values=[])
+    ages, colours = ["30"] * 20, ["red"] * 20
+    assert category_codes(colours[:10] + [bad] + colours[10:], frozenset(), CODES) is None
+    colours[7] = bad
+    with pytest.raises(InvalidInputError) as err:
+        clean_values([ages, colours], schema)
+    assert "'colour' row 7" in str(err.value)
+
+
+def test_a_bool_behind_an_equal_number_in_a_long_numeric_column_is_refused_naming_its_row():
+    schema = FeatureSchema(numeric=["age"], categorical=[], na_values=[])
+    values = [1.0] * 20 + [True] + [2] * 5
+    with pytest.raises(InvalidInputError) as err:
+        clean_values([values], schema)
+    assert "'age' row 20" in str(err.value)
