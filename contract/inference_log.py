@@ -79,7 +79,7 @@ requests = Table(
     Column("rows", Integer, nullable=False),
     Column("inputs_format", String(16), nullable=False),  # JSON_ROWS or CSV_ROWS
     Column("inputs", LargeBinary, nullable=False),  # the rows as sent, packed (contract/packing.py)
-    Column("outputs", LargeBinary, nullable=False),  # the model's rows as JSON, compressed
+    Column("outputs", LargeBinary, nullable=False),  # the model's rows as JSON, packed
     Column("latency_ms", Float),
 )
 Index("ix_inference_requests_model_time", requests.c.model_name, requests.c.model_version, requests.c.created_at)
@@ -179,9 +179,16 @@ def insert_requests(engine: Engine, rows: list[Mapping[str, Any]]) -> None:
         connection.execute(statement, list(rows))
 
 
-def request_key(prediction_id: str) -> str:
-    """The key of the request a prediction id belongs to (ids are ``<key>-<row>``)."""
-    return prediction_id.rpartition("-")[0]
+def prediction_ids(key: str, count: int) -> list[str]:
+    """The ids of a request's predictions: ``<key>-<row>``, unique, and cheap for thousands of rows."""
+    return [f"{key}-{i}" for i in range(count)]
+
+
+def split_prediction_id(prediction_id: str) -> tuple[str, int | None]:
+    """(the request's key, the row) of a prediction id; the row is None for an id not of that form (schema 1's
+    ids were, but an id sent back by a caller may be anything)."""
+    key, _, row = prediction_id.rpartition("-")
+    return key, int(row) if key and row.isdigit() and row.isascii() else None
 
 
 def store_feedback(engine: Engine, labels: Mapping[str, str]) -> None:
@@ -193,7 +200,7 @@ def store_feedback(engine: Engine, labels: Mapping[str, str]) -> None:
     now = time.time()
     with engine.begin() as connection:
         connection.execute(statement, [{"prediction_id": k, "label": v, "received_at": now,
-                                        "request_key": request_key(k)} for k, v in labels.items()])
+                                        "request_key": split_prediction_id(k)[0]} for k, v in labels.items()])
 
 
 def answered(engine: Engine, ids: Iterable[str]) -> dict[str, tuple[str, str]]:
@@ -202,9 +209,9 @@ def answered(engine: Engine, ids: Iterable[str]) -> dict[str, tuple[str, str]]:
     ids = list(dict.fromkeys(ids))
     by_key: dict[str, list[tuple[str, int]]] = {}
     for prediction_id in ids:
-        key, _, row = prediction_id.rpartition("-")
-        if key and row.isdigit() and row.isascii():
-            by_key.setdefault(key, []).append((prediction_id, int(row)))
+        key, row = split_prediction_id(prediction_id)
+        if row is not None:
+            by_key.setdefault(key, []).append((prediction_id, row))
     with engine.connect() as connection:
         for keys in _chunks(list(by_key)):
             query = select(requests.c.id, requests.c.model_name, requests.c.model_version, requests.c.rows).where(
@@ -292,7 +299,7 @@ def _request_rows(connection: Any, model_name: str, version: str | None, since: 
             except (ValueError, KeyError, TypeError) as err:  # one unreadable request does not hide the others
                 log.warning("inference log: request %s cannot be read, left out: %s", logged.id, err)
                 continue
-            ids = [f"{logged.id}-{i}" for i in range(logged.rows)]
+            ids = prediction_ids(logged.id, logged.rows)
             for prediction_id, inputs, output in zip(ids, inputs_of, outputs_of, strict=True):
                 true_label = labels.get(prediction_id)
                 if labelled_only and true_label is None:

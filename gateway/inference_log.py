@@ -32,7 +32,7 @@ from contract.errors import first_line
 from contract.packing import pack, unpack
 from contract.settings import Settings
 from contract.tables import column_name
-from gateway.observability import Metrics, unique_id
+from gateway.observability import Metrics
 from runtime.tasks import cancel
 
 log = logging.getLogger("gateway.inference_log")
@@ -40,16 +40,6 @@ BATCH_ROWS = 2000  # predictions per transaction (whole requests: one may hold m
 FLUSH_SECONDS = 0.5
 PRUNE_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 5.0
-
-
-def request_key() -> str:
-    """A new request's key: its predictions' ids are ``<key>-<row>``."""
-    return unique_id()
-
-
-def prediction_ids(key: str, count: int) -> list[str]:
-    """Ids for the predictions of one request: unique, and cheap for thousands of rows."""
-    return [f"{key}-{i}" for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -113,15 +103,16 @@ class InferenceLog:
 
     def stored(self, entry: Entry) -> dict[str, Any]:
         """An entry as the store's row (in the writer's thread: packing a big request takes a millisecond)."""
-        inputs_format, inputs, packed = entry.inputs_format, entry.inputs, None
+        inputs_format, inputs = entry.inputs_format, entry.inputs
         if self.exclude:  # never stored: the rows are read, the columns dropped, the rest kept as JSON records
             if isinstance(inputs, bytes):
                 inputs = store.body_records(inputs_format, unpack(inputs) if entry.packed else inputs)
             inputs_format = store.JSON_ROWS
-            inputs = [{k: v for k, v in record.items() if column_name(k) not in self.exclude} for record in inputs]
+            packed = pack(orjson.dumps([{k: v for k, v in record.items() if column_name(k) not in self.exclude}
+                                        for record in inputs]))
         elif entry.packed:
             packed = inputs
-        if packed is None:
+        else:
             packed = pack(inputs if isinstance(inputs, bytes) else orjson.dumps(inputs))
         return {"id": entry.key, "role": entry.role, "request_id": entry.request_id, "created_at": entry.created_at,
                 "model_name": entry.model, "model_version": entry.version, "rows": entry.rows,

@@ -16,9 +16,9 @@ from contract.model_output import BASE_VALUE_COLUMN, EXPLAIN_CLASSES, EXPLAIN_CL
 from contract.settings import Settings
 from contract.traffic import TrafficPolicy, to_canary
 from gateway.batching import Answer
-from gateway.inference_log import InferenceLog, prediction_ids, request_key as new_request_key
+from gateway.inference_log import InferenceLog
 from gateway.model_client import CSV, ModelServerClient, Rows, Target
-from gateway.observability import Metrics
+from gateway.observability import Metrics, unique_id
 from gateway.rollouts import Rollouts, request_key
 from runtime.logs import request_id_var
 
@@ -103,7 +103,7 @@ class Predictor:
     def _answered(self, rows: Rows, target: Target, answer: Answer, started: float,
                   role: str = log_tables.ANSWER, key: str | None = None) -> Predicted:
         """A successful answer's predictions with their ids, logged."""
-        version, predictions, key = answer.version or "unknown", answer.body["predictions"], key or new_request_key()
+        version, predictions, key = answer.version or "unknown", answer.body["predictions"], key or unique_id()
         if self.inference_log is not None:
             # the body as it came when there is one (nothing re-encoded on the request path), else the records
             if rows.body is not None:
@@ -113,7 +113,7 @@ class Predictor:
             latency = (time.perf_counter() - started) * 1000 if role == log_tables.ANSWER else 0.0
             self.inference_log.record(key, request_id_var.get(), target.name, version, fmt, inputs, predictions,
                                       latency, role, packed=rows.packed)
-        return Predicted(version, predictions, prediction_ids(key, len(predictions)), key)
+        return Predicted(version, predictions, log_tables.prediction_ids(key, len(predictions)), key)
 
     async def _call(self, rows: Rows, target: Target, params: dict[str, Any] | None = None) -> Answer | None:
         """One call, counted for its version (None when the model server did not answer)."""

@@ -5,8 +5,9 @@ Request bodies: JSON with exactly one of ``dataframe_split``, ``dataframe_record
 or Parquet; and, beyond MLflow's, the gateway's own body ``{"records": [...]}``
 (nothing else beside it), read as ``dataframe_records``: the gateway passes a
 big request's body on as the caller sent it instead of reading and re-encoding
-it (:func:`as_mlflow_body` turns it into MLflow's for ``mlflow models serve``, and reads CSV
-bodies by the same rule as this module, so that CSV means the same in both modes). Answers: ``{"predictions": [...]}``; errors
+it (:func:`as_mlflow_body` turns it into MLflow's for ``mlflow models serve``,
+and reads CSV bodies by this module's rule, so that CSV means the same in both
+modes). Answers: ``{"predictions": [...]}``; errors
 ``{"error_code": ..., "message": ...}`` with MLflow's status codes (415 as text,
 like MLflow). One difference on purpose: an error never pastes the caller's
 input back (MLflow's does, whole), only what is wrong with it.

@@ -391,11 +391,6 @@ def record_columns(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> 
     return list(zip(*rows, strict=True))
 
 
-def clean_records(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
-    """:func:`clean_values` for JSON-style records (one dict per row), without pandas."""
-    return clean_values(record_columns(records, schema), schema)
-
-
 def clean_raw_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     """Raw rows as the scikit-learn pipeline's input: numeric columns as float64, categoricals as text.
 

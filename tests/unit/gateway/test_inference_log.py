@@ -13,8 +13,8 @@ from contract import inference_log as store
 from contract.inference_log import answered, logged_rows, open_log, prune, store_feedback
 from contract.packing import pack, unpack
 from contract.settings import Settings
-from gateway.inference_log import InferenceLog, prediction_ids, request_key
-from gateway.observability import Metrics
+from gateway.inference_log import InferenceLog
+from gateway.observability import Metrics, unique_id
 
 PREDICTION = {"label": "yes", "probability": 0.8, "proba_no": 0.2, "proba_yes": 0.8}
 
@@ -25,18 +25,18 @@ def settings(uri: str, **more: object) -> Settings:
 
 def record(log: InferenceLog, rows: int, **cells: object) -> list[str]:
     """A request whose rows came as records (as the V2 protocol's do)."""
-    key = request_key()
+    key = unique_id()
     log.record(key, "req-1", "m", "3", store.JSON_ROWS, [{"age": i, **cells} for i in range(rows)],
                [PREDICTION] * rows, 1.5)
-    return prediction_ids(key, rows)
+    return store.prediction_ids(key, rows)
 
 
 def record_body(log: InferenceLog, body: bytes, media: str, rows: int, version: str = "3",
                 packed: bool = False) -> list[str]:
     """A request whose body is logged as the caller sent it (``packed``: as it went to the model server)."""
-    key = request_key()
+    key = unique_id()
     log.record(key, "req-2", "m", version, media, body, [PREDICTION] * rows, 2.0, packed=pack(body) if packed else None)
-    return prediction_ids(key, rows)
+    return store.prediction_ids(key, rows)
 
 
 def written(uri: str, rows: int) -> list[str]:
