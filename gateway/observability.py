@@ -70,6 +70,23 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000)
 
 
+class Kept:
+    """A labelled metric whose series are looked up once per set of label values: prometheus_client's
+    ``labels()`` checks the values and takes a lock on every call, a few microseconds each, about ten times
+    per prediction request. For the metrics a request touches, whose label values are bounded and which
+    are never cleared (it has no ``clear()``, so that no kept series outlives its metric's)."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram):
+        self._metric = metric
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = self._metric.labels(*values)
+        return series
+
+
 class Metrics:
     """The gateway's metrics, in a registry of their own (one per app, so tests can build many)."""
 
@@ -77,10 +94,10 @@ class Metrics:
         disable_created_metrics()  # the *_created series double the output and nobody reads them
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("gateway_requests", "HTTP requests answered, by route and status",
-                                ["method", "route", "status"], registry=r)
-        self.latency = Histogram("gateway_request_duration_seconds", "Time to answer a request",
-                                 ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Kept(Counter("gateway_requests", "HTTP requests answered, by route and status",
+                                     ["method", "route", "status"], registry=r))
+        self.latency = Kept(Histogram("gateway_request_duration_seconds", "Time to answer a request",
+                                      ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r))
         self.model_server_errors = Counter(
             "gateway_model_server_errors", "Calls to the model server that did not give an answer, by kind "
             "(unreachable: no connection or no reply; unavailable: it answered 503; bad_gateway: other 5xx)",
@@ -89,8 +106,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("gateway_batch_requests", "/predict requests sharing one call",
                                         buckets=BATCH_BUCKETS, registry=r)
-        self.predict_pending = Gauge("gateway_predict_pending", "Prediction requests admitted and not answered, "
-                                     "by model", ["model"], registry=r)
+        self.predict_pending = Kept(Gauge("gateway_predict_pending", "Prediction requests admitted and not "
+                                          "answered, by model", ["model"], registry=r))
         self.predict_rejected = Counter("gateway_predict_rejected", "Prediction requests refused because "
                                         "GATEWAY_MAX_PENDING of the model were waiting", ["model"], registry=r)
         self.served_model = Gauge("gateway_served_model_info",
@@ -99,16 +116,16 @@ class Metrics:
         self.loaded_models = Gauge("gateway_loaded_model_info", "1 for each version the model server has loaded "
                                    "(last /status)", ["name", "version"], registry=r)
         # Per model and version; the label values are bounded by MODEL_LABELS (see ModelLabels).
-        self.model_requests = Counter("gateway_model_requests", "Prediction requests by model, version and status",
-                                      ["model", "version", "status"], registry=r)
-        self.model_rows = Counter("gateway_model_rows", "Rows predicted, by model and version",
-                                  ["model", "version"], registry=r)
-        self.model_latency = Histogram("gateway_model_request_duration_seconds",
-                                       "Time to answer a prediction request, by model and version",
-                                       ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_requests = Kept(Counter("gateway_model_requests", "Prediction requests by model, version and "
+                                           "status", ["model", "version", "status"], registry=r))
+        self.model_rows = Kept(Counter("gateway_model_rows", "Rows predicted, by model and version",
+                                       ["model", "version"], registry=r))
+        self.model_latency = Kept(Histogram("gateway_model_request_duration_seconds",
+                                            "Time to answer a prediction request, by model and version",
+                                            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r))
         self.labels = ModelLabels()
-        self.predicted_labels = Counter("gateway_model_predicted_labels", "Rows answered by model, version and "
-                                        "predicted label", ["model", "version", "label"], registry=r)
+        self.predicted_labels = Kept(Counter("gateway_model_predicted_labels", "Rows answered by model, version "
+                                             "and predicted label", ["model", "version", "label"], registry=r))
         self.rollbacks = Counter("gateway_rollouts_rolled_back", "Canaries rolled back automatically, by model",
                                  ["model"], registry=r)
         self.drift_share = Gauge("gateway_model_drift_share", "Share of input columns the latest monitoring run "

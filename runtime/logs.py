@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from contract.settings import Settings
 
 # The id of the request being answered, set by the gateway's middleware; every log line written
@@ -23,11 +25,29 @@ _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, and any ``extra=`` fields."""
+    """One JSON object per line: time, level, logger, message, request id, and any ``extra=`` fields.
+
+    Written with orjson, the second of the timestamp formatted once: the gateway writes an access line
+    per request, and the standard library's encoder and datetime took half of a line's cost.
+    """
+
+    _second: int | None = None
+    _second_text = ""
+
+    def timestamp(self, created: float) -> str:
+        """``created`` in ISO 8601, UTC, to the millisecond (2026-11-28T22:05:58.123+00:00)."""
+        second, fraction = divmod(created, 1)
+        micro = round(fraction * 1_000_000)  # as datetime rounds a timestamp, then cut to milliseconds
+        if micro == 1_000_000:
+            second, micro = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{micro // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self.timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -38,7 +58,10 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
         if record.exc_info:
             entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # what orjson refuses (an int beyond 64 bits, a non-str key): any line is written
+            return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str) -> None:

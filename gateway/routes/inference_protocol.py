@@ -17,12 +17,13 @@ from fastapi.responses import JSONResponse
 
 from contract.registry import NotFound
 from gateway.deps import (
-    Reads,
     AdmissionDep,
+    LeanRoute,
     ModelClientDep,
     ModelHttpDep,
     ModelInfoDep,
     PredictorDep,
+    Reads,
     RegistryDep,
     SettingsDep,
 )
@@ -178,7 +179,6 @@ INFER = {"requestBody": {"required": True, "content": {"application/json": {"sch
                    "outputs": {"type": "array", "items": {"type": "object"}}}}}}}}
 
 
-@router.post("/models/{name}/infer", dependencies=[Reads], summary="Inference", openapi_extra=INFER, responses=ERRORS)
 async def infer_served(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
                        admission: AdmissionDep, info: ModelInfoDep) -> Response:
     """One input tensor per column (``BYTES`` for raw cells, numbers accepted, shape ``[n]``); outputs
@@ -186,8 +186,13 @@ async def infer_served(name: ModelName, request: Request, settings: SettingsDep,
     return await infer(request, Target(name), settings, predictor, admission, info)
 
 
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[Reads], summary="Inference with a version", openapi_extra=INFER,
-             responses=ERRORS)
 async def infer_version(name: ModelName, version: VersionNumber, request: Request, settings: SettingsDep,
                         predictor: PredictorDep, admission: AdmissionDep, info: ModelInfoDep) -> Response:
     return await infer(request, Target(name, version=version), settings, predictor, admission, info)
+
+
+# The hot path, answered as /predict is (see LeanRoute); FastAPI's decorators cannot choose a route class.
+for path, endpoint, summary in (("/models/{name}/infer", infer_served, "Inference"),
+                                ("/models/{name}/versions/{version}/infer", infer_version, "Inference with a version")):
+    router.add_api_route(path, endpoint, methods=["POST"], dependencies=[Reads], summary=summary, openapi_extra=INFER,
+                         responses=ERRORS, route_class_override=LeanRoute)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from contract.model_output import PROBA_PREFIX
 from contract.settings import Settings
 from contract.tables import csv_records
-from gateway.deps import Reads, AdmissionDep, PredictorDep, SettingsDep
+from gateway.deps import AdmissionDep, LeanRoute, PredictorDep, Reads, SettingsDep
 from gateway.model_client import CSV, JSON, Rows, Target
 from gateway.observability import Admission
 from gateway.predictor import Predictor
@@ -26,7 +26,7 @@ from gateway.schemas import (
     unprocessable,
 )
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=LeanRoute)  # the hot path: see LeanRoute
 # A body above this size goes to the model server as the caller sent it, read there only: reading a
 # 1,000-row body here and encoding it again cost more than the model's work. Smaller ones are read here
 # and micro-batched with other callers' rows.

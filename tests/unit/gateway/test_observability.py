@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -102,6 +103,14 @@ def test_json_formatter_writes_one_object_per_line_with_the_request_id_and_extra
     assert "\n" not in text
     entry = json.loads(text)
     assert entry["request_id"] == "rid-7" and entry["status"] == 200 and entry["message"] == "GET /x\n 200"
+
+
+@pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.3, 1_700_000_000.9994, 1_700_000_000.9999996,
+                                     1_700_000_059.9999999, 1_700_000_001.5])
+def test_json_formatter_times_each_line_as_datetime_would(created):
+    formatter = JsonFormatter()
+    formatter.timestamp(created - 1.7)  # a second kept from an earlier line is not reused for another one
+    assert formatter.timestamp(created) == datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
 def test_admission_refuses_beyond_the_limit_per_model_and_counts_it():
