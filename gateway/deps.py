@@ -82,18 +82,16 @@ def requires(level: Level, model_from: ModelFrom) -> Callable[..., Awaitable[Cal
 
     # The security schemes each declares (for /docs and clients): the token guards changes only.
     if level == "READ":
-        async def reads(request: Request, settings: SettingsDep,
-                        _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
+        async def dependency(request: Request, settings: SettingsDep,
+                             _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
             return await authorize(request, settings, level, model_from)
-        reads.access = (level, model_from)  # type: ignore[attr-defined]  # what LeanRoute checks instead
-        return reads
-
-    async def changes(request: Request, settings: SettingsDep,
-                      _token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                      _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
-        return await authorize(request, settings, level, model_from)
-    changes.access = (level, model_from)  # type: ignore[attr-defined]
-    return changes
+    else:
+        async def dependency(request: Request, settings: SettingsDep,
+                             _token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                             _user: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> Caller | None:
+            return await authorize(request, settings, level, model_from)
+    dependency.access = (level, model_from)  # type: ignore[attr-defined]  # what LeanRoute checks instead
+    return dependency
 
 
 async def authorize(request: Request, settings: Settings, level: Level, model_from: ModelFrom) -> Caller | None:
@@ -138,7 +136,7 @@ class LeanRoute(APIRoute):
     per-request dependency solving.
 
     FastAPI solves a route's dependency tree anew for every request: for a single-row /predict that
-    was a third of the gateway's time (the route's six dependencies, each with cache keys, scope and
+    was a quarter of the gateway's time (the route's six dependencies, each with cache keys, scope and
     generator checks), more than reading the row and calling the model. A lean route resolves what its
     endpoint declares directly: the request; path and query parameters, validated by the same fields
     FastAPI would use (the same 422); dependencies made by :func:`app_state` (the object itself) and by

@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
     per request, and the standard library's encoder and datetime took half of a line's cost.
     """
 
-    _second: int | None = None
+    _second: float | None = None  # the whole second last formatted, and its text
     _second_text = ""
 
     def timestamp(self, created: float) -> str:
