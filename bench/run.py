@@ -42,6 +42,9 @@ VENV_BIN = Path(sys.executable).parent
 DATA = PROJECT_DIR / "data" / "census-income-sample.csv.gz"
 MODEL = "bench-census"
 SCENARIOS = [("1 row, c=1", 1, 1), ("1 row, c=16", 1, 16), ("1 row, c=64", 1, 64), ("1000 rows, c=2", 1000, 2)]
+# Each of SCENARIOS is measured this many times per server, the servers in turn, and the medians compared:
+# one measurement on this machine swings by a third with the load of its neighbours.
+LOAD_ROUNDS = 3
 # the same 1,000 rows as a CSV body (text/csv) to the gateway, beside its JSON
 CSV_SCENARIO = ("1000 rows CSV, c=2", 1000, 2)
 # BentoML 1.4 adaptive batching on the same pipeline, measured on this machine
@@ -101,6 +104,13 @@ def wrk(url: str, body: Path, connections: int, duration: int, content_type: str
     requests, duration_us, p50, p99, errors = map(int, match.groups())
     return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
             "requests": requests, "errors": errors}
+
+
+def median_of_rounds(rounds: list[dict[str, float]], rows: int) -> dict[str, Any]:
+    """One server's figures for a scenario: the median of its rounds for each, every round kept beside."""
+    median = {key: float(np.median([r[key] for r in rounds])) for key in ("rps", "p50_ms", "p99_ms")}
+    return {**median, "rows_per_s": median["rps"] * rows, "requests": sum(r["requests"] for r in rounds),
+            "errors": sum(r["errors"] for r in rounds), "rounds": rounds}
 
 
 def baseline_model(stack: LocalStack, root: Path, typed_example: pd.DataFrame) -> Path:
@@ -273,12 +283,17 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
 
         table = []
         for label, rows, connections in SCENARIOS:
-            for key, (name, url) in targets.items():
-                print(f"  {name}: {label} ...", flush=True)
-                measured = wrk(url, bodies[key, rows], connections, duration)
-                measured["rows_per_s"] = measured["rps"] * rows
+            measured = {key: [] for key in targets}
+            for round_ in range(LOAD_ROUNDS):
+                # the servers in turn, starting one later each round: none always gets the quieter moment
+                order = list(targets)[round_ % len(targets):] + list(targets)[:round_ % len(targets)]
+                for key in order:
+                    name, url = targets[key]
+                    print(f"  {name}: {label}, round {round_ + 1} of {LOAD_ROUNDS} ...", flush=True)
+                    measured[key].append(wrk(url, bodies[key, rows], connections, duration))
+            for key, (name, _) in targets.items():
                 table.append({"scenario": label, "rows": rows, "connections": connections, "target": key,
-                              "name": name, **measured})
+                              "name": name, **median_of_rounds(measured[key], rows)})
         # The inference log's cost: the same single-row load on a second gateway with the log off, beside
         # the first (log on, the default), each measured twice in turn so that neither gets the quieter moment.
         off_url = start_gateway_without_log(stack, root)
@@ -461,7 +476,7 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict,
 
 def report(results: dict[str, Any]) -> str:
     lines = [f"{'scenario':30} {'server':45} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-             f"{'x plain':>8} {'errors':>6}"]
+             f"{'x plain':>8} {'errors':>6}   (the first rows: medians of {LOAD_ROUNDS} rounds)"]
     plain = {r["scenario"]: r for r in results["load"] if r["target"] == "a"}
     plain[CSV_SCENARIO[0]] = plain["1000 rows, c=2"]
     for r in results["load"]:
@@ -470,7 +485,8 @@ def report(results: dict[str, Any]) -> str:
     for r in results["load"]:
         ratio = r["rps"] / plain[r["scenario"]]["rps"]
         lines.append(f"{r['scenario']:30} {r['name']:45} {r['rps']:9.1f} {r['rows_per_s']:10.0f} "
-                     f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {ratio:8.1f} {r['errors']:6d}")
+                     f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {ratio:8.1f} {r['errors']:6d}"
+                     + ("   rounds (req/s): " + ", ".join(f"{m['rps']:.1f}" for m in r["rounds"]) if "rounds" in r else ""))
     memory, size = results["memory_mb"], results["model_size_mb"]
     lines.append("")
     lines.append("resident memory (MB): " + ", ".join(f"{k}={v:.0f}" for k, v in memory.items())
