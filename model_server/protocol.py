@@ -21,6 +21,7 @@ requests with MLflow's own client to both modes.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,18 +66,35 @@ def invalid(message: str) -> ProtocolError:
 
 @dataclass
 class ScoringInput:
-    """A request's rows and params. ``records`` (a dict per row) unless it came as a table (Parquet)."""
+    """A request's rows and params: ``records`` (a dict per row), or ``columns`` (a CSV body: its header and
+    each column's cells), or ``table`` (a Parquet body's DataFrame)."""
 
     records: list[dict[str, Any]] | None
     params: dict[str, Any] | None = None
     table: Any = None  # a pandas DataFrame, for Parquet bodies
+    columns: tuple[list[str], list[Sequence[Any]]] | None = None
+
+    @property
+    def rows(self) -> int:
+        if self.columns is not None:
+            names, cells = self.columns
+            return len(cells[0]) if cells else 0
+        return len(self.records) if self.records is not None else len(self.table)
+
+    def as_records(self) -> list[dict[str, Any]] | None:
+        """The rows as dicts (None for a table): for a model that reads nothing else."""
+        if self.columns is not None:
+            names, cells = self.columns
+            return [dict(zip(names, row, strict=True)) for row in zip(*cells, strict=True)]
+        return self.records
 
     def as_frame(self) -> Any:
         import pandas as pd
 
         if self.table is not None:
             return self.table
-        return pd.DataFrame.from_records(self.records) if self.records else pd.DataFrame()
+        records = self.as_records()
+        return pd.DataFrame.from_records(records) if records else pd.DataFrame()
 
 
 def media_type(content_type: str) -> str:
@@ -122,7 +140,7 @@ def decoded(body: bytes, content_encoding: str) -> bytes:
 def parse_request(body: bytes, content_type: str) -> ScoringInput:
     mime = media_type(content_type or CONTENT_TYPE_JSON)
     if mime == CONTENT_TYPE_CSV:
-        return ScoringInput(csv_records(body))
+        return ScoringInput(None, columns=csv_columns(body))
     if mime == CONTENT_TYPE_PARQUET:
         return ScoringInput(None, table=parquet_table(body))
     return json_input(body)
@@ -223,6 +241,14 @@ def csv_records(body: bytes) -> list[dict[str, str]]:
     """A CSV body's rows as text cells, exactly as the file holds them (the model reads numbers)."""
     try:
         return tables.csv_records(body)
+    except ValueError as err:
+        raise invalid(f"Failed to parse input as CSV: {err}") from None
+
+
+def csv_columns(body: bytes) -> tuple[list[str], list[tuple[str, ...]]]:
+    """:func:`csv_records` column by column: the header and each column's cells."""
+    try:
+        return tables.csv_columns(body)
     except ValueError as err:
         raise invalid(f"Failed to parse input as CSV: {err}") from None
 

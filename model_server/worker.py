@@ -78,6 +78,7 @@ class LoadedModel:
             python_model = None
         # this project's pyfunc: JSON rows straight to its compiled path, no pandas on the way
         self.predict_records = getattr(python_model, "predict_records", None)
+        self.predict_table = getattr(python_model, "predict_table", None)  # CSV bodies; versions logged before: None
         self.code_file = getattr(sys.modules.get(MODEL_PACKAGE), "__file__", None)
         log.info("loaded %s in %.1fs (model code: %s)", uri, time.perf_counter() - started, self.code_file)
 
@@ -86,8 +87,13 @@ class LoadedModel:
                 "model_code": self.code_file}
 
     def score(self, request: protocol.ScoringInput) -> bytes:
-        if self.predict_records is not None and request.records is not None and not request.params:
-            return protocol.predictions_body(self.predict_records(request.records) if request.records else [])
+        if not request.params:
+            if self.predict_table is not None and request.columns is not None:
+                names, cells = request.columns
+                return protocol.predictions_body(self.predict_table(names, cells) if request.rows else [])
+            records = request.as_records()
+            if self.predict_records is not None and records is not None:
+                return protocol.predictions_body(self.predict_records(records) if records else [])
         frame = request.as_frame()
         result = self.pyfunc.predict(frame, params=request.params) if request.params else self.pyfunc.predict(frame)
         if hasattr(result, "to_dict"):
@@ -108,8 +114,7 @@ class Worker:
         try:
             body = protocol.decoded(body, header.get("content_encoding", ""))
             request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON))
-            rows = len(request.records) if request.records is not None else len(request.table)
-            if rows <= INLINE_ROWS and not request.params:  # params (explain) cost more: a thread too
+            if request.rows <= INLINE_ROWS and not request.params:  # params (explain) cost more: a thread too
                 return 200, protocol.CONTENT_TYPE_JSON, self.model.score(request)
             return 200, protocol.CONTENT_TYPE_JSON, await asyncio.to_thread(self.model.score, request)
         except protocol.ProtocolError as err:

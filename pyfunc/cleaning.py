@@ -6,7 +6,8 @@ strings and strings sent as numbers. Every path applies the same cell rules
 (:func:`clean_cell`, :func:`clean_category`, :func:`parse_number`): training fits
 on :func:`clean_raw_frame` (``steps/train.py``), and the served model's compiled
 path (``pyfunc/fast.py``) takes the raw cells of DataFrames
-(:func:`frame_columns`) and JSON rows (:func:`record_columns`) column by column,
+(:func:`frame_columns`), JSON rows (:func:`record_columns`) and tables read column by column
+(:func:`table_columns`, a CSV body) column by column,
 cleans the numbers with :func:`clean_values` and turns each categorical cell
 straight into its one-hot column with :func:`category_codes`, so the model sees
 the same values in training and serving. The one exception is
@@ -363,6 +364,12 @@ def frame_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[list[Any]]
     # a column at a time or a column subset first (pandas 3 keeps text in Arrow).
     raw = frame.to_numpy(dtype=object)[:, positions]
     return [raw[:, j].tolist() for j in range(raw.shape[1])]  # lists iterate faster
+
+
+def table_columns(names: Sequence[Any], columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> list[Sequence[Any]]:
+    """The raw cells of ``schema.columns`` in a table given as column ``names`` and each column's cells (a CSV
+    body read column by column); extra columns are ignored, columns matched as for a DataFrame."""
+    return [columns[i] for i in _positions(list(names), schema)]
 
 
 def clean_columns(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:

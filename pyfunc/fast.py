@@ -35,7 +35,8 @@ from scipy.special import expit
 from sklearn.pipeline import Pipeline
 from sklearn.utils.extmath import softmax
 
-from pyfunc.cleaning import MISSING, FeatureSchema, category_codes, clean_values, frame_columns, record_columns
+from pyfunc.cleaning import (MISSING, FeatureSchema, category_codes, clean_values, frame_columns, record_columns,
+                             table_columns)
 from pyfunc.explain import TreeExplainer
 from pyfunc.jit import njit
 from pyfunc.pipeline import feature_columns
@@ -239,6 +240,10 @@ class CompiledPipeline:
         """:meth:`encode` for JSON-style records, without building a DataFrame."""
         return self._encode_columns(record_columns(records, self.schema), len(records))
 
+    def encode_table(self, names: Sequence[Any], columns: Sequence[Sequence[Any]]) -> np.ndarray:
+        """:meth:`encode` for a table given column by column (``names``, then each column's cells)."""
+        return self._encode_columns(table_columns(names, columns, self.schema), len(columns[0]) if columns else 0)
+
     def _encode_columns(self, columns: list[Sequence[Any]], n_rows: int) -> np.ndarray:
         """Raw cells, column by column in the schema's order -> the feature matrix."""
         first = len(self.schema.numeric)
@@ -274,6 +279,9 @@ class CompiledPipeline:
 
     def predict_proba_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         return self.forest.predict_proba(self.encode_records(records))
+
+    def predict_proba_table(self, names: Sequence[Any], columns: Sequence[Sequence[Any]]) -> np.ndarray:
+        return self.forest.predict_proba(self.encode_table(names, columns))
 
     def explain(self, frame: pd.DataFrame) -> Explanation:
         """Probabilities and their exact TreeSHAP decomposition per input column (pyfunc/explain.py)."""

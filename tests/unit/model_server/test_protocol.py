@@ -23,7 +23,7 @@ ROWS = [{"age": "39", "city": "Oslo"}, {"age": 52, "city": None}]
 
 def parsed(payload: object, content_type: str = "application/json") -> list[dict]:
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    return parse_request(body, content_type).records
+    return parse_request(body, content_type).as_records()
 
 
 @pytest.mark.parametrize("payload", [
@@ -51,6 +51,16 @@ def test_csv_cells_stay_text_as_in_the_file():
     body = b'age,city,note\n39,Oslo,"a, quoted\nline"\n ?,,x\n\n'
     assert parsed(body, "text/csv") == [{"age": "39", "city": "Oslo", "note": "a, quoted\nline"},
                                          {"age": " ?", "city": "", "note": "x"}]
+
+
+def test_a_csv_body_is_read_column_by_column_with_no_dict_a_row():
+    request = parse_request(b'age,city\n39,Oslo\n\n52,"Lima, Peru"\n', "text/csv")
+    assert request.records is None and request.rows == 2
+    assert request.columns == (["age", "city"], [("39", "52"), ("Oslo", "Lima, Peru")])
+    assert request.as_frame().to_dict(orient="records") == [{"age": "39", "city": "Oslo"},
+                                                            {"age": "52", "city": "Lima, Peru"}]
+    empty = parse_request(b"age,city\n", "text/csv")
+    assert empty.rows == 0 and empty.columns == (["age", "city"], [(), ()]) and empty.as_records() == []
 
 
 def test_parquet_is_read_as_a_table():

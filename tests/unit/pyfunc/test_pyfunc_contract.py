@@ -158,6 +158,29 @@ def test_records_path_answers_exactly_like_predict(models):
     assert inner.predict_records(records) == expected
 
 
+@pytest.mark.parametrize("kind", ["binary", "multi"])
+def test_table_path_answers_like_the_records_path_whatever_the_column_order_and_spaces(models, kind):
+    """A CSV body read column by column: its header as copied from a file (a space after each comma), in
+    another order, with a column the model does not use; cells as text, as a CSV holds them."""
+    inner = models[kind].unwrap_python_model()
+    text = RAW_ROWS.map(lambda v: str(v))
+    records = text.to_dict(orient="records")
+    names = [" city", " note", "age", " hours", " colour"]
+    columns = [tuple(text["city"]), ("x",) * len(text), tuple(text["age"]), tuple(text["hours"]),
+               tuple(text["colour"])]
+    assert inner.predict_table(names, columns) == inner.predict_records(records)
+
+
+def test_table_path_names_missing_columns_and_the_unknown_ones_like_the_records_path(models):
+    inner = models["binary"].unwrap_python_model()
+    with pytest.raises(InvalidInputError) as table:
+        inner.predict_table(["age", "hours", "colour", "town"], [("39",), ("40",), ("red",), ("Oslo",)])
+    with pytest.raises(InvalidInputError) as records:
+        inner.predict_records([{"age": "39", "hours": "40", "colour": "red", "town": "Oslo"}])
+    assert table.value.message == records.value.message and "'city'" in table.value.message
+    assert "'town'" in table.value.message
+
+
 def test_records_path_names_missing_and_nested_values(models):
     inner = models["binary"].unwrap_python_model()
     records = RAW_ROWS.to_dict(orient="records")
