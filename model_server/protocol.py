@@ -66,8 +66,9 @@ def invalid(message: str) -> ProtocolError:
 
 @dataclass
 class ScoringInput:
-    """A request's rows and params: ``records`` (a dict per row), or ``columns`` (a CSV body: its header and
-    each column's cells), or ``table`` (a Parquet body's DataFrame)."""
+    """A request's rows and params: ``records`` (a dict per row), or ``columns`` (a body that came column by
+    column or as a table: CSV, ``dataframe_split``, column-wise ``inputs``; the names and each column's cells),
+    or ``table`` (a Parquet body's DataFrame)."""
 
     records: list[dict[str, Any]] | None
     params: dict[str, Any] | None = None
@@ -167,9 +168,11 @@ def json_input(body: bytes) -> ScoringInput:
     if params is not None and not isinstance(params, dict):
         raise invalid(f"'{PARAMS_KEY}' must be a JSON object of name: value")
     key = keys[0]
-    records = {"dataframe_split": split_records, "dataframe_records": row_records,
-               "instances": tensor_records, "inputs": tensor_records}[key](payload[key], key)
-    return ScoringInput(records, params or None)
+    rows = {"dataframe_split": split_columns, "dataframe_records": row_records,
+            "instances": tensor_rows, "inputs": tensor_rows}[key](payload[key], key)
+    if isinstance(rows, tuple):  # given column by column: kept so (see ScoringInput)
+        return ScoringInput(None, params or None, columns=rows)
+    return ScoringInput(rows, params or None)
 
 
 def as_mlflow_body(body: bytes, content_type: str) -> tuple[bytes, str]:
@@ -199,7 +202,7 @@ def row_records(data: Any, key: str) -> list[dict[str, Any]]:
     return data
 
 
-def split_records(data: Any, key: str) -> list[dict[str, Any]]:
+def split_columns(data: Any, key: str) -> tuple[list[Any], list[tuple[Any, ...]]]:
     if not isinstance(data, dict):
         raise invalid(f"Dataframe split format must be a dictionary. Got {type(data).__name__}.")
     if "data" not in data or set(data) - {"columns", "data", "index"}:
@@ -218,12 +221,12 @@ def split_records(data: Any, key: str) -> list[dict[str, Any]]:
         if len(row) != len(columns):
             raise invalid(f"Provided {key} field is not a valid dataframe representation in 'split' format:"
                           f" row {i} has {len(row)} values for {len(columns)} columns")
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    return columns, list(zip(*rows, strict=True)) if rows else [() for _ in columns]
 
 
-def tensor_records(data: Any, key: str) -> list[dict[str, Any]]:
+def tensor_rows(data: Any, key: str) -> list[dict[str, Any]] | tuple[list[str], list[list[Any]]]:
     """``instances``/``inputs`` for a model with named columns: rows (a list of objects) or
-    columns (an object of equally long lists), as MLflow accepts both."""
+    columns (an object of equally long lists, kept column by column), as MLflow accepts both."""
     if isinstance(data, list) and all(isinstance(row, dict) for row in data):
         return data
     if isinstance(data, dict):
@@ -231,8 +234,7 @@ def tensor_records(data: Any, key: str) -> list[dict[str, Any]]:
         lengths = {len(values) for values in columns.values()}
         if len(lengths) > 1:
             raise invalid(f"The length of values for each input/column name are not the same in '{key}'")
-        n = lengths.pop() if lengths else 0
-        return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+        return list(columns), list(columns.values())
     raise invalid(f"'{key}' must be a list of row objects or an object of columns for a model with named"
                   " input columns")
 

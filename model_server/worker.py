@@ -78,7 +78,8 @@ class LoadedModel:
             python_model = None
         # this project's pyfunc: JSON rows straight to its compiled path, no pandas on the way
         self.predict_records = getattr(python_model, "predict_records", None)
-        self.predict_table = getattr(python_model, "predict_table", None)  # CSV bodies; versions logged before: None
+        # bodies that came column by column (CSV, dataframe_split); None for versions logged before it
+        self.predict_table = getattr(python_model, "predict_table", None)
         self.code_file = getattr(sys.modules.get(MODEL_PACKAGE), "__file__", None)
         log.info("loaded %s in %.1fs (model code: %s)", uri, time.perf_counter() - started, self.code_file)
 

@@ -217,7 +217,8 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
 
     def predict_table(self, names: list[str], columns: list[Sequence[Any]]) -> list[dict[str, Any]]:
         """:meth:`predict_records` for a table given column by column (``names``, then each column's cells, as a
-        CSV body is read): no dict a row on the way. The project's model server calls it for CSV bodies."""
+        CSV body is read): no dict a row on the way. The project's model server calls it for bodies that came so
+        (CSV, MLflow's ``dataframe_split``, column-wise ``inputs``)."""
         if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
         return prediction_records(self._compiled.classes, self._compiled.predict_proba_table(names, columns),

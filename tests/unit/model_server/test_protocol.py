@@ -63,6 +63,17 @@ def test_a_csv_body_is_read_column_by_column_with_no_dict_a_row():
     assert empty.rows == 0 and empty.columns == (["age", "city"], [(), ()]) and empty.as_records() == []
 
 
+@pytest.mark.parametrize("payload", [
+    {"dataframe_split": {"columns": ["age", "city"], "data": [["39", "Oslo"], [52, None]]}},
+    {"inputs": {"age": ["39", 52], "city": ["Oslo", None]}},
+], ids=["split", "inputs columns"])
+def test_bodies_sent_column_by_column_or_as_a_split_table_are_kept_as_columns(payload):
+    request = parse_request(orjson.dumps(payload), "application/json")
+    assert request.records is None and request.rows == 2
+    names, cells = request.columns
+    assert names == ["age", "city"] and [list(c) for c in cells] == [["39", 52], ["Oslo", None]]
+
+
 def test_parquet_is_read_as_a_table():
     buffer = io.BytesIO()
     pd.DataFrame({"age": ["39"], "city": ["Oslo"]}).to_parquet(buffer)
