@@ -47,6 +47,7 @@ SCENARIOS = [("1 row, c=1", 1, 1), ("1 row, c=16", 1, 16), ("1 row, c=64", 1, 64
 LOAD_ROUNDS = 3
 # the same 1,000 rows as a CSV body (text/csv) to the gateway, beside its JSON
 CSV_SCENARIO = ("1000 rows CSV, c=2", 1000, 2)
+CSV_PAIRED_JSON = "1000 rows JSON beside CSV, c=2"  # the JSON body measured in turn with the CSV one
 # BentoML 1.4 adaptive batching on the same pipeline, measured on this machine
 # kind (issue #5): requests/s at concurrency 16 and 64.
 BENTOML_RPS = {16: 450.0, 64: 580.0}
@@ -317,12 +318,19 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
             table += rollout_costs(stack, client, bodies["c", 1], duration)
         except Exception as err:  # noqa: BLE001 (the other measurements stand; the report says what is missing)
             print(f"warning: rollout costs not measured: {type(err).__name__}: {str(err)[:300]}", flush=True)
+        # CSV bodies against the same rows as JSON, in turn round by round (a CSV figure from one moment against
+        # a JSON median from another compares the machine's moments as much as the bodies)
         label, rows, connections = CSV_SCENARIO
-        print(f"  gateway /predict: {label} ...", flush=True)
-        measured = wrk(targets["c"][1], csv_body, connections, duration, content_type="text/csv")
-        measured["rows_per_s"] = measured["rps"] * rows
-        table.append({"scenario": label, "rows": rows, "connections": connections, "target": "c",
-                      "name": "gateway /predict (text/csv)", **measured})
+        pair: dict[str, list[dict[str, float]]] = {"text/csv": [], "application/json": []}
+        for round_ in range(LOAD_ROUNDS):
+            for media in (list(pair) if round_ % 2 == 0 else list(pair)[::-1]):
+                print(f"  gateway /predict: 1000 rows as {media}, c=2, round {round_ + 1} of {LOAD_ROUNDS} ...",
+                      flush=True)
+                body = csv_body if media == "text/csv" else bodies["c", rows]
+                pair[media].append(wrk(targets["c"][1], body, connections, duration, content_type=media))
+        for scenario, media in ((label, "text/csv"), (CSV_PAIRED_JSON, "application/json")):
+            table.append({"scenario": scenario, "rows": rows, "connections": connections, "target": "c",
+                          "name": f"gateway /predict ({media})", **median_of_rounds(pair[media], rows)})
         results["load"] = table
         if soak_seconds:
             print(f"  soak: gateway /predict, 1 row, c=32, {soak_seconds}s ...", flush=True)
@@ -451,10 +459,10 @@ def evaluate_targets(table: list[dict], training: dict, in_process: dict,
     checks.append({"target": "1000 rows: gateway >= 5x plain rows/s",
                    "value": big["rows_per_s"] / plain_big["rows_per_s"],
                    "met": big["rows_per_s"] >= 5 * plain_big["rows_per_s"]})
-    as_csv = cell["c", CSV_SCENARIO[0]]
-    checks.append({"target": "1000 rows: gateway CSV body >= its JSON body (rows/s ratio)",
-                   "value": as_csv["rows_per_s"] / big["rows_per_s"],
-                   "met": as_csv["rows_per_s"] >= big["rows_per_s"]})
+    as_csv, as_json = cell["c", CSV_SCENARIO[0]], cell["c", CSV_PAIRED_JSON]
+    checks.append({"target": "1000 rows: gateway CSV body >= its JSON body (rows/s ratio, measured in turn)",
+                   "value": as_csv["rows_per_s"] / as_json["rows_per_s"],
+                   "met": as_csv["rows_per_s"] >= as_json["rows_per_s"]})
     fast = in_process["1 row(s)"]["python model, records"], in_process["64 row(s)"]["python model, records"]
     checks.append({"target": "in process: 1 row p50 <= 0.5 ms (records path)", "value": fast[0],
                    "met": fast[0] <= 0.5})
@@ -478,7 +486,7 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"{'scenario':30} {'server':45} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
              f"{'x plain':>8} {'errors':>6}   (the first rows: medians of {LOAD_ROUNDS} rounds)"]
     plain = {r["scenario"]: r for r in results["load"] if r["target"] == "a"}
-    plain[CSV_SCENARIO[0]] = plain["1000 rows, c=2"]
+    plain[CSV_SCENARIO[0]] = plain[CSV_PAIRED_JSON] = plain["1000 rows, c=2"]
     for r in results["load"]:
         if r["scenario"].startswith(("log cost", "traffic")):
             plain[r["scenario"]] = plain["1000 rows, c=2" if r["rows"] == 1000 else "1 row, c=16"]
