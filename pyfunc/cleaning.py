@@ -6,8 +6,8 @@ strings and strings sent as numbers. Every path applies the same cell rules
 (:func:`clean_cell`, :func:`clean_category`, :func:`parse_number`): training fits
 on :func:`clean_raw_frame` (``steps/train.py``), and the served model's compiled
 path (``pyfunc/fast.py``) takes the raw cells of DataFrames
-(:func:`frame_columns`), JSON rows (:func:`record_columns`) and tables read column by column
-(:func:`table_columns`, a CSV body) column by column,
+(:func:`frame_columns`), JSON rows (:func:`record_columns`) and tables given as columns
+(:func:`table_columns`: a CSV body as read) column by column,
 cleans the numbers with :func:`clean_values` and turns each categorical cell
 straight into its one-hot column with :func:`category_codes`, so the model sees
 the same values in training and serving. The one exception is
