@@ -107,6 +107,12 @@ def wrk(url: str, body: Path, connections: int, duration: int, content_type: str
             "requests": requests, "errors": errors}
 
 
+def in_turn(keys: list[str], round_: int) -> list[str]:
+    """``keys`` in the order of round ``round_``: one later each round, so none always gets the quieter moment."""
+    start = round_ % len(keys)
+    return keys[start:] + keys[:start]
+
+
 def median_of_rounds(rounds: list[dict[str, float]], rows: int) -> dict[str, Any]:
     """One server's figures for a scenario: the median of its rounds for each, every round kept beside."""
     median = {key: float(np.median([r[key] for r in rounds])) for key in ("rps", "p50_ms", "p99_ms")}
@@ -286,9 +292,7 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         for label, rows, connections in SCENARIOS:
             measured = {key: [] for key in targets}
             for round_ in range(LOAD_ROUNDS):
-                # the servers in turn, starting one later each round: none always gets the quieter moment
-                order = list(targets)[round_ % len(targets):] + list(targets)[:round_ % len(targets)]
-                for key in order:
+                for key in in_turn(list(targets), round_):
                     name, url = targets[key]
                     print(f"  {name}: {label}, round {round_ + 1} of {LOAD_ROUNDS} ...", flush=True)
                     measured[key].append(wrk(url, bodies[key, rows], connections, duration))
@@ -323,7 +327,7 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         label, rows, connections = CSV_SCENARIO
         pair: dict[str, list[dict[str, float]]] = {"text/csv": [], "application/json": []}
         for round_ in range(LOAD_ROUNDS):
-            for media in (list(pair) if round_ % 2 == 0 else list(pair)[::-1]):
+            for media in in_turn(list(pair), round_):
                 print(f"  gateway /predict: 1000 rows as {media}, c=2, round {round_ + 1} of {LOAD_ROUNDS} ...",
                       flush=True)
                 body = csv_body if media == "text/csv" else bodies["c", rows]

@@ -221,7 +221,7 @@ def split_columns(data: Any, key: str) -> tuple[list[Any], list[tuple[Any, ...]]
         if len(row) != len(columns):
             raise invalid(f"Provided {key} field is not a valid dataframe representation in 'split' format:"
                           f" row {i} has {len(row)} values for {len(columns)} columns")
-    return columns, list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    return columns, tables.columns_of(rows, len(columns))
 
 
 def tensor_rows(data: Any, key: str) -> list[dict[str, Any]] | tuple[list[str], list[list[Any]]]:

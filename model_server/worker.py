@@ -92,8 +92,8 @@ class LoadedModel:
             if self.predict_table is not None and request.columns is not None:
                 names, cells = request.columns
                 return protocol.predictions_body(self.predict_table(names, cells) if request.rows else [])
-            records = request.as_records()
-            if self.predict_records is not None and records is not None:
+            # (dicts made from columns only for a model that reads them: as_frame below makes its own)
+            if self.predict_records is not None and (records := request.as_records()) is not None:
                 return protocol.predictions_body(self.predict_records(records) if records else [])
         frame = request.as_frame()
         result = self.pyfunc.predict(frame, params=request.params) if request.params else self.pyfunc.predict(frame)
