@@ -255,7 +255,7 @@ class TreeExplainer:
     """
 
     roots: np.ndarray
-    right: np.ndarray  # NODE layout (pyfunc/fast.py): the left child is the next node, right < 0 a leaf
+    right: np.ndarray  # node layout (pyfunc/fast.py: node_dtype): the left child is the next node, right < 0 a leaf
     feature: np.ndarray
     threshold: np.ndarray
     ratio: np.ndarray  # each node's cover over its parent's

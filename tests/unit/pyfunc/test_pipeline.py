@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler
 
 from pyfunc.cleaning import clean_raw_frame, infer_feature_schema
-from pyfunc.fast import CompiledPipeline
+from pyfunc.fast import CompiledPipeline, CompiledTrees
 from pyfunc.pipeline import build_pipeline, input_column_importance, load_pipeline, save_pipeline
 from tests.conftest import fitted_mixed_pipeline, mixed_frame
 
@@ -87,6 +87,24 @@ def test_compiled_path_is_bit_identical_to_the_pipeline_on_raw_rows(fitted):
     expected = pipeline.predict_proba(clean_raw_frame(raw, schema))
     np.testing.assert_array_equal(compiled.predict_proba(raw), expected)
     np.testing.assert_array_equal(compiled.classes, pipeline.classes_)
+
+
+def test_a_forest_compares_in_float32_on_the_same_side_of_every_threshold_as_scikit_learn():
+    # Two adjacent float32 values whose float64 midpoint (the threshold scikit-learn learns) rounds to nearest
+    # upwards, onto the larger one: a kernel comparing with that rounded threshold would send the larger
+    # value left; the compiled one keeps the largest float32 below the threshold and sends it right.
+    # (apart by more than scikit-learn's 1e-7, under which it takes a feature for constant)
+    low = np.nextafter(np.float32(10_000), np.float32(20_000))  # odd last bit: the midpoint rounds up
+    high = np.nextafter(low, np.float32(2))
+    X = np.array([[low], [high]] * 4, dtype=np.float32)
+    y = np.array([0, 1] * 4)
+    forest = RandomForestClassifier(n_estimators=3, bootstrap=False, random_state=0).fit(X, y)
+    threshold = forest.estimators_[0].tree_.threshold[0]
+    assert np.float32(threshold) == high  # the case this test is about: to nearest lands on a value
+    compiled = CompiledTrees.from_estimators(forest.estimators_)
+    assert compiled.nodes["threshold"].dtype == np.float32
+    np.testing.assert_array_equal(compiled.predict_proba(X), forest.predict_proba(X))
+    np.testing.assert_array_equal(compiled.predict_proba(X)[:2], [[1.0, 0.0], [0.0, 1.0]])
 
 
 def test_every_model_type_is_built_saved_loaded_and_compiled_bit_identically(tmp_path):
