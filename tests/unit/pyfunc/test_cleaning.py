@@ -16,6 +16,7 @@ from pyfunc.cleaning import (
     clean_values,
     infer_feature_schema,
     normalize_missing,
+    record_columns,
 )
 
 SCHEMA = FeatureSchema(numeric=["age", "hours"], categorical=["colour"], na_values=["?", "n/a"])
@@ -138,3 +139,15 @@ def test_a_bool_behind_an_equal_number_in_a_long_numeric_column_is_refused_namin
     with pytest.raises(InvalidInputError) as err:
         clean_values([values], schema)
     assert "'age' row 20" in str(err.value)
+
+
+def test_record_columns_reads_every_row_by_name_whatever_key_objects_or_order_the_rows_use():
+    schema = FeatureSchema(["age"], ["city"], [])
+    # the first row's keys are other text objects than the schema's; later rows have their own objects
+    # and their own key order (a parser that does not share key objects, or rows built by hand)
+    first = {"".join(["ci", "ty"]): "Oslo", "".join(["a", "ge"]): "40", "extra": 1}
+    rows = [first, {"age": 7, "city": "Rome"}, {"city": None, "age": "?"}]
+    assert record_columns(rows, schema) == [("40", 7, "?"), ("Oslo", "Rome", None)]
+    assert record_columns([{"age": "1"}, {"age": 2}], FeatureSchema(["age"], [], [])) == [("1", 2)]
+    with pytest.raises(InvalidInputError, match="city"):
+        record_columns([{"age": 1, "city": "x"}, {"age": 2}], schema)
