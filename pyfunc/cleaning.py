@@ -228,6 +228,7 @@ class _BadValue(ValueError):
 _MEMO_TYPES = frozenset({str, int, float, type(None)})
 _TEXT_TYPES = frozenset({str, type(None)})
 _MEMO_MIN_ROWS = 16
+_OWN_KEYS_MIN_ROWS = 8
 
 
 def _distinct_cleaned(values: Sequence[Any], clean: Any) -> dict[Any, Any] | None:
@@ -395,7 +396,9 @@ def record_columns(records: Sequence[dict[str, Any]], schema: FeatureSchema) -> 
     if not schema.columns or not records:
         return [[] for _ in schema.columns]
     # every row's cells in the schema's order, then the columns: both loops in C
-    pick = schema.pick_like(records[0]) if isinstance(records[0], dict) else schema.pick
+    # by the body's own key objects from a few rows on (making that getter costs about four rows' lookups)
+    pick = schema.pick_like(records[0]) if len(records) >= _OWN_KEYS_MIN_ROWS and isinstance(records[0], dict) \
+        else schema.pick
     try:
         rows = list(map(pick, records))
     except KeyError:

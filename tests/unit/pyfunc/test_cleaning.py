@@ -146,8 +146,9 @@ def test_record_columns_reads_every_row_by_name_whatever_key_objects_or_order_th
     # the first row's keys are other text objects than the schema's; later rows have their own objects
     # and their own key order (a parser that does not share key objects, or rows built by hand)
     first = {"".join(["ci", "ty"]): "Oslo", "".join(["a", "ge"]): "40", "extra": 1}
-    rows = [first, {"age": 7, "city": "Rome"}, {"city": None, "age": "?"}]
-    assert record_columns(rows, schema) == [("40", 7, "?"), ("Oslo", "Rome", None)]
+    rows = [first, {"age": 7, "city": "Rome"}, {"city": None, "age": "?"}] * 4  # enough rows for the own keys
+    assert record_columns(rows, schema) == [("40", 7, "?") * 4, ("Oslo", "Rome", None) * 4]
+    assert record_columns(rows[:3], schema) == [("40", 7, "?"), ("Oslo", "Rome", None)]
     assert record_columns([{"age": "1"}, {"age": 2}], FeatureSchema(["age"], [], [])) == [("1", 2)]
     with pytest.raises(InvalidInputError, match="city"):
         record_columns([{"age": 1, "city": "x"}, {"age": 2}], schema)
