@@ -55,9 +55,11 @@ run: setup
 score: setup-dev
 	mlflow run . -e score --env-manager local $(EXPERIMENT_FLAG) $(ARGS)
 
+# Two modules at a time: most of a module's time is waiting on the processes it started (training runs,
+# servers coming up), and a module's tests share one stack, so whole files go to a worker.
 test: setup-dev
 	lint-imports
-	pytest
+	pytest -n 2 --dist loadfile
 
 up: setup
 	python -m stack up
