@@ -130,9 +130,13 @@ class JobStore:
         finally:
             db.close()
 
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:12]
+
     def add(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main",
-            requested_by: str | None = None) -> Job:
-        job_id = uuid.uuid4().hex[:12]
+            requested_by: str | None = None, job_id: str | None = None) -> Job:
+        job_id = job_id or self.new_id()
         with self._connect() as db:
             db.execute(
                 "INSERT INTO jobs (id, status, created_at, parameters, model_name, entry_point, requested_by)"
@@ -212,9 +216,16 @@ class TrainingJobRunner:
 
     def submit(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main",
                caller: Caller | None = None) -> Job:
-        job = self.store.add(parameters, model_name, entry_point, caller.username if caller else None)
+        job_id = self.store.new_id()
         if caller:
-            self._callers[job.id] = caller
+            # before the job is in the store: the runner's thread may take it up at once, and a queued job
+            # without its caller's credentials is one from before a restart (it fails)
+            self._callers[job_id] = caller
+        try:
+            job = self.store.add(parameters, model_name, entry_point, caller.username if caller else None, job_id)
+        except BaseException:
+            self._callers.pop(job_id, None)
+            raise
         self._wake.set()
         return job
 

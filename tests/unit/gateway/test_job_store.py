@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from gateway.jobs import JobStore
 
 
@@ -70,3 +72,36 @@ def test_bootstrap_trains_the_model_once_and_only_while_the_registry_has_no_vers
     client.create_registered_model("other")
     client.create_model_version("other", source=str(tmp_path))
     assert runner.bootstrap("other") is None  # a version exists
+
+
+def test_a_callers_credentials_are_kept_before_the_runner_can_see_the_job(tmp_path):
+    """GATEWAY_AUTH=mlflow: the runner's thread polls the store and may take a job up the moment it is
+    added; had the credentials come after, the job failed as one queued before a restart (seen in CI)."""
+    from mlflow import MlflowClient
+
+    from contract.settings import Settings
+    from gateway.auth import Caller
+    from gateway.jobs import TrainingJobRunner
+
+    store = JobStore(tmp_path / "jobs.db")
+    runner = TrainingJobRunner(store, Settings(stack_dir=tmp_path), MlflowClient(f"sqlite:///{tmp_path / 'm.db'}"))
+    known_when_added = []
+    add = store.add
+
+    def add_then_look(*args, **kwargs):  # what the runner's thread would find right after the insert
+        job = add(*args, **kwargs)
+        known_when_added.append(runner._callers.get(job.id))
+        return job
+
+    store.add = add_then_look
+    caller = Caller("editor", "secret")
+    job = runner.submit({"target": "y"}, "m", caller=caller)
+    assert known_when_added == [caller] and job.requested_by == "editor"
+
+    def refused(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    store.add = refused  # a job that never made it to the store leaves no credentials behind
+    with pytest.raises(sqlite3.OperationalError):
+        runner.submit({"target": "y"}, "m", caller=caller)
+    assert list(runner._callers) == [job.id]
