@@ -247,6 +247,7 @@ class TrainingJobRunner:
             return job
         if self.store.update(job_id, only_if=("queued",), status="cancelled", finished_at=_now(),
                              error="cancelled before it started"):
+            self._callers.pop(job_id, None)  # its caller's credentials are never needed now
             return self.store.get(job_id)
         if self.store.update(job_id, only_if=("running",), status="cancelled", finished_at=_now(),
                              error="cancelled while running"):

@@ -105,3 +105,4 @@ def test_a_callers_credentials_are_kept_before_the_runner_can_see_the_job(tmp_pa
     with pytest.raises(sqlite3.OperationalError):
         runner.submit({"target": "y"}, "m", caller=caller)
     assert list(runner._callers) == [job.id]
+    assert runner.cancel(job.id).status == "cancelled" and runner._callers == {}  # nor does one cancelled queued
