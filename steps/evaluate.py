@@ -18,37 +18,74 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    ConfusionMatrixDisplay,
-    RocCurveDisplay,
-    accuracy_score,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 
 def score(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
           y_pred: np.ndarray | None = None) -> float:
-    """One metric of a model's answers: ROC-AUC from the probabilities, the others from the labels it
-    returned, ``y_pred`` (None: the most probable class).
+    """One metric of a model's answers (see :func:`resampled_scores`); ValueError where it is undefined
+    (ROC-AUC of rows of one class), as scikit-learn's."""
+    value = float(resampled_scores(metric, y_true, proba, classes, positive, y_pred)[0])
+    if np.isnan(value):
+        raise ValueError(f"{metric} is not defined: the true labels hold one class only")
+    return value
 
-    Binary: precision/recall/F1/ROC-AUC of ``positive``. Multiclass (``positive``
-    None): macro averages and one-vs-rest macro ROC-AUC.
+
+def resampled_scores(metric: str, y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray,
+                     positive: object | None, y_pred: np.ndarray | None = None,
+                     rows: np.ndarray | None = None) -> np.ndarray:
+    """``metric`` of a model's answers on many resamples of the rows at once: ``rows`` holds one resample a
+    row (indices into ``y_true``); None scores the rows once, as given. NaN where the metric is undefined
+    (ROC-AUC of a resample missing a class).
+
+    ROC-AUC comes from the probabilities, the others from the labels the model returned, ``y_pred`` (None:
+    the most probable class). Binary: precision/recall/F1/ROC-AUC of ``positive``. Multiclass (``positive``
+    None): macro averages and one-vs-rest macro ROC-AUC. A label that is not one of ``classes`` counts for
+    none. The figures are scikit-learn's (``zero_division=0``; tests/unit/steps/test_evaluate.py compares
+    them), from confusion counts of every resample at once: a scikit-learn call a resample took 10 s for
+    the 1,000 resamples of the promotion rule's bootstrap on 300 rows, 86 s on 20,000.
     """
+    classes = np.asarray(classes)
+    k = len(classes)
+    true = _codes(y_true, classes)
+    rows = np.arange(len(true))[None, :] if rows is None else np.asarray(rows)
+    proba = np.asarray(proba, dtype=float)
     if metric == "roc_auc":
-        if positive is not None:
-            return float(roc_auc_score(y_true == positive, proba[:, list(classes).index(positive)]))
-        return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes))
-    if y_pred is None:
-        y_pred = classes[proba.argmax(axis=1)]
+        columns = [_codes([positive], classes)[0]] if positive is not None else range(k)
+        return np.mean([_auc(true == c, proba[:, c], rows) for c in columns], axis=0)  # NaN if one is
+    pred = proba.argmax(axis=1) if y_pred is None else _codes(y_pred, classes)
+    # counts[r, t, p]: rows of resample r with true class t, returned class p (k: not a class)
+    cells = (k + 1) ** 2
+    pairs = (true * (k + 1) + pred)[rows] + np.arange(len(rows))[:, None] * cells
+    counts = np.bincount(pairs.ravel(), minlength=len(rows) * cells).reshape(len(rows), k + 1, k + 1)
+    hits = np.diagonal(counts, axis1=1, axis2=2)[:, :k]
     if metric == "accuracy":
-        return float(accuracy_score(y_true, y_pred))
-    options = ({"pos_label": positive, "average": "binary", "zero_division": 0} if positive is not None
-               else {"labels": classes, "average": "macro", "zero_division": 0})
-    return float({"precision": precision_score, "recall": recall_score, "f1": f1_score}[metric](
-        y_true, y_pred, **options))
+        return hits.sum(axis=1) / rows.shape[1]
+    returned, actual = counts[:, :, :k].sum(axis=1), counts[:, :k, :].sum(axis=2)
+    numerator, denominator = {"precision": (hits, returned), "recall": (hits, actual),
+                              "f1": (2 * hits, returned + actual)}[metric]
+    by_class = np.divide(numerator, denominator, out=np.zeros(hits.shape), where=denominator > 0)
+    return by_class[:, _codes([positive], classes)[0]] if positive is not None else by_class.mean(axis=1)
+
+
+def _codes(labels: np.ndarray | list, classes: np.ndarray) -> np.ndarray:
+    """Each label's index in ``classes``; ``len(classes)`` for a label that is none of them."""
+    codes = pd.Index(classes).get_indexer(pd.Index(labels))
+    return np.where(codes < 0, len(classes), codes)
+
+
+def _auc(is_positive: np.ndarray, score: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """ROC-AUC of ``score`` for each resample: the chance a positive row scores above a negative one,
+    a tie counting half (the area under scikit-learn's ROC curve); NaN without both kinds of row."""
+    _, group = np.unique(score, return_inverse=True)  # rows of equal score share a group, in score order
+    groups = group.max() + 1
+    keys = (group * 2 + is_positive)[rows] + np.arange(len(rows))[:, None] * groups * 2
+    counts = np.bincount(keys.ravel(), minlength=len(rows) * groups * 2).reshape(len(rows), groups, 2)
+    negatives, positives = counts[:, :, 0].astype(float), counts[:, :, 1].astype(float)
+    below = np.cumsum(negatives, axis=1) - negatives
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    wins = (positives * (below + negatives / 2)).sum(axis=1)
+    return np.divide(wins, pairs, out=np.full(len(rows), np.nan), where=pairs > 0)
 
 
 def classification_metrics(

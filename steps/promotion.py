@@ -44,6 +44,7 @@ from steps.versions import predict_with_own_code
 
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
+RESAMPLED_CELLS = 2_000_000  # rows of all the resamples scored at once (~16 MB an array)
 
 
 @dataclass(frozen=True)
@@ -127,27 +128,28 @@ class Answers:
     proba: np.ndarray
     labels: np.ndarray
 
-    def score(self, metric: str, labels: Labels, rows: np.ndarray) -> float:
-        return evaluate.score(metric, labels.test[rows], self.proba[rows], labels.classes, labels.positive,
-                              self.labels[rows])
+    def scores(self, metric: str, labels: Labels, rows: np.ndarray) -> np.ndarray:
+        """``metric`` on each resample (a row of ``rows``); NaN where undefined."""
+        return evaluate.resampled_scores(metric, labels.test, self.proba, labels.classes, labels.positive,
+                                         self.labels, rows)
 
 
 def paired_bootstrap(metric: str, labels: Labels, new: Answers, old: Answers, seed: int,
                      resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
     """The ``CONFIDENCE`` interval of ``metric(new) - metric(old)`` over resamples of the test rows."""
     rng = np.random.default_rng(seed)
-    y = labels.test
+    size = len(labels.test)
+    at_once = max(1, RESAMPLED_CELLS // max(size, 1))  # resamples scored together: bounded memory
     differences = []
-    for _ in range(resamples):
-        rows = rng.integers(0, len(y), len(y))
-        try:
-            differences.append(new.score(metric, labels, rows) - old.score(metric, labels, rows))
-        except ValueError:  # a resample with one class only has no ROC-AUC: skipped
-            continue
-    if not differences:
+    for start in range(0, resamples, at_once):
+        rows = rng.integers(0, size, (min(at_once, resamples - start), size))
+        differences.append(new.scores(metric, labels, rows) - old.scores(metric, labels, rows))
+    gains = np.concatenate(differences)
+    gains = gains[~np.isnan(gains)]  # a resample with one class only has no ROC-AUC: skipped
+    if not len(gains):
         return (float("nan"), float("nan"))
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(differences, [tail, 100 - tail])
+    low, high = np.percentile(gains, [tail, 100 - tail])
     return float(low), float(high)
 
 

@@ -26,11 +26,16 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def finished_job(api: httpx.Client, job_id: str, timeout: float = 300) -> dict:
-    def done() -> dict | None:
-        job = api.get(f"/train/{job_id}").json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+    last: dict = {}
 
-    return wait_for(done, timeout, f"job {job_id} to finish")
+    def done() -> dict | None:
+        last.update(api.get(f"/train/{job_id}").json())
+        return dict(last) if last["status"] in ("succeeded", "failed", "cancelled") else None
+
+    try:
+        return wait_for(done, timeout, f"job {job_id} to finish")
+    except AssertionError as err:  # where it stood: which step was slow, or stuck
+        raise AssertionError(f"{err}; it was {last.get('status')}, its log ending:\n{last.get('log_tail')}") from None
 
 
 def start_training(api: httpx.Client, headers: dict, **body: Any) -> str:
