@@ -61,11 +61,20 @@ def resampled_scores(metric: str, y_true: np.ndarray, proba: np.ndarray, classes
     hits = np.diagonal(counts, axis1=1, axis2=2)[:, :k]
     if metric == "accuracy":
         return hits.sum(axis=1) / rows.shape[1]
-    returned, actual = counts[:, :, :k].sum(axis=1), counts[:, :k, :].sum(axis=2)
+    by_class = _rate(metric, hits, returned=counts[:, :, :k].sum(axis=1), actual=counts[:, :k, :].sum(axis=2))
+    return by_class[:, _codes([positive], classes)[0]] if positive is not None else by_class.mean(axis=1)
+
+
+def _rate(metric: str, hits: np.ndarray, returned: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Precision, recall or F1 of a class from its confusion counts (rows it got right, rows it was
+    returned for, rows that are it), array by array; 0 where they divide by zero (``zero_division=0``)."""
     numerator, denominator = {"precision": (hits, returned), "recall": (hits, actual),
                               "f1": (2 * hits, returned + actual)}[metric]
-    by_class = np.divide(numerator, denominator, out=np.zeros(hits.shape), where=denominator > 0)
-    return by_class[:, _codes([positive], classes)[0]] if positive is not None else by_class.mean(axis=1)
+    return _ratio(numerator, denominator)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros(np.shape(numerator)), where=denominator > 0)
 
 
 def _codes(labels: np.ndarray | list, classes: np.ndarray) -> np.ndarray:
@@ -107,15 +116,11 @@ def scores_by_threshold(is_positive: np.ndarray, proba_positive: np.ndarray) -> 
     one call per cut-off, took seconds)."""
     y = np.asarray(is_positive, dtype=bool)
     predicted = np.asarray(proba_positive)[None, :] >= THRESHOLDS[:, None]
-    tp = (predicted & y).sum(axis=1)
-    fp = predicted.sum(axis=1) - tp
-    fn = y.sum() - tp
-
-    def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-        return np.divide(numerator, denominator, out=np.zeros(len(THRESHOLDS)), where=denominator > 0)
-
-    return {"accuracy": ratio(len(y) - fp - fn, np.full(len(THRESHOLDS), len(y))),
-            "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+    tp, returned = (predicted & y).sum(axis=1), predicted.sum(axis=1)
+    actual = np.full(len(THRESHOLDS), y.sum())
+    wrong = (returned - tp) + (actual - tp)
+    return {"accuracy": _ratio(len(y) - wrong, np.full(len(THRESHOLDS), len(y))),
+            **{metric: _rate(metric, tp, returned, actual) for metric in ("precision", "recall", "f1")}}
 
 
 def best_threshold(is_positive: np.ndarray, proba_positive: np.ndarray, metric: str) -> float:
