@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from contract.settings import PROJECT_DIR, Settings
-from runtime.processes import free_port
+from runtime.processes import lane_port
 from stack.local import LocalStack, http_ok, wait_until
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame
 from pyfunc.pipeline import TRUSTED_TYPES, load_pipeline
@@ -134,7 +134,7 @@ def baseline_model(stack: LocalStack, root: Path, typed_example: pd.DataFrame) -
 
 
 def start_baseline(model_dir: Path, root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port("127.0.0.1")
+    port = lane_port("127.0.0.1", 0)
     log = (root / "baseline.log").open("wb")
     process = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "-h", "127.0.0.1", "-p", str(port),
@@ -236,8 +236,8 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         raise SystemExit("error: wrk not found: install it (apt-get install wrk) or run `make bench`")
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     settings = Settings(
-        stack_dir=root / "stack", host="127.0.0.1", gateway_port=free_port("127.0.0.1"),
-        mlflow_port=free_port("127.0.0.1"), model_server_port=free_port("127.0.0.1"), model_name=MODEL,
+        stack_dir=root / "stack", host="127.0.0.1", gateway_port=lane_port("127.0.0.1", 0),
+        mlflow_port=lane_port("127.0.0.1", 0), model_server_port=lane_port("127.0.0.1", 0), model_name=MODEL,
         data_roots=[PROJECT_DIR / "data"], experiment_name="bench", registry_poll_seconds=1.0,
         api_token=None, mlflow_tracking_uri=None, model_server_url=None,
     )
@@ -382,7 +382,7 @@ def training_times(stack: LocalStack, root: Path) -> dict[str, Any]:
 
 def start_gateway_without_log(stack: LocalStack, root: Path) -> str:
     """A second gateway on the same model server, with the inference log off; stopped with the stack's group."""
-    port = free_port()
+    port = lane_port("127.0.0.1", 0)
     env = {**stack.env(), "GATEWAY_PORT": str(port), "INFERENCE_LOG_URI": "off", "GATEWAY_TRAINING": "false",
            "STACK_DIR": str(root / "second-gateway"), "GATEWAY_ACCESS_LOG": str(stack.settings.access_log).lower()}
     log = root / "gateway-without-log.log"

@@ -32,6 +32,8 @@ from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
 log = logging.getLogger("model_server")
 # Connections kept open to one worker; more are opened under load and closed after.
 IDLE_CONNECTIONS = 32
+# Starts of a `mlflow models serve` backend whose port another process took meanwhile, before giving up.
+PORT_ATTEMPTS = 3
 
 
 class BackendUnavailable(Exception):
@@ -231,10 +233,12 @@ class Launcher:
         self.http = http
         self._count = 0
 
+    def _log_path(self, name: str, version: str) -> Path:
+        return self.settings.logs_dir / f"{self.settings.model_server_mode}-{name}-v{version}.log"
+
     def _spawn(self, command: list[str], name: str, version: str) -> tuple[subprocess.Popen, Path]:
-        logs = self.settings.logs_dir
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{self.settings.model_server_mode}-{name}-v{version}.log"
+        log_path = self._log_path(name, version)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the model's code
         env = tool_env(base, MLFLOW_TRACKING_URI=self.settings.tracking_uri)
         with open(log_path, "ab") as out:
@@ -265,6 +269,20 @@ class Launcher:
                                     url=f"http://{host}:{port}", http=self.http)
 
     async def start(self, name: str, version: str) -> Backend:
+        for _ in range(PORT_ATTEMPTS - 1):
+            log_path = self._log_path(name, version)
+            log_start = log_path.stat().st_size if log_path.exists() else 0
+            try:
+                return await self._start(name, version)
+            except RuntimeError:
+                # `mlflow models serve` binds the port free_port found seconds earlier; another process may have
+                # taken it since. That is no fault of the version: it starts again on another port.
+                if not port_taken(log_path, log_start):
+                    raise
+                log.warning("the backend of %s version %s found its port taken; starting it again", name, version)
+        return await self._start(name, version)
+
+    async def _start(self, name: str, version: str) -> Backend:
         backend = self._backend(name, version)
         deadline = time.monotonic() + self.settings.model_server_start_timeout
         while time.monotonic() < deadline:
@@ -278,6 +296,14 @@ class Launcher:
         await backend.close()
         raise RuntimeError(f"the backend of version {version} did not answer within "
                            f"{self.settings.model_server_start_timeout:.0f}s; see {backend.log_path}")
+
+
+def port_taken(path: Path, start: int) -> bool:
+    """Whether what a backend logged from byte ``start`` on says its port was taken (uvicorn's bind error)."""
+    with contextlib.suppress(OSError), open(path, "rb") as log_file:
+        log_file.seek(start)
+        return b"address already in use" in log_file.read().lower()
+    return False
 
 
 def last_line(path: Path) -> str:

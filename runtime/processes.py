@@ -41,9 +41,46 @@ def settle_heap() -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, from the kernel's ephemeral range (for a server its caller starts at once and restarts
+    elsewhere if its bind fails: see :func:`lane_port` for ports handed to servers started later)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+PORT_LANES = 24
+PORT_LANE_SIZE = 500
+_lane_next: dict[int, int] = {}
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands to ``bind(0)`` and to outgoing connections (Linux's default if unreadable)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
+
+
+def lane_port(host: str, lane: int) -> int:
+    """A port free now, below the ephemeral range, from ``lane``'s own stretch of :data:`PORT_LANE_SIZE` ports.
+
+    A port from :func:`free_port` stays in the range every other ``bind(0)`` and every outgoing connection on
+    the machine draws from: between that call and a server's own bind, seconds later, another process can take
+    it (CI saw a test stack's gateway find its port in use). Below the range only this function hands ports out;
+    callers that run at once (pytest-xdist workers) each walk their own lane, so none can take another's port,
+    and each walks forward so it does not reuse a port whose last connections are still closing.
+    """
+    if not 0 <= lane < PORT_LANES:
+        raise ValueError(f"lane must be in [0, {PORT_LANES}), got {lane}")
+    start = max(1024, ephemeral_port_range()[0] - PORT_LANES * PORT_LANE_SIZE) + lane * PORT_LANE_SIZE
+    for _ in range(PORT_LANE_SIZE):
+        offset = _lane_next.get(lane, 0)
+        _lane_next[lane] = (offset + 1) % PORT_LANE_SIZE
+        port = start + offset
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind((host, port))  # without SO_REUSEADDR: a port still in TIME_WAIT is skipped too
+            return port
+    raise RuntimeError(f"no free port in lane {lane} ({start}-{start + PORT_LANE_SIZE - 1}) on {host}")
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,8 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from runtime.processes import lane_port
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CENSUS_SAMPLE = PROJECT_DIR / "data" / "census-income-sample.csv.gz"
+
+
+def listen_port() -> int:
+    """A port on 127.0.0.1 for a server a test starts: from its pytest-xdist worker's own lane, which no other
+    worker, benchmark (lane 0) or ``bind(0)`` hands out."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return lane_port("127.0.0.1", 1 + int(worker or 0))
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,17 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from runtime.processes import free_port
 from contract.settings import Settings
 from stack.local import LocalStack
-from tests.conftest import census_rows
+from tests.conftest import census_rows, listen_port
 
 TOKEN = "test-token"
 
 
 def stack_settings(root: Path, data_root: Path, **overrides: object) -> Settings:
     values = dict(
-        stack_dir=root / "stack", host="127.0.0.1", gateway_port=free_port("127.0.0.1"),
-        mlflow_port=free_port("127.0.0.1"), model_server_port=free_port("127.0.0.1"),
+        stack_dir=root / "stack", host="127.0.0.1", gateway_port=listen_port(),
+        mlflow_port=listen_port(), model_server_port=listen_port(),
         model_name="gw-test", data_roots=[data_root], experiment_name="gateway-tests",
         registry_poll_seconds=0.5, drain_seconds=2.0, api_token=TOKEN,
         mlflow_tracking_uri=None, model_server_url=None,
@@ -110,7 +109,7 @@ class PostgresServer:
         self.data = self.root / "data"
         # every character a URI reserves: the compose file's way (credentials beside the URI) must take it
         self.password = "p@ss:w/rd%#?&="
-        self.port = free_port("127.0.0.1")
+        self.port = listen_port()
         self.durable = durable
         password_file = self.root / "password"
         password_file.write_text(self.password)

@@ -21,9 +21,9 @@ import pytest
 import tritonclient.http as triton
 
 from contract.params import DEFAULT_NA_VALUES
-from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
+from runtime.processes import VENV_BIN, stop_process_group, tool_env
 from stack.local import LocalStack, http_ok, wait_until
-from tests.conftest import census_rows, mixed_frame
+from tests.conftest import census_rows, listen_port, mixed_frame
 from tests.integration.conftest import TOKEN, running_stack
 from tests.integration.helpers import answers, finished_job, start_training, wait_for
 
@@ -61,7 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator
 def mlflow_serve(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow models serve`` of version 1 of CENSUS, beside the stack: its URL."""
     logs = tmp_path_factory.mktemp("serve") / "serve.log"
-    port = free_port()
+    port = listen_port()
     serve = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{CENSUS}/1", "-h", "127.0.0.1",
          "-p", str(port), "--env-manager", "local"],

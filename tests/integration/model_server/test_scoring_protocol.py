@@ -8,8 +8,10 @@ predictions from both, row for row.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,9 @@ import mlflow
 import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
+from model_server import backends
 from contract.params import DataParams, ForestParams, ModelParams, SplitParams
+from runtime.processes import free_port
 from stack.local import LocalStack
 from steps.preprocess import run_preprocess
 from steps.train import train_and_register
@@ -35,23 +39,31 @@ RAW.loc[2, "wage_per_hour"] = "?"
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[dict[str, str]]:
-    """{"fast": url, "mlflow": url}: two model servers following one registry."""
-    root = tmp_path_factory.mktemp("protocol")
-    fast = LocalStack(stack_settings(root / "fast", data_root, model_name=MODEL, model_server_mode="fast"))
-    slow = LocalStack(stack_settings(root / "mlflow", data_root, model_name=MODEL, model_server_mode="mlflow",
-                                     mlflow_port=fast.settings.mlflow_port))
+def registry(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[LocalStack]:
+    """A tracking server with version 1 of MODEL, served (the stack's model server is started by `servers`)."""
+    fast = LocalStack(stack_settings(tmp_path_factory.mktemp("protocol") / "fast", data_root, model_name=MODEL,
+                                     model_server_mode="fast"))
     try:
         fast.start_tracking()
         register_a_version(fast.tracking_uri, data_root / "census-small.csv")
         fast.registry().serve(MODEL, "1")
-        fast.start_model_server()
+        yield fast
+    finally:
+        fast.down()
+
+
+@pytest.fixture(scope="module")
+def servers(registry: LocalStack, tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[dict[str, str]]:
+    """{"fast": url, "mlflow": url}: two model servers following one registry."""
+    slow = LocalStack(stack_settings(tmp_path_factory.mktemp("protocol") / "mlflow", data_root, model_name=MODEL,
+                                     model_server_mode="mlflow", mlflow_port=registry.settings.mlflow_port))
+    try:
+        registry.start_model_server()
         slow.start_model_server()
         yield {mode: f"http://127.0.0.1:{stack.settings.model_server_port}"
-               for mode, stack in (("fast", fast), ("mlflow", slow))}
+               for mode, stack in (("fast", registry), ("mlflow", slow))}
     finally:
         slow.down()
-        fast.down()
 
 
 def register_a_version(tracking_uri: str, csv: Path) -> None:
@@ -154,3 +166,33 @@ def test_a_row_the_model_cannot_score_is_the_same_400_in_both_modes(servers):
     assert {a.json()["error_code"] for a in answers.values()} == {"INVALID_PARAMETER_VALUE"}
     assert "column 'age' row 1: 'forty' is not a number" in answers["fast"].json()["message"]
     assert "'forty' is not a number" in answers["mlflow"].json()["message"]
+
+
+def test_a_backend_whose_port_was_taken_meanwhile_starts_again_on_another(registry, tmp_path, monkeypatch):
+    """`mlflow models serve` binds the port free_port found earlier; if another process took it since, the
+    version is not failed for it: the launcher starts the backend again on another port."""
+    settings = stack_settings(tmp_path, tmp_path, model_name=MODEL, model_server_mode="mlflow",
+                              mlflow_port=registry.settings.mlflow_port)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    ports = iter([taken_port])
+    monkeypatch.setattr(backends, "free_port", lambda host: next(ports, None) or free_port(host))
+
+    async def start() -> tuple[str, bool]:
+        async with httpx.AsyncClient() as http:
+            launcher = backends.Launcher(settings, backends.ChildProcesses(tmp_path / "children.json"), tmp_path, http)
+            backend = await launcher.start(MODEL, "1")
+            try:
+                return backend.url, await backend.ready()
+            finally:
+                await backend.close()
+
+    try:
+        url, ready = asyncio.run(start())
+    finally:
+        taken.close()
+    assert ready and url != f"http://127.0.0.1:{taken_port}"
+    log = (settings.logs_dir / f"mlflow-{MODEL}-v1.log").read_text()
+    assert "address already in use" in log.lower()  # the first start did meet the taken port

@@ -18,9 +18,8 @@ import httpx
 import psycopg
 import yaml
 
-from runtime.processes import free_port
 from runtime.processes import VENV_BIN
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, listen_port
 from tests.integration.conftest import PostgresServer
 from tests.integration.helpers import wait_for
 
@@ -50,13 +49,13 @@ def compose_service(service: str) -> dict:
 
 
 def start_gateway(tmp_path: Path, dotenv: dict[str, str], **overrides: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = listen_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PG", "MLFLOW_"))}
     env.update(compose_environment("gateway", dotenv))
     # Its image binds every interface (STACK_HOST=0.0.0.0); here 127.0.0.1, as GATEWAY_PUBLISHED_HOST decides.
     # The other services' names point nowhere here; run outside the project, so no developer's .env is read.
     env.update(STACK_HOST="127.0.0.1", GATEWAY_PORT=str(port), STACK_DIR=str(tmp_path), GATEWAY_DATA_ROOTS=str(tmp_path),
-               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}", MODEL_SERVER_URL=f"http://127.0.0.1:{free_port()}",
+               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{listen_port()}", MODEL_SERVER_URL=f"http://127.0.0.1:{listen_port()}",
                INFERENCE_LOG_URI="off", GATEWAY_BOOTSTRAP_MODEL="false", PYTHONPATH=str(PROJECT_DIR))
     env.update(overrides)
     process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=tmp_path, env=env, text=True,
@@ -103,7 +102,7 @@ def _health(port: int) -> bool:
 def start_tracking(tmp_path: Path, dotenv: dict[str, str], postgres: PostgresServer) -> tuple[subprocess.Popen, int]:
     """The tracking server's container command and environment, on 127.0.0.1 and the test's PostgreSQL (the image
     has the launcher on PYTHONPATH and MLflow on PATH)."""
-    port = free_port()
+    port = listen_port()
     service = compose_service("mlflow")
     moved = {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}",
              "--artifacts-destination=/mlartifacts": f"--artifacts-destination={tmp_path / 'mlartifacts'}"}

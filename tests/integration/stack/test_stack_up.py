@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.processes import free_port, tool_env
+from runtime.processes import tool_env
 from stack.local import port_in_use
-from tests.conftest import PROJECT_DIR, census_rows
+from tests.conftest import PROJECT_DIR, census_rows, listen_port
 from tests.integration.helpers import answers, wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ class Copy:
         self.dir = root / "project"
         shutil.copytree(PROJECT_DIR, self.dir, ignore=COPY_IGNORED, copy_function=shutil.copy2)
         (self.dir / ".venv").symlink_to(Path(sys.prefix))  # the venv the tests run in: no second install
-        ports = {name: str(free_port()) for name in ("GATEWAY_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT")}
+        ports = {name: str(listen_port()) for name in ("GATEWAY_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT")}
         inherited = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
         self.ports = [int(port) for port in ports.values()]
         self.env = {**{k: v for k, v in os.environ.items() if k not in inherited},
