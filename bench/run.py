@@ -51,6 +51,12 @@ CSV_PAIRED_JSON = "1000 rows JSON beside CSV, c=2"  # the JSON body measured in 
 # BentoML 1.4 adaptive batching on the same pipeline, measured on this machine
 # kind (issue #5): requests/s at concurrency 16 and 64.
 BENTOML_RPS = {16: 450.0, 64: 580.0}
+# The benchmark's own ports (runtime.processes.lane_port); the tests take lanes 1 and up (tests/conftest.py).
+PORT_LANE = 0
+
+
+def listen_port() -> int:
+    return lane_port("127.0.0.1", PORT_LANE)
 
 
 def timed(command: list[str], env: dict[str, str], log: Path) -> float:
@@ -134,7 +140,7 @@ def baseline_model(stack: LocalStack, root: Path, typed_example: pd.DataFrame) -
 
 
 def start_baseline(model_dir: Path, root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = lane_port("127.0.0.1", 0)
+    port = listen_port()
     log = (root / "baseline.log").open("wb")
     process = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(model_dir), "-h", "127.0.0.1", "-p", str(port),
@@ -236,8 +242,8 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         raise SystemExit("error: wrk not found: install it (apt-get install wrk) or run `make bench`")
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     settings = Settings(
-        stack_dir=root / "stack", host="127.0.0.1", gateway_port=lane_port("127.0.0.1", 0),
-        mlflow_port=lane_port("127.0.0.1", 0), model_server_port=lane_port("127.0.0.1", 0), model_name=MODEL,
+        stack_dir=root / "stack", host="127.0.0.1", gateway_port=listen_port(),
+        mlflow_port=listen_port(), model_server_port=listen_port(), model_name=MODEL,
         data_roots=[PROJECT_DIR / "data"], experiment_name="bench", registry_poll_seconds=1.0,
         api_token=None, mlflow_tracking_uri=None, model_server_url=None,
     )
@@ -382,7 +388,7 @@ def training_times(stack: LocalStack, root: Path) -> dict[str, Any]:
 
 def start_gateway_without_log(stack: LocalStack, root: Path) -> str:
     """A second gateway on the same model server, with the inference log off; stopped with the stack's group."""
-    port = lane_port("127.0.0.1", 0)
+    port = listen_port()
     env = {**stack.env(), "GATEWAY_PORT": str(port), "INFERENCE_LOG_URI": "off", "GATEWAY_TRAINING": "false",
            "STACK_DIR": str(root / "second-gateway"), "GATEWAY_ACCESS_LOG": str(stack.settings.access_log).lower()}
     log = root / "gateway-without-log.log"
