@@ -155,7 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
                 bootstrap = asyncio.create_task(bootstrap_model(app.state.jobs, settings))
             if settings.monitor_every_minutes:
                 schedule = MonitorSchedule(app.state.jobs, settings.monitor_every_minutes,
-                                           lambda: served_models(settings, app.state.model_client.http))
+                                           lambda: served_models(app.state.model_client))
                 schedule.start()
         settle_heap()
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.utils import request_params_to_args
@@ -38,14 +37,9 @@ def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
     return dependency
 
 
-async def get_model_http(request: Request) -> httpx.AsyncClient:
-    return request.app.state.model_client.http
-
-
 SettingsDep = Annotated[Settings, Depends(app_state("settings"))]
 RegistryDep = Annotated[Registry, Depends(app_state("registry"))]
 JobsDep = Annotated[TrainingJobRunner, Depends(app_state("jobs"))]
-ModelHttpDep = Annotated[httpx.AsyncClient, Depends(get_model_http)]
 ModelClientDep = Annotated[ModelServerClient, Depends(app_state("model_client"))]
 AdmissionDep = Annotated[Admission, Depends(app_state("admission"))]
 MetricsDep = Annotated[Metrics, Depends(app_state("metrics"))]

@@ -1,4 +1,9 @@
-"""The gateway's one client of the model server: pooled connections, orjson, micro-batching per target."""
+"""The gateway's one client of the model server: pooled connections, orjson, micro-batching per target.
+
+aiohttp rather than httpx for this hop: a call through httpx's layers (anyio, httpcore, h11) costs about
+2,500 Python function calls and three times the CPU of aiohttp's C parser; with ten single-row requests a
+micro-batch (16 connections) that was 13% of the gateway's CPU per request, measured in an alternating A/B.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 import orjson
 
 from contract.packing import ENCODING, pack
@@ -55,14 +60,22 @@ class Rows:
         return self.records
 
 
+class Unreachable(Exception):
+    """The model server did not answer a call: refused, reset, or silent beyond MODEL_SERVER_TIMEOUT."""
+
+
 class ModelServerClient:
     def __init__(self, settings: Settings, metrics: Metrics):
+        """Made in the running event loop (the app's lifespan): the pool belongs to it."""
         self.settings = settings
         self.metrics = metrics
         self.base = settings.model_server
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.model_server_timeout, connect=settings.model_server_connect_timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64),
+            # connect: waiting for a pooled connection, then opening one; sock_read: between two reads
+            timeout=aiohttp.ClientTimeout(total=None, connect=settings.model_server_timeout,
+                                          sock_connect=settings.model_server_connect_timeout,
+                                          sock_read=settings.model_server_timeout),
         )
         self.batchers: dict[Target, MicroBatcher] = {}
 
@@ -81,35 +94,49 @@ class ModelServerClient:
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
-        await self.http.aclose()
+        await self.http.close()
+
+    async def status(self) -> dict[str, Any] | str:
+        """The model server's /status body, or why there is none (within MODEL_SERVER_CONNECT_TIMEOUT)."""
+        try:
+            async with self.http.get(f"{self.base}/status", timeout=aiohttp.ClientTimeout(
+                    total=self.settings.model_server_connect_timeout)) as answer:
+                body = orjson.loads(await answer.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as err:
+            return f"model server unreachable at {self.base}: {type(err).__name__}"
+        return body if isinstance(body, dict) else f"model server at {self.base} answered {body!r}"
+
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        """One POST to the model server, its answer read; :class:`Unreachable` when there is none."""
+        try:
+            async with self.http.post(self.base + path, data=body, headers=headers) as answer:
+                content = await answer.read()
+                try:
+                    parsed = orjson.loads(content)
+                except orjson.JSONDecodeError:
+                    parsed = {"message": content[:500].decode("utf-8", "replace")}
+                return Answer(answer.status, parsed, answer.headers.get("X-Model-Version"),
+                              answer.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise Unreachable(f"{type(err).__name__}: {err}") from err
 
     async def invoke(self, records: list[dict[str, Any]], target: Target,
                      params: dict[str, Any] | None = None) -> Answer:
-        """One call to the model server for ``target``, with the model's ``params``. Raises httpx errors."""
+        """One call to the model server for ``target``, with the model's ``params``. Raises :class:`Unreachable`."""
         self.metrics.batch_rows.observe(len(records))
         payload: dict[str, Any] = {"dataframe_records": records}
         if params:
             payload["params"] = params
-        answer = await self.http.post(self.base + target.path(), content=orjson.dumps(payload),
-                                      headers={"Content-Type": JSON})
-        return self._answer(answer)
-
-    def _answer(self, answer: httpx.Response) -> Answer:
-        try:
-            body = orjson.loads(answer.content)
-        except orjson.JSONDecodeError:
-            body = {"message": answer.text[:500]}
-        return Answer(answer.status_code, body, answer.headers.get("X-Model-Version"),
-                      answer.headers.get("Retry-After"))
+        return await self._post(target.path(), orjson.dumps(payload), {"Content-Type": JSON})
 
     async def send_body(self, rows: Rows, target: Target) -> Answer:
         """The caller's body as it came, for the model server to read (the gateway's ``{"records": [...]}``
         is read there as MLflow's ``dataframe_records``), packed: 30 times fewer bytes for the model server
-        and its worker to move, and the bytes the inference log keeps. Raises httpx errors."""
+        and its worker to move, and the bytes the inference log keeps. Raises :class:`Unreachable`."""
         if rows.packed is None:
             rows.packed = await asyncio.to_thread(pack, rows.body or b"")  # zstd lets go of the GIL meanwhile
-        answer = self._answer(await self.http.post(self.base + target.path(), content=rows.packed,
-                                                   headers={"Content-Type": rows.media, "Content-Encoding": ENCODING}))
+        answer = await self._post(target.path(), rows.packed,
+                                  {"Content-Type": rows.media, "Content-Encoding": ENCODING})
         if answer.status == 200:
             self.metrics.batch_rows.observe(len(answer.body.get("predictions", ())))
         return answer

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from fastapi import HTTPException, status
 
 from contract import inference_log as log_tables
@@ -17,7 +16,7 @@ from contract.settings import Settings
 from contract.traffic import TrafficPolicy, to_canary
 from gateway.batching import Answer
 from gateway.inference_log import InferenceLog
-from gateway.model_client import CSV, ModelServerClient, Rows, Target
+from gateway.model_client import CSV, ModelServerClient, Rows, Target, Unreachable
 from gateway.observability import Metrics, unique_id
 from gateway.rollouts import Rollouts, request_key
 from runtime.logs import request_id_var
@@ -120,7 +119,7 @@ class Predictor:
         started = time.perf_counter()
         try:
             answer = await self.model.predict(rows, target, params)
-        except httpx.HTTPError:
+        except Unreachable:
             self.metrics.model_server_errors.labels("unreachable").inc()
             return None
         seconds = time.perf_counter() - started

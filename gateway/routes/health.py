@@ -6,16 +6,15 @@ import contextlib
 import time
 from typing import Any
 
-import httpx
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from contract.settings import Settings
 from contract.names import TAG_MONITORING_DRIFT_SHARE, TAG_MONITORING_LIVE_ACCURACY
 from contract.registry import Registry
-from gateway.deps import MetricsDep, ModelHttpDep, RegistryDep, SettingsDep
+from gateway.deps import MetricsDep, ModelClientDep, RegistryDep
+from gateway.model_client import ModelServerClient
 from gateway.observability import Metrics
 from gateway.schemas import Health, ModelRef, Readiness
 
@@ -28,28 +27,18 @@ def health() -> Health:
     return Health(status="ok")
 
 
-async def model_server_status(settings: Settings, http: httpx.AsyncClient) -> dict[str, Any] | str:
-    """The model server's /status body, or why there is none."""
-    try:
-        answer = await http.get(f"{settings.model_server}/status", timeout=settings.model_server_connect_timeout)
-        body = answer.json()
-    except (httpx.HTTPError, ValueError) as err:
-        return f"model server unreachable at {settings.model_server}: {type(err).__name__}"
-    return body if isinstance(body, dict) else f"model server at {settings.model_server} answered {body!r}"
-
-
-async def served_models(settings: Settings, http: httpx.AsyncClient) -> list[str]:
+async def served_models(model: ModelServerClient) -> list[str]:
     """The models the model server serves now (under the serving policy)."""
-    body = await model_server_status(settings, http)
+    body = await model.status()
     if not isinstance(body, dict):
         raise RuntimeError(body)
     return [m["name"] for m in body.get("models", []) if m["status"] == "serving" and m["alias"] is None]
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-async def ready(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) -> JSONResponse:
+async def ready(model: ModelClientDep, metrics: MetricsDep) -> JSONResponse:
     """The model server answers, and which version it serves; 503 with the reason otherwise."""
-    body = await model_server_status(settings, http)
+    body = await model.status()
     if isinstance(body, str):
         metrics.set_served(None, None)
         return JSONResponse(Readiness(status="unavailable", reason=body).model_dump(), status_code=503)
@@ -66,11 +55,10 @@ async def ready(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep) 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"}})
-async def prometheus_metrics(settings: SettingsDep, http: ModelHttpDep, metrics: MetricsDep,
-                             registry: RegistryDep) -> Response:
+async def prometheus_metrics(model: ModelClientDep, metrics: MetricsDep, registry: RegistryDep) -> Response:
     """Requests by route and status, latencies, model-server errors, batch sizes, jobs, the served and loaded
     versions, and predictions by model and version."""
-    body = await model_server_status(settings, http)
+    body = await model.status()
     serving = isinstance(body, dict) and body.get("status") == "serving"
     metrics.set_served(body["model_name"] if serving else None, body["version"] if serving else None)
     loaded = body.get("loaded", []) if isinstance(body, dict) else []

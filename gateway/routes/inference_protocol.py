@@ -20,7 +20,6 @@ from gateway.deps import (
     AdmissionDep,
     LeanRoute,
     ModelClientDep,
-    ModelHttpDep,
     ModelInfoDep,
     PredictorDep,
     Reads,
@@ -36,7 +35,6 @@ from gateway.inference_protocol import (
 )
 from gateway.model_client import Rows, Target
 from gateway.model_info import NotOurModel
-from gateway.routes.health import model_server_status
 from gateway.routes.predict import admitted, check_rows
 from gateway.schemas import ModelName, VersionNumber
 
@@ -75,16 +73,16 @@ def live() -> Response:
 
 @router.get("/health/ready", summary="Server ready", responses={200: {"description": "ready (empty body)"},
             400: {"description": "not ready (empty body)"}}, **EMPTY)
-async def ready(settings: SettingsDep, http: ModelHttpDep) -> Response:
+async def ready(model: ModelClientDep) -> Response:
     """Ready when the model server serves ``MODEL_NAME``."""
-    body = await model_server_status(settings, http)
+    body = await model.status()
     return health(isinstance(body, dict) and body.get("status") == "serving")
 
 
-async def model_ready(target: Target, model: ModelClientDep, settings: SettingsDep, http: ModelHttpDep) -> Response:
+async def model_ready(target: Target, model: ModelClientDep) -> Response:
     """Ready when the model server serves the model (or has the version loaded). Asking about a model it
     does not serve yet starts loading it, so a client polling readiness sees it become ready."""
-    body = await model_server_status(settings, http)
+    body = await model.status()
     if not isinstance(body, dict):
         return health(False)
     if target.version:
@@ -106,15 +104,14 @@ async def model_ready(target: Target, model: ModelClientDep, settings: SettingsD
 
 @router.get("/models/{name}/ready", dependencies=[Reads], summary="Model ready", responses={
     200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}, **ERRORS}, **EMPTY)
-async def ready_model(name: ModelName, model: ModelClientDep, settings: SettingsDep, http: ModelHttpDep) -> Response:
-    return await model_ready(Target(name), model, settings, http)
+async def ready_model(name: ModelName, model: ModelClientDep) -> Response:
+    return await model_ready(Target(name), model)
 
 
 @router.get("/models/{name}/versions/{version}/ready", dependencies=[Reads], summary="Model version ready", responses={
     200: {"description": "ready (empty body)"}, 400: {"description": "not ready (empty body)"}, **ERRORS}, **EMPTY)
-async def ready_version(name: ModelName, version: VersionNumber, model: ModelClientDep, settings: SettingsDep,
-                        http: ModelHttpDep) -> Response:
-    return await model_ready(Target(name, version=version), model, settings, http)
+async def ready_version(name: ModelName, version: VersionNumber, model: ModelClientDep) -> Response:
+    return await model_ready(Target(name, version=version), model)
 
 
 def model_metadata(name: str, version: str | None, registry: RegistryDep, info: ModelInfoDep,

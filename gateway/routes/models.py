@@ -21,9 +21,9 @@ from contract.names import TAG_DECISION_THRESHOLD
 from contract.registry import Conflict, NotFound, Registry
 from contract.traffic import TrafficPolicy
 from gateway.auth import acting_user
-from gateway.deps import Authenticated, Manages, Reads, ModelHttpDep, ModelInfoDep, RegistryDep, RolloutsDep, SettingsDep
+from gateway.deps import (Authenticated, Manages, ModelClientDep, ModelInfoDep, Reads, RegistryDep, RolloutsDep,
+                          SettingsDep)
 from gateway.model_info import ModelInfo, NotOurModel
-from gateway.routes.health import model_server_status
 from gateway.schemas import (
     AliasName,
     AliasQuery,
@@ -100,8 +100,7 @@ def list_models(registry: RegistryDep) -> list[RegisteredModelSummary]:
 
 
 @router.get("/{name}", response_model=RegisteredModelOut, responses=ERRORS, dependencies=[Reads])
-async def get_model(name: ModelName, registry: RegistryDep, settings: SettingsDep,
-                    http: ModelHttpDep) -> RegisteredModelOut:
+async def get_model(name: ModelName, registry: RegistryDep, model_server: ModelClientDep) -> RegisteredModelOut:
     """Every version with its stage, aliases, run id, metrics and creation time, and what the model server
     serves and has loaded of the model."""
     def read() -> RegisteredModelOut:
@@ -110,7 +109,7 @@ async def get_model(name: ModelName, registry: RegistryDep, settings: SettingsDe
         return RegisteredModelOut(name=name, aliases=aliases, description=model.description or "",
                                   versions=[version_out(registry, v, aliases) for v in registry.versions(name)])
     out = await run_in_threadpool(registry_errors, read)
-    status_body = await model_server_status(settings, http)
+    status_body = await model_server.status()
     if isinstance(status_body, dict):
         out.serving = [ServingOut(**{k: m[k] for k in ("alias", "status", "version", "reason")})
                        for m in status_body.get("models", []) if m["name"] == name]
