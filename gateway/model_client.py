@@ -60,6 +60,12 @@ class Rows:
         return self.records
 
 
+def served(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a /status body (:meth:`ModelServerClient.status`) for the models served under the serving
+    policy, not for the versions callers asked for by another alias."""
+    return [m for m in status.get("models", []) if m["status"] == "serving" and m["alias"] is None]
+
+
 class Unreachable(Exception):
     """The model server did not answer a call: refused, reset, or silent beyond MODEL_SERVER_TIMEOUT."""
 

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from contract.names import TAG_MONITORING_DRIFT_SHARE, TAG_MONITORING_LIVE_ACCURACY
 from contract.registry import Registry
 from gateway.deps import MetricsDep, ModelClientDep, RegistryDep
-from gateway.model_client import ModelServerClient
+from gateway.model_client import ModelServerClient, served
 from gateway.observability import Metrics
 from gateway.schemas import Health, ModelRef, Readiness
 
@@ -32,7 +32,7 @@ async def served_models(model: ModelServerClient) -> list[str]:
     body = await model.status()
     if not isinstance(body, dict):
         raise RuntimeError(body)
-    return [m["name"] for m in body.get("models", []) if m["status"] == "serving" and m["alias"] is None]
+    return [m["name"] for m in served(body)]
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
@@ -63,9 +63,8 @@ async def prometheus_metrics(model: ModelClientDep, metrics: MetricsDep, registr
     metrics.set_served(body["model_name"] if serving else None, body["version"] if serving else None)
     loaded = body.get("loaded", []) if isinstance(body, dict) else []
     metrics.set_loaded((entry["name"], entry["version"]) for entry in loaded)
-    served = [(m["name"], m["version"]) for m in (body.get("models", []) if isinstance(body, dict) else [])
-              if m["status"] == "serving" and m["alias"] is None]
-    await monitoring_gauges(metrics, registry, served)
+    versions = [(m["name"], m["version"]) for m in served(body)] if isinstance(body, dict) else []
+    await monitoring_gauges(metrics, registry, versions)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

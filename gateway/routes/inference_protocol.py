@@ -33,7 +33,7 @@ from gateway.inference_protocol import (
     metadata,
     parse_infer_request,
 )
-from gateway.model_client import Rows, Target
+from gateway.model_client import Rows, Target, served
 from gateway.model_info import NotOurModel
 from gateway.routes.predict import admitted, check_rows
 from gateway.schemas import ModelName, VersionNumber
@@ -89,8 +89,7 @@ async def model_ready(target: Target, model: ModelClientDep) -> Response:
         ready = any(b["name"] == target.name and b["version"] == target.version and b["alive"]
                     for b in body.get("loaded", []))
     else:
-        ready = any(m["name"] == target.name and m["alias"] is None and m["status"] == "serving"
-                    for m in body.get("models", []))
+        ready = any(m["name"] == target.name for m in served(body))
     if ready:
         return health(True)
     try:
