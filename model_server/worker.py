@@ -80,6 +80,9 @@ class LoadedModel:
         self.predict_records = getattr(python_model, "predict_records", None)
         # bodies that came column by column (CSV, dataframe_split); None for versions logged before it
         self.predict_table = getattr(python_model, "predict_table", None)
+        # its columns, read from a JSON records body straight into columns for predict_table (not every version has them)
+        columns = getattr(python_model, "input_columns", None) if self.predict_table is not None else None
+        self.records_reader = protocol.RecordsReader(columns) if columns else None
         self.code_file = getattr(sys.modules.get(MODEL_PACKAGE), "__file__", None)
         log.info("loaded %s in %.1fs (model code: %s)", uri, time.perf_counter() - started, self.code_file)
 
@@ -114,7 +117,8 @@ class Worker:
             return 404, protocol.CONTENT_TYPE_JSON, protocol.error_body("ENDPOINT_NOT_FOUND", f"no operation {op!r}")
         try:
             body = protocol.decoded(body, header.get("content_encoding", ""))
-            request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON))
+            request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON),
+                                             self.model.records_reader)
             if request.rows <= INLINE_ROWS and not request.params:  # params (explain) cost more: a thread too
                 return 200, protocol.CONTENT_TYPE_JSON, self.model.score(request)
             return 200, protocol.CONTENT_TYPE_JSON, await asyncio.to_thread(self.model.score, request)

@@ -215,6 +215,13 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
         return prediction_records(self._compiled.classes, self._compiled.predict_proba_records(records), self._rule)
 
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns the model reads, by their exact names; whatever else a row holds is ignored. A server
+        may read only these of a body (the project's model server does: ``model_server/protocol.py``,
+        :class:`RecordsReader`) and give them to :meth:`predict_table`."""
+        return list(self._schema.columns) if self._schema is not None else []
+
     def predict_table(self, names: list[str], columns: list[Sequence[Any]]) -> list[dict[str, Any]]:
         """:meth:`predict_records` for a table given column by column (``names``, then each column's cells, as a
         CSV body is read): no dict a row on the way. The project's model server calls it for bodies that came so

@@ -11,6 +11,7 @@ import pytest
 from contract.packing import pack, unpack
 from model_server.protocol import (
     ProtocolError,
+    RecordsReader,
     as_mlflow_body,
     check_encoding,
     decoded,
@@ -102,6 +103,9 @@ def test_parquet_is_read_as_a_table():
 def test_refusals_have_mlflows_status_and_say_what_is_wrong(body, content_type, status, words):
     with pytest.raises(ProtocolError) as refused:
         parse_request(body, content_type)
+    with pytest.raises(ProtocolError) as through_a_reader:  # a model's reader changes no refusal
+        parse_request(body, content_type, RecordsReader(["a", "b"]))
+    assert (through_a_reader.value.status, through_a_reader.value.message) == (status, refused.value.message)
     assert refused.value.status == status and words in refused.value.message
     answer = refused.value.body()
     if status == 400:
@@ -159,3 +163,62 @@ def test_a_packed_frame_that_would_unpack_beyond_the_limit_is_refused_before_unp
     assert unpack(big) == b"x" * 10_000
     with pytest.raises(ValueError, match="more than 1000"):
         unpack(big, limit=1000)
+
+
+def outcome(body: bytes, reader: RecordsReader | None) -> tuple:
+    """What parse_request makes of a JSON body: its rows (as dicts) and params, or its refusal."""
+    try:
+        request = parse_request(body, "application/json", reader)
+    except ProtocolError as err:
+        return "refused", err.status, err.message
+    return "read", request.as_records(), request.params
+
+
+CELLS = [{"age": "39", "home town": "Oslo", "note": [1, {"x": 2}]},
+         {"note": None, "home town": None, "age": 52.5},
+         {"age": 12345678901234567890, "home town": True, "note": "x"},
+         {"age": -0.0, "home town": "", "note": "y"}]
+
+
+@pytest.mark.parametrize("key", ["records", "dataframe_records"])
+def test_a_records_body_is_read_straight_into_the_models_columns_with_the_cells_json_gives(key):
+    """In the reader's column order, whatever the rows' key order; a column the model does not read is left
+    unread (the lists and objects in 'note' included); every cell as the generic reading gives it."""
+    reader = RecordsReader(["home town", "age"])
+    body = orjson.dumps({key: CELLS})
+    request = parse_request(body, "application/json", reader)
+    assert request.records is None and request.rows == 4
+    names, cells = request.columns
+    assert names == ["home town", "age"]
+    generic = parse_request(body, "application/json").as_records()
+    assert [list(column) for column in cells] == [[row[name] for row in generic] for name in names]
+    assert [type(v) for v in cells[1]] == [str, float, type(generic[2]["age"]), float]
+
+
+def test_a_reader_of_one_column_reads_it():
+    request = parse_request(orjson.dumps({"records": [{"age": 1, "x": 2}, {"age": "3"}]}), "application/json",
+                            RecordsReader(["age"]))
+    assert request.columns == (["age"], [(1, "3")])
+
+
+@pytest.mark.parametrize("payload", [
+    {"records": [{"age": 1, "city": "Oslo"}, {"age": 2}]},
+    {"records": [{" age": 1, "city": "Oslo"}]},
+    {"records": [{"age": 1, "city": "Oslo"}, ["2", "Lima"]]},
+    {"records": {"age": 1, "city": "Oslo"}},
+    {"dataframe_records": [{"age": 1, "city": "Oslo"}], "params": {"explain": True}},
+    {"records": [{"age": 1, "city": "Oslo"}], "params": {}},
+    {"records": [{"age": 1, "city": "Oslo"}], "dataframe_records": [{"age": 1, "city": "Oslo"}]},
+    {"records": []},
+    {"dataframe_records": None},
+    {"dataframe_split": {"columns": ["age", "city"], "data": [[1, "Oslo"]]}},
+    {"inputs": [{"age": 1, "city": "Oslo"}]},
+    [{"age": 1, "city": "Oslo"}],
+], ids=["a row lacks a column", "a key that matches once stripped", "a row that is not an object",
+        "records not a list", "params beside", "params beside the gateway's body", "both keys", "no row",
+        "null rows", "split", "inputs", "a list"])
+def test_any_other_body_is_left_to_the_generic_reading_which_answers_as_without_a_reader(payload):
+    reader = RecordsReader(["age", "city"])
+    body = orjson.dumps(payload)
+    assert reader.read(body) is None
+    assert outcome(body, reader) == outcome(body, None)

@@ -171,6 +171,17 @@ def test_table_path_answers_like_the_records_path_whatever_the_column_order_and_
     assert inner.predict_table(names, columns) == inner.predict_records(records)
 
 
+def test_input_columns_name_what_the_model_reads_and_the_table_path_takes_them_as_named(models):
+    """What a server may read of a body and nothing else (model_server/protocol.py: RecordsReader)."""
+    inner = models["binary"].unwrap_python_model()
+    records = RAW_ROWS.to_dict(orient="records")
+    columns = inner.input_columns
+    assert sorted(columns) == ["age", "city", "colour", "hours"]
+    assert inner.predict_table(columns, [tuple(r[c] for r in records) for c in columns]) == \
+        inner.predict_records(records)
+    assert TabularClassifier().input_columns == []  # not loaded: nothing to read
+
+
 def test_table_path_names_missing_columns_and_the_unknown_ones_like_the_records_path(models):
     inner = models["binary"].unwrap_python_model()
     with pytest.raises(InvalidInputError) as table:
