@@ -20,6 +20,8 @@ def test_one_class_and_no_rows():
     assert to_predictions([{"label": "x", "probability": 1.0, "proba_x": 1.0}], ["k-0"]) == \
         [{"id": "k-0", "label": "x", "probability": 1.0, "probabilities": {"x": 1.0}}]
     assert to_predictions([], []) == []
+    assert to_predictions([{"label": "x", "probability": 1.0}], ["k-0"]) == \
+        [{"id": "k-0", "label": "x", "probability": 1.0, "probabilities": {}}]  # a model that gives none
 
 
 def test_a_row_without_a_class_the_first_row_has_is_refused_not_answered_short():
