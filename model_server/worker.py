@@ -80,7 +80,7 @@ class LoadedModel:
         self.predict_records = getattr(python_model, "predict_records", None)
         # bodies that came column by column (CSV, dataframe_split); None for versions logged before it
         self.predict_table = getattr(python_model, "predict_table", None)
-        # its columns, read from a JSON records body straight into columns for predict_table (not every version has them)
+        # its columns: a JSON records body is read straight into them for predict_table (not every version names them)
         columns = getattr(python_model, "input_columns", None) if self.predict_table is not None else None
         self.records_reader = protocol.RecordsReader(columns) if columns else None
         self.code_file = getattr(sys.modules.get(MODEL_PACKAGE), "__file__", None)
