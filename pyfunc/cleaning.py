@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from operator import itemgetter
@@ -231,36 +231,51 @@ _MEMO_MIN_ROWS = 16
 _OWN_KEYS_MIN_ROWS = 8
 
 
-def _distinct_cleaned(values: Sequence[Any], clean: Any) -> dict[Any, Any] | None:
-    """``{value: clean(value)}`` for each distinct value of a column, or None when the column does not allow
-    it (see :func:`_by_distinct_value`)."""
-    if len(values) < _MEMO_MIN_ROWS:
-        return None
-    try:
-        distinct = set(values)
-    except TypeError:  # a list or an object in the column: cell by cell finds its row
-        return None
-    kinds = set(map(type, distinct))
-    if not kinds <= _MEMO_TYPES:
-        return None
-    # A bool hides in the set behind an equal number (True == 1): then every cell's type is checked. Text
-    # and nulls alone (JSON rows copied from a CSV) cannot hide one, and skip that pass.
-    if not kinds <= _TEXT_TYPES and not set(map(type, values)) <= _MEMO_TYPES:
-        return None
-    try:
-        return {value: clean(value) for value in distinct}
-    except (ValueError, OverflowError, TypeError):
-        return None
+class _NotMemoized(Exception):
+    """A cell :class:`_Memo` does not take: the column is cleaned cell by cell."""
 
 
-def _by_distinct_value(values: Sequence[Any], clean: Any) -> list[Any] | None:
+class _Memo(dict):
+    """``clean(value)`` for each value looked up, computed on the value's first lookup: a column mapped
+    through it is cleaned one distinct value at a time, in one pass looped in C (the first lookup of each
+    value calls ``__missing__``)."""
+
+    __slots__ = ("clean", "untyped")
+
+    def __init__(self, clean: Callable[[Any], Any]):
+        super().__init__()
+        self.clean = clean
+        self.untyped = False  # a key other than text or null: a bool may hide behind an equal number
+
+    def __missing__(self, value: Any) -> Any:
+        kind = type(value)
+        if kind not in _TEXT_TYPES:
+            if kind not in _MEMO_TYPES:
+                raise _NotMemoized
+            self.untyped = True
+        cleaned = self[value] = self.clean(value)
+        return cleaned
+
+
+def _by_distinct_value(values: Sequence[Any], clean: Callable[[Any], Any]) -> list[Any] | None:
     """``[clean(v) for v in values]``, computing ``clean`` once per distinct value and mapping the column
     through the results in C: real columns repeat a few values (codes, categories, "0"), and this is the
     per-request hot loop. None when the column does not allow it (a bool, a list, a value ``clean``
     refuses): the caller then goes cell by cell, which also finds the row at fault; so does a short
-    column, for which the sets cost more than they save."""
-    cleaned = _distinct_cleaned(values, clean)
-    return None if cleaned is None else list(map(cleaned.__getitem__, values))
+    column, for which the memo costs more than it saves."""
+    if len(values) < _MEMO_MIN_ROWS:
+        return None
+    memo = _Memo(clean)
+    try:
+        cleaned = list(map(memo.__getitem__, values))
+    except (_NotMemoized, TypeError, ValueError, OverflowError):  # TypeError: a list or an object (unhashable)
+        return None
+    # A bool hides behind an equal number (True == 1 as a key) and would take its cleaned value: when a key
+    # was a number, every cell's type is checked. Text and nulls alone (JSON rows copied from a CSV) cannot
+    # hide one, and skip that pass.
+    if memo.untyped and not set(map(type, values)) <= _MEMO_TYPES:
+        return None
+    return cleaned
 
 
 def _number_cell(value: Any, markers: frozenset[str]) -> float:
@@ -314,16 +329,12 @@ def _category_column(values: Sequence[Any], markers: frozenset[str]) -> np.ndarr
     return np.array(fast, dtype=object)
 
 
-def category_codes(values: Sequence[Any], markers: frozenset[str], codes: dict[Any, int]) -> Iterator[int] | None:
+def category_codes(values: Sequence[Any], markers: frozenset[str], codes: dict[Any, int]) -> list[int] | None:
     """``codes[clean_category(v)]`` (-1 for a category not in ``codes``) for each cell of a categorical column,
     cleaning and looking up each distinct value once: what the compiled model needs of a column, without the
     column of cleaned text between. None when the column must be cleaned cell by cell (see
     :func:`_by_distinct_value`): :func:`clean_values` then names the bad row, if any."""
-    cleaned = _distinct_cleaned(values, lambda value: clean_category(value, markers))
-    if cleaned is None:
-        return None
-    coded = {value: codes.get(category, -1) for value, category in cleaned.items()}
-    return map(coded.__getitem__, values)
+    return _by_distinct_value(values, lambda value: codes.get(clean_category(value, markers), -1))
 
 
 def clean_values(columns: Sequence[Sequence[Any]], schema: FeatureSchema) -> tuple[np.ndarray, list[np.ndarray]]:
