@@ -125,8 +125,9 @@ def test_versions_serve_exactly_as_before_when_the_checkouts_pyfunc_cannot_be_im
 def test_two_versions_with_different_code_serve_side_by_side_and_across_swaps(copy, tmp_path):
     copy.edit("pyfunc/__init__.py", 'raise ImportError("the checkout\'s pyfunc was imported")\n', "")
     # the checkout's code now marks every answer; a version trained from it carries the mark with it
-    copy.edit("pyfunc/model.py", "        record.update(zip(names, row, strict=True))\n",
-              f"        record.update(zip(names, row, strict=True))\n        record[{MARK[0]!r}] = {MARK[1]!r}\n")
+    rows = "map(dict, map(zip, repeat(keys), zip(*columns)))"
+    copy.edit("pyfunc/model.py", f"    return list({rows})\n",
+              f"    return [{{**row, {MARK[0]!r}: {MARK[1]!r}}} for row in {rows}]\n")
     data = tmp_path / "small.csv"
     census_rows(1500).to_csv(data, index=False)
     trained = subprocess.run(
