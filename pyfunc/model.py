@@ -77,13 +77,19 @@ class DecisionRule:
 ARGMAX = DecisionRule()
 
 
-def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index,
-                       rule: DecisionRule = ARGMAX) -> pd.DataFrame:
-    """One row per input row: ``label``, ``probability`` of it, and ``proba_<class>`` for each class."""
+def prediction_columns(classes: np.ndarray, proba: np.ndarray, rule: DecisionRule = ARGMAX) -> dict[str, np.ndarray]:
+    """The answer column by column, one value per input row: ``label``, ``probability`` of it, and
+    ``proba_<class>`` for each class."""
     best = rule.best(proba)
     columns = {"label": classes[best], "probability": proba[np.arange(len(best)), best]}
     columns.update({proba_column(label): proba[:, i] for i, label in enumerate(classes)})
-    return pd.DataFrame(columns, index=index)
+    return columns
+
+
+def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index,
+                       rule: DecisionRule = ARGMAX) -> pd.DataFrame:
+    """:func:`prediction_columns` as a DataFrame with the input's index."""
+    return pd.DataFrame(prediction_columns(classes, proba, rule), index=index)
 
 
 def contrib_column(column: str) -> str:
@@ -108,12 +114,9 @@ def add_explanations(scored: pd.DataFrame, explanation: Explanation, columns: li
 
 
 def prediction_records(classes: np.ndarray, proba: np.ndarray, rule: DecisionRule = ARGMAX) -> list[dict[str, Any]]:
-    """The rows of :func:`format_predictions` as JSON-ready dicts (what the scoring server returns)."""
-    labels = classes.tolist()
-    keys = ["label", "probability", *(proba_column(label) for label in labels)]
-    best = rule.best(proba)
-    columns = [[labels[i] for i in best.tolist()], np.take_along_axis(proba, best[:, None], axis=1)[:, 0].tolist(),
-               *proba.T.tolist()]
+    """:func:`prediction_columns` as one JSON-ready dict a row (what the scoring server returns)."""
+    named = prediction_columns(classes, proba, rule)
+    keys, columns = list(named), [column.tolist() for column in named.values()]
     # each row's dict made in C (zip and dict, mapped): a third less time on 1,000 rows than filling them one by one
     return list(map(dict, map(zip, repeat(keys), zip(*columns))))
 
