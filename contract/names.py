@@ -6,7 +6,9 @@ follows is a setting (``SERVE_ALIAS``, :mod:`contract.settings`), not a name.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 
 DEFAULT_MODEL_NAME = "census-income-classifier"
 DEFAULT_DATA_PATH = "data/census-income-sample.csv.gz"
@@ -30,8 +32,10 @@ TAG_TUNING_RUN_ID = "tuning_run_id"
 TAG_TUNED_PARAMS = "tuned_params"
 TAG_JOB_ID = "job_id"
 PROMOTION_TAG_PREFIX = "promotion_"
-# Written by the monitor step: on its run (the summary, JSON) and on the monitored version.
-TAG_MONITORING_SUMMARY = "monitoring_summary"
+# Written by the monitor step: artifacts of its run (they grow with the columns: never a tag), and short tags
+# on the run and on the monitored version.
+MONITORING_SUMMARY_ARTIFACT = "summary.json"
+MONITORING_COLUMNS_ARTIFACT = "columns.json"  # {store key: the column's name}
 TAG_MONITORING_STATUS = "monitoring_status"  # ok, drift or insufficient_data
 TAG_MONITORING_RUN_ID = "monitoring_run_id"
 TAG_MONITORING_DRIFT_SHARE = "monitoring_drift_share"
@@ -42,7 +46,6 @@ TAG_PROMOTED_AT = "promoted_at"
 TAG_PROMOTED_BY = "promoted_by"
 TAG_ROLLED_BACK_AT = "rolled_back_at"
 TAG_ROLLBACK_REASON = "rollback_reason"
-TAG_SUSPECT_MARKERS = "suspect_missing_markers"  # run tag of preprocess: {column: [text values]}
 
 # MLflow's own tags that tie a step's run to its driver run.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
@@ -72,3 +75,19 @@ def valid_version(version: str) -> bool:
 
 def valid_alias(alias: str) -> bool:
     return bool(_ALIAS.fullmatch(alias))
+
+
+# A user's name (a column) as the key of a store that restricts names: a file name, an MLflow metric key.
+# The slug keeps it readable; the hash of the exact name keeps two names apart (``a/b`` and ``a_b``, ``A``
+# and ``a`` on a case-insensitive disk). Characters allowed in both stores, bounded well under MLflow's 250.
+STORE_KEY_SLUG_LENGTH = 48
+STORE_KEY_HASH_LENGTH = 12  # hex digits of SHA-256: 48 bits
+_NOT_IN_KEY = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def store_key(name: str) -> str:
+    """The one mapping from a user's name to a store key: ``<readable slug>-<hash of the exact name>``."""
+    ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    slug = _NOT_IN_KEY.sub("_", ascii_text).strip("_-")[:STORE_KEY_SLUG_LENGTH] or "x"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:STORE_KEY_HASH_LENGTH]
+    return f"{slug}-{digest}"

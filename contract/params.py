@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from contract.errors import ParameterError
 from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET, valid_model_name, valid_version
+from contract.tables import line_of_names, names_of_line
 
 METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
 PROMOTE = ("never", "if_better", "canary")
@@ -130,7 +131,7 @@ def class_weight(raw: str) -> str | None:
 
 
 def column_list(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return names_of_line(raw)  # one CSV line: a name with a comma in double quotes
 
 
 def na_markers(raw: str) -> tuple[str, ...]:
@@ -458,7 +459,7 @@ def format_value(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, tuple):
-        return ",".join(value)
+        return line_of_names(value)
     return str(value)
 
 

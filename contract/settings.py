@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.names import CHALLENGER_ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, valid_alias
+from contract.tables import names_of_line
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -146,8 +147,8 @@ class Settings(BaseSettings):
     @field_validator("inference_log_exclude_columns", mode="before")
     @classmethod
     def _split_columns(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [c.strip() for c in value.split(",") if c.strip()]
+        if isinstance(value, str):  # one CSV line, as a header holds the names
+            return list(names_of_line(value))
         return value
 
     @field_validator("allowed_uri_schemes", mode="before")

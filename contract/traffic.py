@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -80,3 +81,35 @@ def share(key: str) -> float:
 def to_canary(policy: TrafficPolicy, key: str) -> bool:
     """Whether a request keyed ``key`` goes to the canary version."""
     return policy.mode == "canary" and policy.percent is not None and share(key) < policy.percent
+
+
+# The figures are ratios and percentiles in binary floating point, where 7/20 + 0.05 < 8/20: a canary exactly
+# at a threshold must not be rolled back by a rounding error.
+ROUNDING = 1e-9
+
+
+@dataclass(frozen=True)
+class RollbackRule:
+    """When a canary is rolled back (settings ``ROLLOUT_MIN_REQUESTS``, ``ROLLOUT_MAX_ERROR_RATE_DELTA``,
+    ``ROLLOUT_MAX_P99_RATIO``)."""
+
+    min_requests: int
+    max_error_rate_delta: float
+    max_p99_ratio: float
+
+    def verdict(self, served: Mapping[str, Any], canary: Mapping[str, Any]) -> str | None:
+        """Why the canary must go, or None. ``served``, ``canary``: a version's figures in the window
+        (``requests``, ``error_rate``, ``p99_ms``, None when no answer succeeded). Fewer than
+        ``min_requests`` for either version: too few to judge. The error rate is the stronger reason and
+        is named first; a p99 is compared only when both versions have one."""
+        if min(served["requests"], canary["requests"]) < self.min_requests:
+            return None
+        if canary["error_rate"] - served["error_rate"] > self.max_error_rate_delta + ROUNDING:
+            return (f"canary error rate {canary['error_rate']:.3f} exceeds the served version's "
+                    f"{served['error_rate']:.3f} by more than {self.max_error_rate_delta}")
+        slow = (canary["p99_ms"] is not None and served["p99_ms"] is not None
+                and canary["p99_ms"] > self.max_p99_ratio * served["p99_ms"] * (1 + ROUNDING))
+        if slow:
+            return (f"canary p99 {canary['p99_ms']:.1f} ms exceeds {self.max_p99_ratio} times the served "
+                    f"version's {served['p99_ms']:.1f} ms")
+        return None

@@ -26,7 +26,7 @@ from gateway.inference_log import InferenceLog
 from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
 from gateway.model_client import ModelServerClient
 from gateway.model_info import ModelInfoCache
-from gateway.observability import Admission, JobsCollector, Metrics, RequestContext
+from gateway.observability import Admission, JobsCollector, Metrics, RequestContext, SupervisionCollector
 from gateway.predictor import Predictor
 from gateway.rollouts import Rollouts
 from gateway.routes import (
@@ -44,6 +44,7 @@ from gateway.schemas import unprocessable
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
 from runtime.processes import settle_heap
+from runtime.supervision import Supervisor
 from runtime.tasks import cancel
 
 log = logging.getLogger("gateway")
@@ -111,8 +112,10 @@ async def bootstrap_model(jobs: TrainingJobRunner, settings: Settings) -> None:
     while True:
         try:
             job = await asyncio.to_thread(jobs.bootstrap, settings.model_name)
-        except MlflowException as err:  # the tracking server not ready yet: try again
-            log.info("bootstrap: waiting for the tracking server: %s", first_line(err, 200))
+        except Exception as err:  # noqa: BLE001 (the tracking server not ready yet, or the job store busy: again)
+            # a tracking server still starting is expected; anything else is worth a warning
+            level = logging.INFO if isinstance(err, MlflowException) else logging.WARNING
+            log.log(level, "bootstrap: waiting for the tracking server: %s", first_line(err, 200))
             await asyncio.sleep(settings.retry_after_seconds)
             continue
         if job:
@@ -125,6 +128,10 @@ async def bootstrap_model(jobs: TrainingJobRunner, settings: Settings) -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
+    # the background loops (job runner, inference-log writer, rollback watcher, monitor schedule): restarted
+    # if they die, counted on /metrics, named on /ready
+    supervisor = Supervisor()
+    metrics.add_collector(SupervisionCollector(supervisor.report))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,18 +143,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.authorizer = Authorizer(settings, permissions)
         app.state.registry = Registry(client, settings.serve_alias)
         app.state.model_info = ModelInfoCache(app.state.registry, settings.tracking_uri)
-        app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client)
+        app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client, supervisor)
         metrics.add_collector(JobsCollector(app.state.jobs.store.count_by_status, STATUSES))
         # One pooled client for every call to the model server: connections are reused.
         app.state.model_client = ModelServerClient(settings, metrics)
-        app.state.inference_log = InferenceLog(settings, metrics) if settings.inference_log else None
+        app.state.inference_log = InferenceLog(settings, metrics, supervisor) if settings.inference_log else None
         if app.state.inference_log:
             app.state.inference_log.start()
-        app.state.rollouts = Rollouts(app.state.registry, settings, metrics)
+        app.state.rollouts = Rollouts(app.state.registry, settings, metrics, supervisor)
         app.state.predictor = Predictor(settings, app.state.model_client, metrics, app.state.inference_log,
                                         app.state.rollouts)
-        watcher = asyncio.create_task(app.state.rollouts.watch(
-            lambda name, alias: canary_versions(app.state.registry, name, alias)))
+        watcher = app.state.rollouts.start_watch(lambda name, alias: canary_versions(app.state.registry, name, alias))
         schedule = bootstrap = None
         if settings.training_enabled:
             app.state.jobs.start()
@@ -166,9 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
             await cancel(bootstrap)
             if settings.training_enabled:
                 app.state.jobs.stop()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel(watcher)
             await app.state.rollouts.close()
             await app.state.model_client.close()
             if permissions:
@@ -187,6 +191,7 @@ def create_app(settings: Settings) -> FastAPI:
     document_auth(app, settings)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.supervisor = supervisor
     app.state.admission = Admission(settings.max_pending, metrics)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        access_log=settings.access_log)

@@ -171,6 +171,17 @@ class Authorizer:
         return caller
 
 
+    async def allows(self, authorization: str | None, model: str, level: Level) -> bool:
+        """Whether the request's caller may do ``level`` on ``model`` (401 for credentials not accepted)."""
+        try:
+            await self.check(authorization, model, level)
+        except HTTPException as refused:
+            if refused.status_code == status.HTTP_403_FORBIDDEN:
+                return False
+            raise
+        return True
+
+
 def acting_as_caller(client: MlflowClient, settings: Settings) -> None:
     """Make ``client``'s registry calls carry the credentials of the request being served (the stack's own
     otherwise), so MLflow checks and records the caller, not the gateway."""
@@ -199,25 +210,42 @@ class _CallerRegistryClient(ModelRegistryClient):
         return self._store
 
 
+def _admin_http(settings: Settings) -> httpx.Client:
+    return httpx.Client(base_url=settings.tracking_uri.rstrip("/"), timeout=30,
+                        auth=(settings.mlflow_admin_username, settings.mlflow_admin_password or ""))
+
+
+def experiment_permission(settings: Settings, username: str, experiment_id: str) -> str:
+    """What ``username`` may do on the experiment, as MLflow's auth app resolves it."""
+    with _admin_http(settings) as http:
+        held = http.get(PERMISSION_PATH, params={"username": username, "resource_type": "experiment",
+                                                 "resource_id": experiment_id})
+        held.raise_for_status()
+        return str(held.json().get("permission", "NO_PERMISSIONS"))
+
+
+def set_experiment_permission(settings: Settings, username: str, experiment_id: str, permission: str,
+                              current: str) -> None:
+    """``username``'s grant on the experiment becomes ``permission`` (none for NO_PERMISSIONS), from ``current``:
+    MLflow replaces no grant in place, so one held is revoked first."""
+    grant = {"username": username, "resource_type": "experiment", "resource_id": experiment_id}
+    with _admin_http(settings) as http:
+        if current not in ("NO_PERMISSIONS", "DENY"):
+            revoked = http.post("/api/3.0/mlflow/users/permissions/revoke", json=grant)
+            if revoked.status_code != status.HTTP_404_NOT_FOUND:  # none held after all: nothing to revoke
+                revoked.raise_for_status()
+        if permission not in ("NO_PERMISSIONS", "DENY"):
+            http.post("/api/3.0/mlflow/users/permissions/grant",
+                      json={**grant, "permission": permission}).raise_for_status()
+
+
 def as_caller_run(settings: Settings, caller: Caller, experiment_id: str, run_name: str,
                   tags: dict[str, str]) -> str:
-    """A training job's run, created as ``caller`` (MLflow records them as its user), in an experiment
-    the stack owns: the gateway first grants them EDIT on it, which their EDIT on the model entitles
-    them to (MLflow's own check then lets ``mlflow run`` log there with their credentials)."""
-    base = settings.tracking_uri.rstrip("/")
-    admin = (settings.mlflow_admin_username, settings.mlflow_admin_password or "")
-    grant = {"username": caller.username, "resource_type": "experiment", "resource_id": experiment_id}
+    """A job's run, created as ``caller`` (MLflow records them as its user) in the experiment of the model,
+    on which the job runner has granted them EDIT for the job (gateway/jobs.py)."""
     with httpx.Client(timeout=30) as http:
-        held = http.get(f"{base}{PERMISSION_PATH}", auth=admin, params=grant)
-        held.raise_for_status()
-        has = str(held.json().get("permission", "NO_PERMISSIONS"))
-        if RANKS.get(has, 0) < RANKS["EDIT"]:
-            if has not in ("NO_PERMISSIONS", "DENY"):  # a weaker grant: MLflow replaces none in place
-                http.post(f"{base}/api/3.0/mlflow/users/permissions/revoke", auth=admin,
-                          json=grant).raise_for_status()
-            http.post(f"{base}/api/3.0/mlflow/users/permissions/grant", auth=admin,
-                      json={**grant, "permission": "EDIT"}).raise_for_status()
-        created = http.post(f"{base}/api/2.0/mlflow/runs/create", auth=(caller.username, caller.password),
+        created = http.post(f"{settings.tracking_uri.rstrip('/')}/api/2.0/mlflow/runs/create",
+                            auth=(caller.username, caller.password),
                             json={"experiment_id": experiment_id, "user_id": caller.username, "run_name": run_name,
                                   "start_time": int(time.time() * 1000),
                                   "tags": [{"key": k, "value": v} for k, v in

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runtime.supervision import Supervisor
 from runtime.tasks import cancel
 
 
@@ -57,7 +58,8 @@ class MicroBatcher:
         self._in_flight: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        self._dispatcher = asyncio.create_task(self._dispatch())
+        # supervised: a dispatcher that died would leave every later request of this target waiting
+        self._dispatcher = Supervisor().task("micro-batcher", self._dispatch)
 
     async def stop(self) -> None:
         await cancel(self._dispatcher)
@@ -131,6 +133,9 @@ class MicroBatcher:
             else:
                 for pending in batch:
                     _settle(pending, result=answer)
+        except Exception as err:  # noqa: BLE001 (an answer not as expected: its callers learn it, none waits forever)
+            for pending in batch:
+                _settle(pending, exception=err)
         finally:
             self._slots.release()
 

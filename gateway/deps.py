@@ -96,6 +96,7 @@ async def authorize(request: Request, settings: Settings, level: Level, model_fr
     if model_from == "body" and settings.auth_mode == "mlflow" and model is not None:
         registry: Registry = request.app.state.registry
         creating = not await run_in_threadpool(registry.exists, model)
+    request.state.creating = creating  # POST /train: who else's job is creating it (gateway/routes/train.py)
     # a change gets the audit line the request middleware writes once the answer is known
     # (gateway/observability.py); a refused caller is "unknown" there
     audited = level != "READ"

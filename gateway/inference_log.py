@@ -33,6 +33,7 @@ from contract.packing import pack, unpack
 from contract.settings import Settings
 from contract.tables import column_name
 from gateway.observability import Metrics
+from runtime.supervision import Supervisor
 from runtime.tasks import cancel
 
 log = logging.getLogger("gateway.inference_log")
@@ -40,6 +41,7 @@ BATCH_ROWS = 2000  # predictions per transaction (whole requests: one may hold m
 FLUSH_SECONDS = 0.5
 PRUNE_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 5.0
+LOOP_NAME = "inference-log"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Entry:
 
 
 class InferenceLog:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, supervisor: Supervisor | None = None):
         self.uri = settings.inference_log
         self.sample_rate = settings.inference_log_sample_rate
         self.retention_seconds = settings.inference_log_retention_days * 86400
@@ -80,6 +82,7 @@ class InferenceLog:
         self._lost_in_incident = 0
         self._task: asyncio.Task | None = None
         self._next_prune = 0.0
+        self.supervisor = supervisor or Supervisor()  # runs the writer, counts the entries set aside
 
     # --- the request path ---------------------------------------------------------------
     def record(self, key: str, request_id: str | None, model: str, version: str, inputs_format: str,
@@ -119,17 +122,35 @@ class InferenceLog:
                 "inputs_format": inputs_format, "inputs": packed, "outputs": pack(orjson.dumps(entry.outputs)),
                 "latency_ms": entry.latency_ms}
 
-    def _write(self, engine: Engine, batch: list[Entry]) -> None:
-        store.insert_requests(engine, [self.stored(entry) for entry in batch])
+    def _write(self, engine: Engine, batch: list[Entry]) -> list[tuple[Entry, Exception]]:
+        """Store ``batch``; the entries that cannot be made into rows are left out, and returned with why."""
+        rows, unreadable = [], []
+        for entry in batch:
+            try:
+                rows.append(self.stored(entry))
+            except Exception as err:  # noqa: BLE001 (this entry is poison: set aside, the rest stored)
+                unreadable.append((entry, err))
+        if rows:
+            store.insert_requests(engine, rows)
+        return unreadable
+
+    def _set_aside(self, entry: Entry, err: Exception) -> None:
+        """An entry no retry could store (its body unreadable): dropped once, counted and logged."""
+        self.metrics.log_dropped.labels("unreadable").inc(entry.rows)
+        self.supervisor.item_failed(LOOP_NAME, f"storing request {entry.request_id} to '{entry.model}' version "
+                                               f"{entry.version} ({entry.rows} rows; left out)", err)
 
     # --- the writer -----------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._task = self.supervisor.task(LOOP_NAME, self._run)
 
     async def stop(self) -> None:
         await cancel(self._task)
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(self.flush(), 10)  # what can still be written, before the process ends
+        except Exception as err:  # noqa: BLE001 (stopping: what is not written now is lost, said so)
+            log.warning("inference log: %d rows not written before stopping: %s", self.pending_rows,
+                        first_line(err, 300))
         if self._engine is not None:
             self._engine.dispose()
 
@@ -157,14 +178,16 @@ class InferenceLog:
                 try:
                     engine = self._engine or await asyncio.to_thread(store.open_log, self.uri)
                     self._engine = engine
-                    await asyncio.to_thread(self._write, engine, batch)
+                    unreadable = await asyncio.to_thread(self._write, engine, batch)
                 except Exception as err:  # noqa: BLE001 (the store is slow or down: predictions go on)
                     self._failing(err)
                     return False
                 for _ in batch:
                     self.pending.popleft()
+                for entry, err in unreadable:
+                    self._set_aside(entry, err)
                 self.pending_rows -= rows
-                self.metrics.log_written.inc(rows)
+                self.metrics.log_written.inc(rows - sum(entry.rows for entry, _ in unreadable))
                 self.metrics.log_pending.set(self.pending_rows)
             self._resumed()
             return True

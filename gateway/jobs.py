@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -33,16 +35,19 @@ from contract.names import (
     PROMOTION_TAG_PREFIX,
     TAG_ERROR,
     TAG_JOB_ID,
+    MONITORING_SUMMARY_ARTIFACT,
     TAG_MODEL_VERSION,
-    TAG_MONITORING_SUMMARY,
 )
 from contract.settings import PROJECT_DIR, Settings
-from gateway.auth import Caller, as_caller_run
-from runtime.processes import VENV_BIN, pid_alive, tool_env
+from gateway.auth import RANKS, Caller, as_caller_run, experiment_permission, set_experiment_permission
+from runtime.processes import VENV_BIN, identified, process_identity, tool_env
+from runtime.supervision import Supervisor
 from runtime.tasks import cancel
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
+LOOP_NAME, SCHEDULE_NAME = "job-runner", "monitor-schedule"  # as /ready and /metrics name the loops
+log = logging.getLogger("gateway.jobs")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -64,9 +69,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     summary TEXT
 )
 """
+# The experiment of each model's jobs, made by the gateway (never one found by name: whoever made that one
+# could write every run in it), and each EDIT granted on one for a job, recorded before it is made.
+_MORE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS experiments (model_name TEXT NOT NULL, purpose TEXT NOT NULL,"
+    " experiment_id TEXT NOT NULL, PRIMARY KEY (model_name, purpose))",
+    "CREATE TABLE IF NOT EXISTS grants (job_id TEXT NOT NULL, username TEXT NOT NULL, experiment_id TEXT NOT NULL,"
+    " prior TEXT NOT NULL, PRIMARY KEY (job_id, username, experiment_id))",
+)
 # Columns added since the first release, for job stores created before them.
 _ADDED_COLUMNS = {"entry_point": "TEXT NOT NULL DEFAULT 'main'", "promotion": "TEXT", "summary": "TEXT",
-                  "requested_by": "TEXT"}
+                  "requested_by": "TEXT", "process": "TEXT"}
 # The jobs that train (POST /train) and the one that monitors (POST /monitor): each its experiment.
 TRAINING_ENTRY_POINTS = ("main", "tune")
 MONITOR_ENTRY_POINT = "monitor"
@@ -96,6 +109,14 @@ class Job:
     promotion: dict[str, str] | None
     summary: dict[str, Any] | None
     requested_by: str | None = None  # the MLflow user who asked (GATEWAY_AUTH=mlflow)
+    # the job's process as runtime/processes.py identifies it (PID and start time): a PID alone may be a
+    # stranger's by the time a restarted gateway looks again
+    process: str | None = None
+
+    def running_pid(self) -> int | None:
+        """The PID of this job's own ``mlflow run`` while it runs, else None (a job stored before start times
+        were: its command line must name its run)."""
+        return identified(self.process or (str(self.pid) if self.pid else None), marker=self.run_id)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -115,6 +136,8 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            for table in _MORE_TABLES:
+                db.execute(table)
             present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
             for column, definition in _ADDED_COLUMNS.items():
                 if column not in present:
@@ -158,6 +181,39 @@ class JobStore:
                               (*entry_points, limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
+    def active(self, model_name: str) -> list[Job]:
+        """The queued and running jobs of ``model_name``."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE model_name = ? AND status IN ('queued', 'running')",
+                              (model_name,)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def experiment(self, model_name: str, purpose: str) -> str | None:
+        with self._connect() as db:
+            row = db.execute("SELECT experiment_id FROM experiments WHERE model_name = ? AND purpose = ?",
+                             (model_name, purpose)).fetchone()
+        return row["experiment_id"] if row else None
+
+    def set_experiment(self, model_name: str, purpose: str, experiment_id: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?, ?)", (model_name, purpose, experiment_id))
+
+    def add_grant(self, job_id: str, username: str, experiment_id: str, prior: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO grants VALUES (?, ?, ?, ?)", (job_id, username, experiment_id, prior))
+
+    def grants_to_take_back(self) -> list[tuple[str, str, str, str]]:
+        """(job, user, experiment, prior permission) of every grant whose job no longer runs."""
+        with self._connect() as db:
+            return [tuple(r) for r in db.execute(
+                "SELECT g.job_id, g.username, g.experiment_id, g.prior FROM grants g LEFT JOIN jobs j"
+                " ON j.id = g.job_id WHERE j.status IS NULL OR j.status NOT IN ('queued', 'running')").fetchall()]
+
+    def drop_grant(self, job_id: str, username: str, experiment_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM grants WHERE job_id = ? AND username = ? AND experiment_id = ?",
+                       (job_id, username, experiment_id))
+
     def with_status(self, status: str) -> list[Job]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY created_at", (status,)).fetchall()
@@ -193,8 +249,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 class TrainingJobRunner:
     """Runs queued jobs one after another in a background thread."""
 
-    def __init__(self, store: JobStore, settings: Settings, client: MlflowClient):
+    def __init__(self, store: JobStore, settings: Settings, client: MlflowClient,
+                 supervisor: Supervisor | None = None):
         self.store = store
+        self.supervisor = supervisor or Supervisor()
         self.settings = settings
         self.client = client
         # GATEWAY_AUTH=mlflow: the credentials of who asked for each queued job, in memory only (never in
@@ -202,17 +260,20 @@ class TrainingJobRunner:
         self._callers: dict[str, Caller] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="training-jobs", daemon=True)
+        self._thread: threading.Thread | None = None
+        # jobs that failed in the loop and whose failure could not be stored either: never taken again
+        self._set_aside: set[str] = set()
 
     # --- public -------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        self._thread = self.supervisor.thread(LOOP_NAME, self._loop, self._stop)
 
     def stop(self) -> None:
         """Stop taking jobs; a running ``mlflow run`` keeps going and is followed again on restart."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def submit(self, parameters: Mapping[str, str], model_name: str, entry_point: str = "main",
                caller: Caller | None = None) -> Job:
@@ -253,29 +314,49 @@ class TrainingJobRunner:
                              error="cancelled while running"):
             self._kill(job)
             if job.run_id:
-                with contextlib.suppress(Exception):
+                try:
                     self.client.set_terminated(job.run_id, RunStatus.to_string(RunStatus.KILLED))
+                except Exception as err:  # noqa: BLE001 (the job is cancelled; only MLflow's run status lags)
+                    log.warning("job %s cancelled, but its run %s could not be marked killed: %s", job_id,
+                                job.run_id, first_line(err, 300))
         return self.store.get(job_id)
 
     # --- the loop -----------------------------------------------------------------------
     def _loop(self) -> None:
-        self._recover()
+        try:
+            self._recover()
+        except Exception as err:  # noqa: BLE001 (the jobs not followed again stay running; new ones still run)
+            self.supervisor.item_failed(LOOP_NAME, "following the jobs left running again", err)
         while not self._stop.is_set():
-            queued = self.store.with_status("queued")
+            queued = [job for job in self.store.with_status("queued") if job.id not in self._set_aside]
             if not queued:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
-            self._run(queued[0])
+            try:
+                self._run(queued[0])
+            except Exception as err:  # noqa: BLE001 (this job fails with the reason; the loop goes on)
+                self._failed(queued[0], err)
+
+    def _failed(self, job: Job, err: Exception) -> None:
+        """``job`` raised in the runner: it ends ``failed`` with the reason, counted; never taken again."""
+        self._set_aside.add(job.id)
+        self.supervisor.item_failed(LOOP_NAME, f"job {job.id}", err)
+        self.store.update(job.id, only_if=("queued", "running"), status="failed", finished_at=_now(),
+                          error=f"the gateway failed on this job: {type(err).__name__}: {first_line(err, 300)}")
 
     def _recover(self) -> None:
         """Jobs left ``running`` by an earlier gateway: follow them again, or settle them."""
         for job in self.store.with_status("running"):
-            while pid_alive(job.pid) and not self._stop.is_set():
+            while job.running_pid() and not self._stop.is_set():
                 time.sleep(0.5)
             if self._stop.is_set():
                 return
-            self._settle(job, exit_code=None)
+            try:
+                self._settle(job, exit_code=None)
+            except Exception as err:  # noqa: BLE001 (this job fails with the reason; the others are followed)
+                self._failed(job, err)
+        self._take_back_grants()  # those of jobs that ended while no gateway ran
 
     def _command(self, job: Job, run_id: str) -> list[str]:
         command = [str(VENV_BIN / "mlflow"), "run", str(PROJECT_DIR), "-e", job.entry_point,
@@ -285,6 +366,52 @@ class TrainingJobRunner:
         return command
 
     def _run(self, job: Job) -> None:
+        try:
+            self._run_process(job)
+        finally:  # the caller's EDIT on the model's experiment lasts as long as their job, not longer
+            self._take_back_grants()
+
+    def _experiment(self, job: Job) -> str:
+        """The experiment of ``job``'s model and kind (training or monitoring), made by the gateway.
+
+        One a model: EDIT on an experiment reaches every run in it (MLflow's auth app checks run and
+        artifact writes against the experiment), so a shared one would let whoever trains one model write
+        the runs, and with proxied artifacts the logged code, of every other."""
+        purpose = "monitoring" if job.entry_point == MONITOR_ENTRY_POINT else "training"
+        known = self.store.experiment(job.model_name, purpose)
+        if known and self.client.get_experiment(known).lifecycle_stage == "active":
+            return known
+        base = self.settings.experiment_name if purpose == "training" else MONITORING_EXPERIMENT
+        name = f"{base}/{job.model_name}"
+        if self.client.get_experiment_by_name(name) is not None:  # not ours (or deleted): never reused
+            name = f"{name} ({job.id})"
+        experiment_id = self.client.create_experiment(name)
+        self.store.set_experiment(job.model_name, purpose, experiment_id)
+        return experiment_id
+
+    def _grant_edit(self, job: Job, caller: Caller, experiment_id: str) -> None:
+        """EDIT for ``caller`` on the experiment of the model they may EDIT, for this job only; recorded
+        before it is made, so a gateway stopped mid-job takes it back when it starts again."""
+        prior = experiment_permission(self.settings, caller.username, experiment_id)
+        if RANKS.get(prior, 0) >= RANKS["EDIT"]:
+            return
+        self.store.add_grant(job.id, caller.username, experiment_id, prior)
+        set_experiment_permission(self.settings, caller.username, experiment_id, "EDIT", prior)
+
+    def _take_back_grants(self) -> None:
+        """Every recorded grant whose job no longer runs goes back to what the user had before, or READ: who
+        trained a model may read its runs in MLflow's own UI."""
+        for job_id, username, experiment_id, prior in self.store.grants_to_take_back():
+            kept = prior if RANKS.get(prior, 0) >= RANKS["READ"] else "READ"
+            try:
+                set_experiment_permission(self.settings, username, experiment_id, kept, "EDIT")
+            except Exception as err:  # noqa: BLE001 (the record stays: taken back at the next job or start)
+                log.warning("could not take back %s's EDIT on experiment %s (job %s): %s", username,
+                            experiment_id, job_id, first_line(err, 300))
+                continue
+            self.store.drop_grant(job_id, username, experiment_id)
+
+    def _run_process(self, job: Job) -> None:
         log_path = self.settings.logs_dir / f"job-{job.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         caller = self._callers.pop(job.id, None)
@@ -294,11 +421,10 @@ class TrainingJobRunner:
                                     "submit it again")
             return
         try:
-            name = MONITORING_EXPERIMENT if job.entry_point == MONITOR_ENTRY_POINT else self.settings.experiment_name
-            experiment = self.client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+            experiment_id = self._experiment(job)
             tags = {TAG_JOB_ID: job.id}
             if caller:  # the run is the caller's: created with their credentials, under their name
+                self._grant_edit(job, caller, experiment_id)
                 run_id = as_caller_run(self.settings, caller, experiment_id, f"job-{job.id}", tags)
             else:
                 run_id = self.client.create_run(experiment_id, tags=tags, run_name=f"job-{job.id}").info.run_id
@@ -314,7 +440,7 @@ class TrainingJobRunner:
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         started = self.store.update(job.id, only_if=("queued",), status="running", started_at=_now(),
-                                    run_id=run_id, pid=process.pid)
+                                    run_id=run_id, pid=process.pid, process=process_identity(process.pid))
         if not started:  # cancelled between being picked and starting
             self._kill_process(process.pid)
             process.wait()
@@ -333,7 +459,13 @@ class TrainingJobRunner:
             return
         tags = run.data.tags if run else {}
         if run and run.info.status == "FINISHED" and job.entry_point == MONITOR_ENTRY_POINT:
-            summary = json.loads(tags.get(TAG_MONITORING_SUMMARY) or "{}")
+            try:
+                summary = self._monitoring_summary(run.info.run_id)
+            except Exception as err:  # noqa: BLE001 (this job fails with the reason; the loop goes on)
+                self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(), log_tail=tail,
+                                  error=f"the monitoring run's {MONITORING_SUMMARY_ARTIFACT} is missing or unreadable: "
+                                        f"{first_line(err, 300)}")
+                return
             self.store.update(job.id, only_if=("running",), status="succeeded", finished_at=_now(),
                               model_version=tags.get(TAG_MODEL_VERSION) or None, metrics=run.data.metrics,
                               log_tail=tail, summary=summary)
@@ -348,12 +480,24 @@ class TrainingJobRunner:
         if exit_code is None:
             reason = "the gateway stopped while this job ran and its process is gone"
             if run and run.info.status == "RUNNING":  # nobody else will end it
-                with contextlib.suppress(Exception):
+                try:
                     self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+                except Exception as err:  # noqa: BLE001 (the job fails anyway; only MLflow's run status lags)
+                    log.warning("job %s failed, but its run %s could not be marked failed: %s", job.id,
+                                run.info.run_id, first_line(err, 300))
         else:
             reason = tags.get(TAG_ERROR) or self._error_line(tail) or f"mlflow run exited with status {exit_code}"
         self.store.update(job.id, only_if=("running",), status="failed", finished_at=_now(),
                           error=reason, log_tail=tail)
+
+    def _monitoring_summary(self, run_id: str) -> dict[str, Any]:
+        """The summary the monitor step wrote as an artifact (it grows with the columns: never a tag)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, MONITORING_SUMMARY_ARTIFACT, tmp)
+            summary = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(summary, dict):
+            raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+        return summary
 
     @staticmethod
     def _error_line(tail: str) -> str | None:
@@ -366,8 +510,9 @@ class TrainingJobRunner:
             os.killpg(pid, signal.SIGTERM)
 
     def _kill(self, job: Job) -> None:
-        if job.pid and pid_alive(job.pid):
-            self._kill_process(job.pid)
+        pid = job.running_pid()
+        if pid:
+            self._kill_process(pid)
 
 
 class MonitorSchedule:
@@ -381,7 +526,7 @@ class MonitorSchedule:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._task = self.runner.supervisor.task(SCHEDULE_NAME, self._run)
 
     async def stop(self) -> None:
         await cancel(self._task)
@@ -389,10 +534,18 @@ class MonitorSchedule:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.seconds)
-            since = datetime.fromtimestamp(time.time() - self.seconds, UTC).isoformat()
+            await self.round()
+
+    async def round(self) -> None:
+        """Queue one monitor job per served model; a model whose job cannot be queued does not stop the others."""
+        since = datetime.fromtimestamp(time.time() - self.seconds, UTC).isoformat()
+        try:
+            names = await self.served_models()
+        except Exception as err:  # noqa: BLE001 (the model server is down: the next round tries again)
+            log.warning("monitor schedule: no served models to monitor this round: %s", first_line(err, 300))
+            return
+        for name in names:
             try:
-                names = await self.served_models()
-            except Exception:  # noqa: BLE001 (the model server is down: the next round tries again)
-                continue
-            for name in names:
                 self.runner.submit({"model_name": name, "since": since}, name, entry_point=MONITOR_ENTRY_POINT)
+            except Exception as err:  # noqa: BLE001 (this model waits for the next round; the others go on)
+                self.runner.supervisor.item_failed(SCHEDULE_NAME, f"queueing the monitor job of '{name}'", err)

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from contract.packing import ENCODING, pack
+from contract.predict_body import MAX_ROWS_HEADER
 from contract.settings import Settings
 from gateway.batching import Answer, MicroBatcher
 from gateway.observability import Metrics
@@ -138,11 +139,13 @@ class ModelServerClient:
     async def send_body(self, rows: Rows, target: Target) -> Answer:
         """The caller's body as it came, for the model server to read (the gateway's ``{"records": [...]}``
         is read there as MLflow's ``dataframe_records``), packed: 30 times fewer bytes for the model server
-        and its worker to move, and the bytes the inference log keeps. Raises :class:`Unreachable`."""
+        and its worker to move, and the bytes the inference log keeps. With the gateway's contract
+        (contract/predict_body.py), which the model server checks before scoring. Raises :class:`Unreachable`."""
         if rows.packed is None:
             rows.packed = await asyncio.to_thread(pack, rows.body or b"")  # zstd lets go of the GIL meanwhile
         answer = await self._post(target.path(), rows.packed,
-                                  {"Content-Type": rows.media, "Content-Encoding": ENCODING})
+                                  {"Content-Type": rows.media, "Content-Encoding": ENCODING,
+                                   MAX_ROWS_HEADER: str(self.settings.max_predict_rows)})
         if answer.status == 200:
             self.metrics.batch_rows.observe(len(answer.body.get("predictions", ())))
         return answer

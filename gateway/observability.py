@@ -33,7 +33,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.errors import error_body
@@ -136,7 +136,8 @@ class Metrics:
         self.log_written = Counter("gateway_inference_log_written_rows", "Predictions written to the inference log",
                                    registry=r)
         self.log_dropped = Counter("gateway_inference_log_dropped_rows", "Predictions the inference log could not "
-                                   "keep, by reason (buffer_full: the store was slow or down too long)", ["reason"],
+                                   "keep, by reason (buffer_full: the store was slow or down too long; "
+                                   "unreadable: a request whose body could not be stored, left out)", ["reason"],
                                    registry=r)
         self.log_pending = Gauge("gateway_inference_log_pending_rows", "Predictions waiting to be written to the "
                                  "inference log", registry=r)
@@ -215,10 +216,36 @@ class JobsCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily("gateway_training_jobs", "Training jobs in the job store, by status",
                                    labels=["status"])
-        counts = self._count()
+        try:
+            counts = self._count()
+        except Exception as err:  # noqa: BLE001 (the job store unreadable: every other metric is still scraped)
+            logging.getLogger("gateway.jobs").warning("training jobs not counted for /metrics: %s", err)
+            return
         for status in self._statuses:
             family.add_metric([status], counts.get(status, 0))
         yield family
+
+
+class SupervisionCollector(Collector):
+    """The gateway's background loops (runtime/supervision.py), read at scrape time: restarts after a death,
+    items failed and set aside, and whether each runs now."""
+
+    def __init__(self, report: Callable[[], dict[str, dict[str, Any]]]):
+        self._report = report
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        restarts = CounterMetricFamily("gateway_background_loop_restarts", "Background loops that died (logged "
+                                       "with their traceback) and were restarted, by loop", labels=["loop"])
+        failed = CounterMetricFamily("gateway_background_items_failed", "Items a background loop failed or set "
+                                     "aside and went on (a job, a log entry, a rollout check), by loop",
+                                     labels=["loop"])
+        up = GaugeMetricFamily("gateway_background_loop_up", "1 while a background loop runs, 0 while it waits "
+                               "to be restarted or is stopped, by loop", labels=["loop"])
+        for loop, state in self._report().items():
+            restarts.add_metric([loop], state["restarts"])
+            failed.add_metric([loop], state["items_failed"])
+            up.add_metric([loop], 1 if state["state"] == "running" else 0)
+        yield from (restarts, failed, up)
 
 
 # --- admission -------------------------------------------------------------------------

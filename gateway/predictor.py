@@ -12,6 +12,7 @@ from fastapi import HTTPException, status
 
 from contract import inference_log as log_tables
 from contract.model_output import BASE_VALUE_COLUMN, EXPLAIN_CLASSES, EXPLAIN_CLASSES_PARAM, EXPLAIN_PARAM
+from contract.predict_body import BodyRefused
 from contract.settings import Settings
 from contract.traffic import TrafficPolicy, to_canary
 from gateway.batching import Answer
@@ -19,6 +20,7 @@ from gateway.inference_log import InferenceLog
 from gateway.model_client import CSV, ModelServerClient, Rows, Target, Unreachable
 from gateway.observability import Metrics, unique_id
 from gateway.rollouts import Rollouts, request_key
+from gateway.schemas import unprocessable
 from runtime.logs import request_id_var
 
 
@@ -41,9 +43,18 @@ def model_error_message(body: Any) -> str:
 
 
 def the_callers_fault(answer: Answer) -> bool:
-    """A refusal of the caller's rows (the model names the column), not a failure of the version."""
-    return answer.status == 400 and isinstance(answer.body, dict) and \
-        answer.body.get("error_code") == "INVALID_PARAMETER_VALUE"
+    """A refusal of the caller's rows (the model names the column, or the body breaks the gateway's contract),
+    not a failure of the version."""
+    return BodyRefused.from_answer(answer.status, answer.body) is not None or (
+        answer.status == 400 and isinstance(answer.body, dict)
+        and answer.body.get("error_code") == "INVALID_PARAMETER_VALUE")
+
+
+def as_http_error(refused: BodyRefused) -> HTTPException:
+    """The gateway's answer to a body its contract refuses, whichever side read it: the same status and words."""
+    if refused.status == status.HTTP_413_CONTENT_TOO_LARGE:
+        return HTTPException(refused.status, detail=refused.message)
+    return unprocessable(list(refused.loc), refused.message, refused.kind)
 
 
 class Predictor:
@@ -79,6 +90,8 @@ class Predictor:
         the caller gets the gateway's own 4xx naming the field, as if it had been read first."""
         if rows.records is not None or answer is None:
             return answer
+        if BodyRefused.from_answer(answer.status, answer.body) is not None:
+            return answer  # refused while the model server read it, before scoring, in the gateway's words
         if answer.status in (400, 413, 415, 422) or (
                 answer.status == 200 and len(answer.body["predictions"]) > self.settings.max_predict_rows):
             rows.parsed()  # raises the caller's error; else the model's own refusal stands
@@ -126,9 +139,22 @@ class Predictor:
         predictions = answer.body.get("predictions", []) if answer.status == 200 else []
         self.metrics.observe_prediction(target.name, answer.version, answer.status, len(predictions), seconds,
                                         (row.get("label") for row in predictions))
-        failed = answer.status != 200 and not the_callers_fault(answer)
+        failed = answer.status != 200 and not the_callers_fault(answer) and not (
+            answer.status in (400, 413, 415, 422) and self._unreadable(rows))
         self.rollouts.observe(target.name, answer.version, failed, seconds)
         return answer
+
+    @staticmethod
+    def _unreadable(rows: Rows) -> bool:
+        """A body passed on unread that the gateway's own reading refuses (not JSON, say): the model server's
+        refusal of it is the caller's fault, never a canary's failure that malformed bodies could pile up."""
+        if rows.records is not None:
+            return False
+        try:
+            rows.parsed()
+        except HTTPException:
+            return True
+        return False
 
     def _checked(self, answer: Answer | None) -> Answer:
         """``answer`` if it is a success; else the HTTP error the caller gets."""
@@ -137,6 +163,8 @@ class Predictor:
                                 detail=f"model server unreachable at {self.settings.model_server}")
         if answer.status == 200:
             return answer
+        if (refused := BodyRefused.from_answer(answer.status, answer.body)) is not None:
+            raise as_http_error(refused)
         if answer.status == 503:
             self.metrics.model_server_errors.labels("unavailable").inc()
             headers = {"Retry-After": answer.retry_after} if answer.retry_after else None

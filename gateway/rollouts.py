@@ -39,12 +39,14 @@ from contract.names import TAG_ROLLBACK_REASON, TAG_ROLLED_BACK_AT
 from contract.registry import Registry
 from contract.settings import Settings
 from contract.tables import column_name
-from contract.traffic import TrafficPolicy
+from contract.traffic import RollbackRule, TrafficPolicy
 from gateway.observability import Metrics
+from runtime.supervision import Supervisor
 
 log = logging.getLogger("gateway.rollouts")
 MAX_SAMPLES = 20_000  # answers kept per version and model in the window, at most
 MAX_MODELS = 1000  # models whose policy is kept
+WATCH_NAME = "rollback-watcher"
 
 
 @dataclass
@@ -107,10 +109,12 @@ def request_key(policy: TrafficPolicy, records: list[dict[str, Any]], request_id
 
 
 class Rollouts:
-    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics):
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics,
+                 supervisor: Supervisor | None = None):
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
+        self.supervisor = supervisor or Supervisor()
         self._policies: dict[str, tuple[TrafficPolicy, float]] = {}
         self.windows: dict[tuple[str, str], Window] = {}
         self.shadows: dict[str, ShadowComparison] = {}
@@ -131,7 +135,8 @@ class Rollouts:
         self._refreshing.add(name)
         try:
             policy = await asyncio.to_thread(self.registry.traffic, name)
-        except Exception:  # noqa: BLE001 (no such model, or the registry is down: the last policy stands)
+        except Exception as err:  # noqa: BLE001 (no such model, or the registry is down: the last policy stands)
+            log.debug("traffic policy of '%s' not read again, the last one stands: %s", name, first_line(err, 300))
             policy = self._policies.get(name, (TrafficPolicy(), 0.0))[0]
         finally:
             self._refreshing.discard(name)
@@ -169,35 +174,37 @@ class Rollouts:
 
     # --- the automatic rollback ---------------------------------------------------------
     def verdict(self, served: dict[str, Any], canary: dict[str, Any]) -> str | None:
-        """Why the canary must go, or None."""
+        """Why the canary must go, or None (the rule: contract.traffic.RollbackRule)."""
         s = self.settings
-        if min(served["requests"], canary["requests"]) < s.rollout_min_requests:
-            return None
-        if canary["error_rate"] > served["error_rate"] + s.rollout_max_error_rate_delta:
-            return (f"canary error rate {canary['error_rate']:.3f} exceeds the served version's "
-                    f"{served['error_rate']:.3f} by more than {s.rollout_max_error_rate_delta}")
-        slow = (canary["p99_ms"] is not None and served["p99_ms"] is not None
-                and canary["p99_ms"] > s.rollout_max_p99_ratio * served["p99_ms"])
-        if slow:
-            return (f"canary p99 {canary['p99_ms']:.1f} ms exceeds {s.rollout_max_p99_ratio} times the served "
-                    f"version's {served['p99_ms']:.1f} ms")
-        return None
+        rule = RollbackRule(s.rollout_min_requests, s.rollout_max_error_rate_delta, s.rollout_max_p99_ratio)
+        return rule.verdict(served, canary)
 
     async def watch(self, versions_of: Any) -> None:
         """Every second, roll back each canary whose figures say so. ``versions_of(name)`` -> (served, canary)."""
         while True:
             await asyncio.sleep(1.0)
-            for name, (policy, _) in list(self._policies.items()):
-                if policy.mode != "canary":
+            await self.check_canaries(versions_of)
+
+    def start_watch(self, versions_of: Any) -> asyncio.Task:
+        """The watch as a supervised background task (restarted, counted and named in /ready if it dies)."""
+        return self.supervisor.task(WATCH_NAME, lambda: self.watch(versions_of))
+
+    async def check_canaries(self, versions_of: Any) -> None:
+        """One round of the watch: each canary checked on its own, so one that cannot be checked (its
+        registry entry unreadable) is logged and counted and the others are still rolled back."""
+        for name, (policy, _) in list(self._policies.items()):
+            if policy.mode != "canary":
+                continue
+            try:
+                served, canary = await versions_of(name, policy.alias)
+                if served is None or canary is None or served == canary:
                     continue
-                with contextlib.suppress(Exception):
-                    served, canary = await versions_of(name, policy.alias)
-                    if served is None or canary is None or served == canary:
-                        continue
-                    figures = self.figures(name, {"served": served, "canary": canary})
-                    reason = self.verdict(figures["served"], figures["canary"])
-                    if reason:
-                        await self.roll_back(name, reason)
+                figures = self.figures(name, {"served": served, "canary": canary})
+                reason = self.verdict(figures["served"], figures["canary"])
+                if reason:
+                    await self.roll_back(name, reason)
+            except Exception as err:  # noqa: BLE001 (this canary is checked again next round; the others go on)
+                self.supervisor.item_failed(WATCH_NAME, f"checking the canary of '{name}'", err)
 
     async def roll_back(self, name: str, reason: str) -> None:
         def write() -> None:
@@ -220,7 +227,13 @@ class Rollouts:
     def _background(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # shadow scoring: the answer was sent already
+            self.supervisor.item_failed("rollouts-background", f"task {task.get_coro().__qualname__}",
+                                        task.exception())
 
     def run_later(self, work: Any) -> None:
         """Work after an answer is sent (shadow scoring), kept until it ends."""
@@ -230,5 +243,5 @@ class Rollouts:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(BaseException):  # cancelled, or failed and reported by _finished already
                 await task

@@ -408,8 +408,19 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class BackgroundLoop(BaseModel):
+    state: Literal["running", "restarting", "stopped"]
+    restarts: int = Field(description="times the loop died (logged with its traceback) and was restarted")
+    items_failed: int = Field(description="items the loop failed or set aside and went on")
+    last_error: str | None = None
+    last_died_at: float | None = Field(None, description="when it last died, in seconds since the epoch")
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     model: ModelRef | None = None
     follows: str | None = None
     reason: str | None = None
+    background: dict[str, BackgroundLoop] | None = Field(
+        None, description="only when a background loop has died: each such loop (the model server's prefixed "
+        "'model-server/') with its state, restarts and last error; it does not change the status")

@@ -42,15 +42,18 @@ from mlflow import MlflowClient
 
 from contract.errors import first_line
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
+from contract.predict_body import MAX_ROWS_HEADER
 from contract.registry import NotFound, Registry
 from contract.settings import Settings, settings_or_exit
 from model_server.backends import Backend, BackendUnavailable, ChildProcesses, Launcher
+from model_server.follower import LOOP_NAME as FOLLOWER_LOOP
 from model_server.follower import Pair, RegistryFollower
 from model_server.pool import Failed, Loading, ModelPool
-from model_server.protocol import ProtocolError, check_encoding, error_body
+from model_server.protocol import ProtocolError, check_encoding, contract_rows, error_body
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
 from runtime.processes import settle_heap
+from runtime.supervision import Supervisor
 
 log = logging.getLogger("model_server")
 
@@ -89,8 +92,9 @@ class ModelServer:
         self.follows = (f"alias:{settings.serve_alias}" if settings.serve_follows == "alias"
                         else f"stage:{settings.serve_stage}")
         self.default: Pair = (settings.model_name, None)
+        self.supervisor = Supervisor()
         self.follower = RegistryFollower(self.pool, self.desired_version, serving, settings.registry_poll_seconds,
-                                         self.default)
+                                         self.default, self.supervisor)
         self.follower.follow(self.default)
 
     def desired_version(self, name: str, alias: str | None) -> str | None:
@@ -100,8 +104,11 @@ class ModelServer:
         return self.registry.served_version(name, "alias", alias, s.serve_stage)
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.children.reap_orphans)
-        await self.follower.run()
+        try:  # once, not in the supervised loop: a restarted follower must keep this server's own backends
+            await asyncio.to_thread(self.children.reap_orphans)
+        except Exception as err:  # noqa: BLE001 (a leftover backend costs memory, not service)
+            log.warning("could not stop the backends a previous model server left: %s", first_line(err, 300))
+        await self.supervisor.task(FOLLOWER_LOOP, self.follower.run)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -118,17 +125,20 @@ class ModelServer:
             "mode": self.settings.model_server_mode,
             "models": [f.describe() for f in self.follower.pairs.values()],
             "loaded": [{"name": name, **backend.describe()} for (name, _), backend in self.pool.loaded.items()],
+            "background": self.supervisor.report(),  # the follower loop: state, restarts, last error
         }
 
     async def forward(self, backend: Backend, request: Request) -> Response:
         try:
             encoding = check_encoding(request.headers.get("content-encoding", ""))
+            # the gateway's contract for a body it passed on unread, checked by the backend before scoring
+            max_rows = contract_rows(request.headers.get(MAX_ROWS_HEADER))
         except ProtocolError as err:
             return Response(err.body(), status_code=err.status, media_type=err.content_type)
         backend.in_flight += 1
         try:
             reply = await backend.invoke(await request.body(), request.headers.get("content-type", "application/json"),
-                                         encoding)
+                                         encoding, max_rows)
         except BackendUnavailable as err:
             return unavailable(str(err))
         finally:

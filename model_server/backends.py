@@ -62,8 +62,10 @@ class Backend:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "") -> Reply:
-        """The backend's answer to a scoring request (``content_encoding``: protocol.check_encoding's)."""
+    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "",
+                     max_rows: int | None = None) -> Reply:
+        """The backend's answer to a scoring request (``content_encoding``: protocol.check_encoding's; ``max_rows``:
+        the gateway's contract, protocol.parse_request's)."""
         raise NotImplementedError
 
     async def ready(self) -> bool:
@@ -133,10 +135,11 @@ class WorkerBackend(Backend):
             connection[1].close()
         return Reply(answer["status"], answer["content_type"], content)
 
-    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "") -> Reply:
-        # passed on packed: the worker unpacks it (the fewer bytes moved, the better)
+    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "",
+                     max_rows: int | None = None) -> Reply:
+        # passed on packed: the worker unpacks it (the fewer bytes moved, the better), and checks the contract
         return await self._call({"op": "invocations", "content_type": content_type,
-                                 "content_encoding": content_encoding}, body)
+                                 "content_encoding": content_encoding, "max_rows": max_rows}, body)
 
     async def ready(self) -> bool:
         if not self.socket_path.exists():
@@ -161,10 +164,13 @@ class ScoringServerBackend(Backend):
     url: str = ""
     http: httpx.AsyncClient | None = None
 
-    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "") -> Reply:
+    async def invoke(self, body: bytes, content_type: str, content_encoding: str = "",
+                     max_rows: int | None = None) -> Reply:
         assert self.http is not None
         try:
             body = protocol.decoded(body, content_encoding)  # MLflow's scoring server reads no content coding
+            if max_rows is not None:  # MLflow's server knows no gateway contract: checked here, read once more
+                await asyncio.to_thread(protocol.parse_request, body, content_type, None, max_rows)
             body, content_type = protocol.as_mlflow_body(body, content_type)
         except protocol.ProtocolError as err:
             return Reply(err.status, err.content_type, err.body())

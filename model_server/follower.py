@@ -22,12 +22,14 @@ from contract.errors import first_line
 from contract.registry import NotFound
 from model_server.backends import Backend
 from model_server.pool import ModelPool
+from runtime.supervision import Supervisor
 
 log = logging.getLogger("model_server")
 # After a version failed to start, the follower waits this long before trying it again.
 BACKOFF_SECONDS = 30.0
 # A pair is (model name, alias); alias None means the serving policy (SERVE_ALIAS or SERVE_STAGE).
 Pair = tuple[str, str | None]
+LOOP_NAME = "registry-follower"
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ class Followed:
 
 class RegistryFollower:
     def __init__(self, pool: ModelPool, desired_version: Callable[[str, str | None], str | None],
-                 serving: str, poll_seconds: float, default: Pair):
+                 serving: str, poll_seconds: float, default: Pair, supervisor: Supervisor | None = None):
         self.pool = pool
+        self.supervisor = supervisor or Supervisor()
         # blocking registry call, run in a thread: (name, alias) -> version or None; NotFound if no model
         self.desired_version = desired_version
         self.serving = serving  # the serving policy in words, e.g. "alias 'champion'"
@@ -170,6 +173,17 @@ class RegistryFollower:
 
     async def run(self) -> None:
         while True:
-            for pair in list(self.pairs):
-                await self.reconcile(pair)
+            await self.reconcile_all()
             await asyncio.sleep(self.poll_seconds)
+
+    async def reconcile_all(self) -> None:
+        """One round over every followed pair: a pair whose step raises keeps what it serves, says why on
+        /status, and is tried again next round; the other pairs still move."""
+        for pair in list(self.pairs):
+            try:
+                await self.reconcile(pair)
+            except Exception as err:  # noqa: BLE001 (this pair waits for the next round; the others go on)
+                followed = self.pairs.get(pair)
+                if followed is not None and not followed.serving:
+                    followed.reason = f"following the registry failed: {type(err).__name__}: {first_line(err, 300)}"
+                self.supervisor.item_failed(LOOP_NAME, f"following {pair[0]} ({pair[1] or 'serving policy'})", err)

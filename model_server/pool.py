@@ -11,7 +11,6 @@ until none is in flight) before its process is stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -150,8 +149,12 @@ class ModelPool:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(BaseException):
+            try:
                 await task
+            except asyncio.CancelledError:  # what was asked of it
+                pass
+            except Exception as err:  # noqa: BLE001 (closing goes on: every backend must be closed)
+                log.warning("a task of the pool failed while it closed: %s", err)
         for backend in [*backends, *self.loaded.values()]:  # and any load that finished meanwhile
             await backend.close()
         self.loaded.clear()

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from contract import packing, tables
+from contract import packing, predict_body, tables
 
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_CSV = "text/csv"
@@ -43,17 +43,18 @@ class ProtocolError(Exception):
     """A request the protocol refuses: answered with ``status`` and MLflow's error body."""
 
     def __init__(self, message: str, status: int = 400, error_code: str = "BAD_REQUEST",
-                 content_type: str = CONTENT_TYPE_JSON):
+                 content_type: str = CONTENT_TYPE_JSON, answer: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
         self.error_code = error_code
         self.content_type = content_type
+        self.answer = answer  # a whole JSON error body of its own (the gateway's contract's)
 
     def body(self) -> bytes:
         if self.content_type != CONTENT_TYPE_JSON:
             return self.message.encode()
-        return error_body(self.error_code, self.message)
+        return orjson.dumps(self.answer) if self.answer else error_body(self.error_code, self.message)
 
 
 def error_body(error_code: str, message: str) -> bytes:
@@ -139,9 +140,49 @@ def decoded(body: bytes, content_encoding: str) -> bytes:
         raise invalid(f"The body is not valid {content_encoding}: {err}") from None
 
 
-def parse_request(body: bytes, content_type: str, reader: RecordsReader | None = None) -> ScoringInput:
-    """A request's rows and params; a JSON records body through ``reader`` first, when the model gives one."""
+def parse_request(body: bytes, content_type: str, reader: RecordsReader | None = None,
+                  max_rows: int | None = None) -> ScoringInput:
+    """A request's rows and params; a JSON records body through ``reader`` first, when the model gives one.
+
+    With ``max_rows`` (the gateway's contract, :mod:`contract.predict_body`) a body the gateway would refuse
+    is refused here, as it is read and before anything is scored: MLflow's formats and ``params`` (checked
+    on the body's top-level fields before its rows are read), no rows, more than ``max_rows``."""
     mime = media_type(content_type or CONTENT_TYPE_JSON)
+    if max_rows is None:
+        return read_request(body, mime, reader)
+    try:
+        if mime == CONTENT_TYPE_JSON and (fields := top_level_fields(body)) is not None:
+            predict_body.check_fields(fields)
+        read = read_request(body, mime, reader)
+        if mime != CONTENT_TYPE_PARQUET:  # (an empty table is answered with no predictions, as by MLflow)
+            predict_body.check_has_rows(read.rows, csv=mime == CONTENT_TYPE_CSV)
+        predict_body.check_row_count(read.rows, max_rows)
+    except predict_body.BodyRefused as err:
+        raise ProtocolError(err.message, err.status, predict_body.REFUSED_CODE, answer=err.as_answer()) from None
+    return read
+
+
+def contract_rows(header: str | None) -> int | None:
+    """The gateway's row limit a request carries (:data:`contract.predict_body.MAX_ROWS_HEADER`), if any."""
+    try:
+        return predict_body.max_rows_of(header)
+    except ValueError as err:
+        raise invalid(str(err)) from None
+
+
+def top_level_fields(body: bytes) -> list[str] | None:
+    """A JSON object's field names, its values skipped over unread; None if the body is not one (the reading
+    that follows says why)."""
+    try:
+        return list(_FIELDS.decode(body))
+    except msgspec.DecodeError:
+        return None
+
+
+_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def read_request(body: bytes, mime: str, reader: RecordsReader | None) -> ScoringInput:
     if mime == CONTENT_TYPE_CSV:
         return ScoringInput(None, columns=csv_columns(body))
     if mime == CONTENT_TYPE_PARQUET:
@@ -160,17 +201,32 @@ class RecordsReader:
     the dicts, before the same turn of the rows into columns. Any other body, or one row that is not an object
     or lacks one of the columns (say a key that matches only once stripped, :func:`pyfunc.cleaning.column_key`),
     is not read here: :func:`json_input` reads it and says what is wrong, as for a model without a reader.
+
+    Column names are data: msgspec refuses some as JSON keys of a struct (``"``, ``\\`` and control characters,
+    which JSON escapes), so a model with such a column gets no struct and every body goes the generic way
+    (:attr:`fast` is False) - slower, never refused.
     """
 
     def __init__(self, columns: Sequence[str]):
         self.columns = list(columns)
         fields = [f"c{i}" for i in range(len(self.columns))]  # the names as struct fields; any text as JSON keys
-        row = msgspec.defstruct("Row", [(field, Any) for field in fields], rename=dict(zip(fields, self.columns)))
+        try:
+            row = msgspec.defstruct("Row", [(field, Any) for field in fields], rename=dict(zip(fields, self.columns)))
+        except ValueError:  # a name msgspec cannot match unescaped: read by json_input (see above)
+            self._decoder = None
+            return
         rows = list[row] | None  # type: ignore[valid-type]
         self._decoder = msgspec.json.Decoder(msgspec.defstruct(
             "Body", [(GATEWAY_KEY, rows, None), ("dataframe_records", rows, None)], forbid_unknown_fields=True))
 
+    @property
+    def fast(self) -> bool:
+        """Whether bodies are read here (False: every body goes to :func:`json_input`)."""
+        return self._decoder is not None
+
     def read(self, body: bytes) -> ScoringInput | None:
+        if self._decoder is None:
+            return None
         try:
             payload = self._decoder.decode(body)
         except msgspec.DecodeError:  # (its ValidationError too) the generic reading answers

@@ -117,8 +117,9 @@ class Worker:
             return 404, protocol.CONTENT_TYPE_JSON, protocol.error_body("ENDPOINT_NOT_FOUND", f"no operation {op!r}")
         try:
             body = protocol.decoded(body, header.get("content_encoding", ""))
+            # max_rows: the gateway's contract, refused here before any scoring when broken (app.forward)
             request = protocol.parse_request(body, header.get("content_type", protocol.CONTENT_TYPE_JSON),
-                                             self.model.records_reader)
+                                             self.model.records_reader, header.get("max_rows"))
             if request.rows <= INLINE_ROWS and not request.params:  # params (explain) cost more: a thread too
                 return 200, protocol.CONTENT_TYPE_JSON, self.model.score(request)
             return 200, protocol.CONTENT_TYPE_JSON, await asyncio.to_thread(self.model.score, request)

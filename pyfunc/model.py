@@ -86,6 +86,13 @@ def prediction_columns(classes: np.ndarray, proba: np.ndarray, rule: DecisionRul
     return columns
 
 
+def answer_columns(classes: Sequence[Any], columns: Sequence[str]) -> list[str]:
+    """Every column an answer may add beside a row's raw ``columns`` (the score step writes them side by side):
+    what :func:`prediction_columns`, the explanations and ``on_invalid="report"`` name."""
+    return ["label", "probability", *map(proba_column, classes), ERROR_COLUMN, EXPLAINS_COLUMN, BASE_VALUE_COLUMN,
+            EXPLANATIONS_COLUMN, *map(contrib_column, columns)]
+
+
 def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index,
                        rule: DecisionRule = ARGMAX) -> pd.DataFrame:
     """:func:`prediction_columns` as a DataFrame with the input's index."""

@@ -100,6 +100,55 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux /proc); None when no such process runs.
+
+    A PID alone names whoever holds it now: after a restart, a stored PID may belong to a stranger. The
+    PID with its start time names one process for the machine's uptime."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name, in parentheses, may hold spaces and parentheses: the fields follow the last ")"
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def process_identity(pid: int) -> str | None:
+    """``pid:start``, what :func:`identified` later checks; None when no such process runs."""
+    ticks = start_ticks(pid)
+    return None if ticks is None else f"{pid}:{ticks}"
+
+
+def identified(identity: str | None, marker: str | None = None) -> int | None:
+    """The PID of ``identity`` (from :func:`process_identity`) while that very process runs and leads its
+    process group, else None. An identity of a bare PID (stored before start times were) counts only if the
+    process's command line holds ``marker``; without a marker it never does."""
+    pid_text, _, ticks = (identity or "").partition(":")
+    if not pid_text.isdigit() or int(pid_text) <= 0:
+        return None
+    pid = int(pid_text)
+    if not pid_alive(pid):
+        return None
+    if ticks:
+        if str(start_ticks(pid)) != ticks:
+            return None
+    elif marker is None or marker.encode() not in command_line(pid):
+        return None
+    try:
+        return pid if os.getpgid(pid) == pid else None
+    except ProcessLookupError:
+        return None
+
+
+def command_line(pid: int) -> bytes:
+    """``pid``'s command line, its arguments separated by NUL (empty when unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def stop_process_group(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL it if still alive after ``timeout``."""
     with contextlib.suppress(ProcessLookupError):

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from contract.registry import NotFound, Registry
 from contract.exposure import refusals
 from contract.settings import PROJECT_DIR, Settings, settings_or_exit
-from runtime.processes import VENV_BIN, children, pid_alive, stop_process_group, tool_env
+from runtime.processes import VENV_BIN, children, identified, process_identity, stop_process_group, tool_env
 from stack.tracking_auth import auth_app
 
 SERVICES = ("gateway", "model-server", "mlflow")  # stop order
@@ -147,10 +147,12 @@ class LocalStack:
 
     def running_pid(self, service: str) -> int | None:
         try:
-            pid = int(self.pid_file(service).read_text())
-        except (FileNotFoundError, ValueError):
+            identity = self.pid_file(service).read_text().strip()
+        except FileNotFoundError:
             return None
-        return pid if pid_alive(pid) else None
+        # the watchdog we started, not whoever holds its PID now (a file left by a reboot or a crash);
+        # a file written before start times were kept holds the PID only: its command line must be a watchdog's
+        return identified(identity, marker="stack.watchdog")
 
     def log_file(self, service: str) -> Path:
         return self.settings.logs_dir / f"{service}.log"
@@ -173,7 +175,7 @@ class LocalStack:
                                        cwd=PROJECT_DIR, env={**self.env(), **(env or {})}, stdout=out,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        self.pid_file(service).write_text(str(process.pid))
+        self.pid_file(service).write_text(process_identity(process.pid) or str(process.pid))
         return process
 
     def stop(self, service: str, timeout: float = 20.0) -> bool:

@@ -11,17 +11,20 @@ enough true labels came back through ``POST /feedback``, the classification
 metrics of the live rows beside the version's test-split figures.
 
 The run (experiment ``monitoring`` when started by the gateway) holds the
-metrics, a drift table (CSV and JSON), a figure per drifted column and one
+metrics (a drift score per column), the summary (``summary.json``, what the
+gateway shows), a drift table (CSV and JSON), a figure per drifted column, the
+map from store keys back to column names (``columns.json``) and one
 self-contained HTML report; the version gets the tags ``monitoring_run_id``,
 ``monitoring_drift_share``, ``monitoring_status`` (``ok``, ``drift``,
-``insufficient_data``) and, with feedback, ``monitoring_live_accuracy``.
+``insufficient_data``) and, with feedback, ``monitoring_live_accuracy``. A
+column is stored (figure file, metric key) under :func:`contract.names.store_key`
+of its name; people read its name.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,6 +38,8 @@ import pandas as pd
 from contract.errors import ParameterError, first_line
 from contract.inference_log import LoggedRow, logged_rows, open_log
 from contract.names import (
+    MONITORING_COLUMNS_ARTIFACT,
+    MONITORING_SUMMARY_ARTIFACT,
     TAG_MODEL_NAME,
     TAG_MODEL_VERSION,
     TAG_MONITORING_AT,
@@ -42,7 +47,7 @@ from contract.names import (
     TAG_MONITORING_LIVE_ACCURACY,
     TAG_MONITORING_RUN_ID,
     TAG_MONITORING_STATUS,
-    TAG_MONITORING_SUMMARY,
+    store_key,
 )
 from contract.params import MonitorParams, parse_cli
 from contract.settings import get_settings
@@ -54,10 +59,23 @@ from steps.versions import Version, predict_with_own_code, read_version
 
 REFERENCE_PREDICTIONS = 5000  # training rows scored for the predicted-label drift, at most
 OK, DRIFT, INSUFFICIENT = "ok", "drift", "insufficient_data"
+FIGURES_DIR = "figures"
+DRIFT_SCORE_PREFIX = "drift_score/"  # + the column's store key: one metric per column
+# Figures of the first drifted columns only: one takes a fifth of a second, and a few hundred would make the
+# report tens of MB; the drift table and the metrics hold every column
+MAX_FIGURES = 40
 
 
-def metric_key(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", text)[:200]
+def figure_path(column: str) -> str:
+    return f"{FIGURES_DIR}/{store_key(column)}.png"
+
+
+def drift_metrics(drifts: Sequence[ColumnDrift], predicted: ColumnDrift | None) -> dict[str, float]:
+    """Each column's drift score (the p-value or the distance its method gives), under its store key."""
+    metrics = {f"{DRIFT_SCORE_PREFIX}{store_key(d.column)}": d.score for d in drifts}
+    if predicted is not None:
+        metrics["prediction_drift_score"] = predicted.score
+    return metrics
 
 
 def current_frame(rows: Sequence[LoggedRow], columns: list[str]) -> pd.DataFrame:
@@ -119,8 +137,9 @@ def prediction_drift(version: Version, reference: pd.DataFrame, rows: Sequence[L
                              [str(r.label) for r in rows], rules)
 
 
-def monitor(params: MonitorParams, out_dir: Path) -> dict[str, Any]:
-    """Compare, write the artifacts to ``out_dir``, and return the summary (what the gateway shows)."""
+def monitor(params: MonitorParams, out_dir: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """Compare, write the artifacts to ``out_dir``; return the summary (what the gateway shows) and the
+    per-column metrics."""
     client = mlflow.MlflowClient()
     try:
         client.get_registered_model(params.model_name)
@@ -142,8 +161,10 @@ def monitor(params: MonitorParams, out_dir: Path) -> dict[str, Any]:
                                "since": params.since, "until": params.until or time.time()}
     if not rows:
         served = params.version or newest_version(client, params.model_name)
-        return {**summary, "version": served, "status": INSUFFICIENT,
-                "reason": "no logged prediction of this model in the window"}
+        summary.update({"version": served, "status": INSUFFICIENT,
+                        "reason": "no logged prediction of this model in the window"})
+        write_summary(out_dir, summary, [])
+        return summary, {}
     version = read_version(params.model_name, params.version or max((r.model_version for r in rows), key=int))
     rules = Rules(params.p_value, params.distance, params.small_sample)
     reference_raw = version.training_split()
@@ -161,7 +182,7 @@ def monitor(params: MonitorParams, out_dir: Path) -> dict[str, Any]:
         "live_metrics": live, "feedback_rows": feedback_rows, "reference_rows": len(reference_raw),
         "columns_not_logged": absent})
     write_artifacts(out_dir, summary, drifts, predicted, live, version, reference, current)
-    return summary
+    return summary, drift_metrics(drifts, predicted)
 
 
 def newest_version(client: mlflow.MlflowClient, name: str) -> str:
@@ -171,38 +192,46 @@ def newest_version(client: mlflow.MlflowClient, name: str) -> str:
 
 def write_artifacts(out_dir: Path, summary: dict[str, Any], drifts: list[ColumnDrift], predicted: ColumnDrift | None,
                     live: dict[str, float], version: Version, reference: pd.DataFrame, current: pd.DataFrame) -> None:
-    table = pd.DataFrame([d.as_dict() for d in drifts])
-    table.to_csv(out_dir / "drift_table.csv", index=False)
-    (out_dir / "drift.json").write_text(json.dumps({"columns": [d.as_dict() for d in drifts],
+    rows = [{**d.as_dict(), "store_key": store_key(d.column)} for d in drifts]
+    pd.DataFrame(rows).to_csv(out_dir / "drift_table.csv", index=False)
+    (out_dir / "drift.json").write_text(json.dumps({"columns": rows,
                                                     "predicted_label": predicted.as_dict() if predicted else None},
-                                                   default=str, indent=1))
+                                                   default=str, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_summary(out_dir, summary, [d.column for d in drifts] + summary.get("columns_not_logged", []))
     figures: dict[str, bytes] = {}
-    for drift in drifts:
-        if drift.drifted:
-            if drift.kind == "number":
-                png = report.numeric_figure(drift.column, reference[drift.column].to_numpy(float),
-                                            current[drift.column].to_numpy(float))
-            else:
-                png = report.categorical_figure(drift.column, categories(reference[drift.column]),
-                                                categories(current[drift.column]))
-            figures[drift.column] = png
-            (out_dir / "figures").mkdir(exist_ok=True)
-            (out_dir / "figures" / f"{metric_key(drift.column)}.png").write_bytes(png)
+    for drift in [d for d in drifts if d.drifted][:MAX_FIGURES]:
+        if drift.kind == "number":
+            png = report.numeric_figure(drift.column, reference[drift.column].to_numpy(float),
+                                        current[drift.column].to_numpy(float))
+        else:
+            png = report.categorical_figure(drift.column, categories(reference[drift.column]),
+                                            categories(current[drift.column]))
+        figures[drift.column] = png
+        (out_dir / FIGURES_DIR).mkdir(exist_ok=True)
+        (out_dir / figure_path(drift.column)).write_bytes(png)
     test = {k: v for k, v in version.test_metrics.items() if k in live}
     (out_dir / "report.html").write_text(report.html_report(summary, drifts, predicted, live, test, figures),
                                          encoding="utf-8")
 
 
-def record(summary: dict[str, Any], run_id: str) -> None:
-    """The summary as the run's metrics and tags, and as tags on the version."""
+def write_summary(out_dir: Path, summary: dict[str, Any], columns: Sequence[str]) -> None:
+    """The summary and the map from store keys to column names: artifacts, as both grow with the columns."""
+    (out_dir / MONITORING_SUMMARY_ARTIFACT).write_text(json.dumps(summary, default=str, indent=1, ensure_ascii=False),
+                                                       encoding="utf-8")
+    (out_dir / MONITORING_COLUMNS_ARTIFACT).write_text(
+        json.dumps({store_key(c): c for c in columns}, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def record(summary: dict[str, Any], column_metrics: dict[str, float], run_id: str) -> None:
+    """The summary's figures as the run's metrics and short tags, and as tags on the version (the summary
+    itself is the artifact ``summary.json``: a tag holds 8,000 characters)."""
     metrics = {"rows": summary["rows"], "drift_share": summary["drift_share"],
                "drifted_columns": len(summary["drifted_features"]), "feedback_rows": summary["feedback_rows"],
-               **{f"live_{k}": v for k, v in summary["live_metrics"].items()}}
+               **{f"live_{k}": v for k, v in summary["live_metrics"].items()}, **column_metrics}
     mlflow.log_metrics(metrics)
     mlflow.set_tags({TAG_MODEL_NAME: summary["model_name"], TAG_MODEL_VERSION: summary.get("version") or "",
                      TAG_MONITORING_STATUS: summary["status"],
-                     # the summary as one tag: the gateway reads a job's outcome in one call
-                     TAG_MONITORING_SUMMARY: json.dumps(summary, default=str)[:7900]})
+                     TAG_MONITORING_DRIFT_SHARE: f"{summary['drift_share']:.6f}"})
     if summary.get("version"):
         client = mlflow.MlflowClient()
         tags = {TAG_MONITORING_RUN_ID: run_id, TAG_MONITORING_STATUS: summary["status"],
@@ -220,9 +249,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_params_once({"model_name": params.model_name, "version": params.version,
                          "since": params.since or "", "until": params.until or ""})
         with tempfile.TemporaryDirectory() as tmp:
-            summary = monitor(params, Path(tmp))
+            summary, column_metrics = monitor(params, Path(tmp))
             mlflow.log_artifacts(tmp)
-        record(summary, run.info.run_id)
+        record(summary, column_metrics, run.info.run_id)
         live = ", ".join(f"{k}={v:.4f}" for k, v in summary["live_metrics"].items()) or "no live metrics"
         print(f"monitor: {summary['model_name']} version {summary.get('version')}: {summary['rows']} rows, status "
               f"{summary['status']}, drifted: {', '.join(summary['drifted_features']) or 'none'}; {live}")

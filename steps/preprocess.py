@@ -27,10 +27,11 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from contract.errors import DataError, ParameterError, first_line
-from contract.names import TAG_SUSPECT_MARKERS
 from contract.params import DataParams, parse_cli, to_arguments
 from contract.settings import get_settings
+from contract.tables import check_column_names
 from pyfunc.cleaning import as_category, column_key, normalize_missing
+from pyfunc.model import answer_columns
 from steps.profile import data_profile, profile_html
 from steps.runs import log_params_once, step_run
 from steps.splits import DATASETS_FILE, EXAMPLE_FILE, META_FILE, SPLITS_DIR, TEST_FILE, TRAIN_FILE, SplitMeta
@@ -135,6 +136,8 @@ def preprocess(params: DataParams, out_dir: Path) -> tuple[pd.DataFrame, pd.Data
     frame = normalize_missing(raw[[*features, params.target]], params.na_values)
     frame = frame[frame[params.target].notna()]
     counts = check_classes(frame[params.target], params)
+    # a feature named like an answer column could not be scored beside it (the score step writes both)
+    check_column_names(list(raw.columns), reserved=set(answer_columns(counts.index, features)).intersection(features))
     train, test = train_test_split(
         frame,
         test_size=params.test_size,
@@ -223,8 +226,7 @@ def run_preprocess(params: DataParams) -> dict[str, Any]:
     # association with the target (steps/profile.py), on the training split
     detailed = data_profile(train, params.target, feature_columns(list(train.columns), params), list(params.na_values))
     mlflow.log_dict(detailed, DATA_PROFILE_JSON)
-    if detailed["suspect_missing_markers"]:
-        mlflow.set_tag(TAG_SUSPECT_MARKERS, json.dumps(detailed["suspect_missing_markers"]))
+    if detailed["suspect_missing_markers"]:  # in data_profile.json only: a tag would grow with the columns
         for column, tokens in detailed["suspect_missing_markers"].items():
             print(f"warning: column {column!r} holds numbers except for {', '.join(map(repr, tokens))}: it is "
                   f"treated as categories; if these mean missing, add them to na_values", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""The monitoring report: figures of drifted columns and one self-contained HTML page."""
+"""The monitoring report: figures of drifted columns and one self-contained HTML page.
+
+Column names and categories are the user's text: never parsed as mathtext (a ``$`` in a name), escaped in HTML.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def numeric_figure(column: str, reference: np.ndarray, current: np.ndarray) -> b
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(ref, bins=edges, density=True, alpha=0.55, label=f"reference (training, {len(ref)})")
     ax.hist(cur, bins=edges, density=True, alpha=0.55, label=f"current (logged, {len(cur)})")
-    ax.set_title(column)
+    ax.set_title(column, parse_math=False)
     ax.legend()
     return _png(fig)
 
@@ -43,9 +46,9 @@ def categorical_figure(column: str, reference: list[Any], current: list[Any]) ->
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.bar(x - 0.2, [counts[c][0] / max(len(ref), 1) for c in shown], 0.4, label="reference (training)")
     ax.bar(x + 0.2, [counts[c][1] / max(len(cur), 1) for c in shown], 0.4, label="current (logged)")
-    ax.set_xticks(x, [str(c)[:18] for c in shown], rotation=45, ha="right")
+    ax.set_xticks(x, [str(c)[:18] for c in shown], rotation=45, ha="right", parse_math=False)
     ax.set_ylabel("share")
-    ax.set_title(column)
+    ax.set_title(column, parse_math=False)
     ax.legend()
     return _png(fig)
 
@@ -94,4 +97,11 @@ def html_report(summary: dict[str, Any], columns: list[ColumnDrift], prediction:
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}figure{{display:inline-block;margin:.5em}}</style></head>
 <body><h1>Monitoring: {html.escape(str(summary.get('model_name')))} version {html.escape(str(summary.get('version')))}</h1>
 {head}<h2>Drift by column</h2>{drift}<h2>Predictions</h2>{predicted}<h2>Live quality</h2>{quality}
-<h2>Drifted columns</h2>{images or "<p>None.</p>"}</body></html>"""
+<h2>Drifted columns</h2>{_figures_note(columns, figures)}{images or "<p>None.</p>"}</body></html>"""
+
+
+def _figures_note(columns: list[ColumnDrift], figures: dict[str, bytes]) -> str:
+    drifted = sum(c.drifted for c in columns)
+    if len(figures) >= drifted:
+        return ""
+    return f"<p>Figures of the first {len(figures)} of the {drifted} drifted columns; the table above lists all.</p>"

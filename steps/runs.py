@@ -15,7 +15,7 @@ import mlflow
 from mlflow import ActiveRun
 from mlflow.entities import Run
 
-from contract.errors import ProjectError
+from contract.errors import ProjectError, first_line
 from contract.names import (
     MLFLOW_ENTRY_POINT,
     MLFLOW_PARENT_RUN_ID,
@@ -31,6 +31,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 # What a child run takes from its driver's, as ``mlflow run`` would set it: where the code came from
 # (source name and type, git commit, repository, branch), the backend and environment, the user.
 INHERITED_TAG_PREFIXES = ("mlflow.source.", "mlflow.project.backend", "mlflow.project.env", "mlflow.user")
+# A run tag holds 8,000 characters; an error's message may quote data (columns, values) of any size.
+ERROR_TAG_LENGTH = 1000
 
 
 @contextmanager
@@ -39,17 +41,33 @@ def step_run(run_name: str) -> Iterator[ActiveRun]:
 
     A :class:`ProjectError` marks the run failed, is recorded as the ``error`` tag
     and is printed as one ``error: ...`` line; the process exits with status 2.
+    Any other exception is recorded as the ``error`` tag too (its type and first
+    line: what a job shows instead of "exited with status 1"), its traceback printed.
     """
     try:
         with mlflow.start_run(run_name=run_name) as run:
             try:
                 yield run
-            except ProjectError as err:
-                mlflow.set_tag(TAG_ERROR, str(err))
+            except Exception as err:
+                tag_error(err)
                 raise
     except ProjectError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def error_text(err: BaseException) -> str:
+    """A failure, bounded: a caller's error as its message; any other as its type and first line."""
+    text = str(err).strip() if isinstance(err, ProjectError) else f"{type(err).__name__}: {first_line(err)}"
+    return text[:ERROR_TAG_LENGTH]
+
+
+def tag_error(err: BaseException) -> None:
+    """Record the failure on the active run; a failure to record it must not hide the failure itself."""
+    try:
+        mlflow.set_tag(TAG_ERROR, error_text(err))
+    except Exception as tagging:  # noqa: BLE001 (reported; the step's own error is raised on)
+        print(f"warning: the error tag was not recorded: {first_line(tagging, 300)}", file=sys.stderr, flush=True)
 
 
 def exit_when_done(main: Callable[[], None]) -> None:
@@ -122,8 +140,8 @@ def run_child(entry_point: str, parameters: Mapping[str, str], experiment_id: st
         with mlflow.start_run(run_id=created.info.run_id, nested=True) as child:
             try:
                 step(argv)
-            except ProjectError as err:
-                mlflow.set_tag(TAG_ERROR, str(err))
+            except Exception as err:
+                tag_error(err)
                 raise
     except ProjectError as err:  # the child ended as failed on the way out
         raise ProjectError(f"{entry_point} failed: {err}") from None

@@ -108,9 +108,15 @@ def output_columns(model: ScoredModel, explain: bool) -> list[tuple[str, str]]:
     return [*columns, (ERROR_COLUMN, "string")]
 
 
+def quoted(name: str) -> str:
+    """A column name as Spark SQL reads it, whatever it holds: in backticks, a backtick in it doubled (bare,
+    ``a.b`` would be field ``b`` of a struct ``a``)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def result_type(columns: list[tuple[str, str]]) -> str:
     """The Spark struct of :func:`output_columns`."""
-    return ", ".join(f"`{name}` {kind}" for name, kind in columns)
+    return ", ".join(f"{quoted(name)} {kind}" for name, kind in columns)
 
 
 SPARK_LOG_CONFIG = Path(__file__).with_name("log4j2-score.properties")
@@ -187,23 +193,26 @@ def run_score(params: ScoreParams) -> dict[str, float]:
                                  f"has column(s) named like the output: {', '.join(map(repr, clashing))}; rename them")
         udf = mlflow.pyfunc.spark_udf(spark, str(model.path), result_type=outputs, env_manager="local",
                                       params={ON_INVALID_PARAM: "report", EXPLAIN_PARAM: params.explain})
-        # Columns reach the model by name only inside a struct.
-        scored = frame.withColumn("_prediction", udf(F.struct(*[F.col(f"`{c}`") for c in needed])))
+        # Columns reach the model by name only inside a struct; its own column named unlike any input's.
+        answer = "_prediction"
+        while answer in frame.columns:
+            answer += "_"
+        scored = frame.withColumn(answer, udf(F.struct(*[F.col(quoted(c)) for c in needed])))
         # spark_udf casts a string field holding any text with astype(str), so a missing value
         # in a mixed batch arrives as "None" or "nan": made null again here, and a row with an
         # error gets no prediction at all.
-        raw_error = F.col(f"_prediction.`{ERROR_COLUMN}`")
+        raw_error = F.col(quoted(answer)).getField(ERROR_COLUMN)
         error = F.when(raw_error.isin("None", "nan", ""), None).otherwise(raw_error)
         scored = scored.select(
-            *[F.col(f"`{c}`") for c in frame.columns],
-            *[F.when(error.isNull(), F.col(f"_prediction.`{c}`")).alias(c) for c in output_names[:-1]],
+            *[F.col(quoted(c)) for c in frame.columns],
+            *[F.when(error.isNull(), F.col(quoted(answer)).getField(c)).alias(c) for c in output_names[:-1]],
             error.alias(ERROR_COLUMN))
         started = time.perf_counter()
         scored.write.mode("overwrite").parquet(params.output_path)
         seconds = time.perf_counter() - started
         written = spark.read.parquet(params.output_path)
         rows = written.count()
-        failed = written.filter(F.col(f"`{ERROR_COLUMN}`").isNotNull()).count()
+        failed = written.filter(F.col(quoted(ERROR_COLUMN)).isNotNull()).count()
     finally:
         spark.stop()
     return {"rows": rows, "rows_with_error": failed, "score_seconds": seconds,

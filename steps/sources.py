@@ -11,7 +11,7 @@ import mlflow.artifacts
 import pandas as pd
 
 from contract.errors import DataError, ParameterError, first_line
-from contract.tables import check_csv_path
+from contract.tables import check_csv_path, csv_header
 from pyfunc.cleaning import column_key
 
 
@@ -58,7 +58,9 @@ def _read_csv(path: Path, location: str, name: str, **options: object) -> pd.Dat
 
 def read_raw_csv(location: str, name: str = "data_path") -> pd.DataFrame:
     """Every cell of the CSV as the text it holds: nothing parsed, nothing guessed yet."""
-    frame = _read_csv(fetch(location, name), location, name)
+    path = fetch(location, name)
+    csv_header(path, name)  # the header's rules (contract/tables.py), before pandas renames blank and repeated names
+    frame = _read_csv(path, location, name)
     if frame.empty:
         raise DataError(f"{name}: {location} has a header but no rows")
     return frame

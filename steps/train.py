@@ -48,7 +48,7 @@ from steps.splits import Labels, Splits, load_splits, prepare_labels
 MODEL_ARTIFACT_PATH = "model"
 # Packages the served model imports, pinned as in requirements.txt.
 MODEL_PACKAGES = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "skops", "numba", "llvmlite")
-MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+FEATURE_COLUMNS_ARTIFACT = "feature_columns.json"  # the columns by kind, and the classes
 
 
 def model_signature(classes: np.ndarray) -> ModelSignature:
@@ -84,11 +84,6 @@ def model_requirements() -> list[str]:
     return [pins[name] for name in MODEL_PACKAGES]
 
 
-def _param_text(columns: list[str]) -> str:
-    text = ",".join(columns)
-    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
-
-
 @dataclass(frozen=True)
 class Fitted:
     pipeline: Pipeline
@@ -112,15 +107,16 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
                              f"a threshold applies to binary targets; this one has {len(classes)} classes")
     mlflow.log_params(
         {
-            "numeric_columns": _param_text(schema.numeric),
-            "categorical_columns": _param_text(schema.categorical),
             "n_numeric_columns": len(schema.numeric),
             "n_categorical_columns": len(schema.categorical),
-            "classes": _param_text([str(c) for c in classes]),
+            "n_classes": len(classes),
             "metric_average": "binary" if positive is not None else "macro",
             "positive_class_used": "" if positive is None else str(positive),
         }
     )
+    # the lists grow with the data: an artifact, never a param (6,000 characters)
+    mlflow.log_dict({"numeric_columns": schema.numeric, "categorical_columns": schema.categorical,
+                     "classes": [str(c) for c in classes]}, FEATURE_COLUMNS_ARTIFACT)
 
     kwargs = forest.sklearn_kwargs()
     if positive is not None and model.threshold == "auto" and forest.model_type == "random_forest":

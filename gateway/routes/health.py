@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contract.errors import first_line
 from contract.names import TAG_MONITORING_DRIFT_SHARE, TAG_MONITORING_LIVE_ACCURACY
 from contract.registry import Registry
-from gateway.deps import MetricsDep, ModelClientDep, RegistryDep
+from gateway.deps import MetricsDep, ModelClientDep, RegistryDep, app_state
 from gateway.model_client import ModelServerClient, served
 from gateway.observability import Metrics
 from gateway.schemas import Health, ModelRef, Readiness
+from runtime.supervision import RESTARTING, Supervisor
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("gateway.health")
 
 
 @router.get("/health", response_model=Health)
@@ -35,21 +38,42 @@ async def served_models(model: ModelServerClient) -> list[str]:
     return [m["name"] for m in served(body)]
 
 
+SupervisorDep = Annotated[Supervisor, Depends(app_state("supervisor"))]
+
+
+def troubled_loops(supervisor: Supervisor, model_server: dict[str, Any] | str) -> dict[str, Any] | None:
+    """The background loops that have died, the gateway's and the model server's (from its /status), or None."""
+    loops = supervisor.troubled()
+    if isinstance(model_server, dict):
+        loops |= {f"model-server/{name}": entry for name, entry in (model_server.get("background") or {}).items()
+                  if entry.get("restarts") or entry.get("state") == RESTARTING}
+    return loops or None
+
+
+def readiness_body(readiness: Readiness) -> dict[str, Any]:
+    """The body, with ``background`` only when a loop has died (the other fields as they always were)."""
+    return readiness.model_dump(exclude={"background"} if readiness.background is None else None)
+
+
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
-async def ready(model: ModelClientDep, metrics: MetricsDep) -> JSONResponse:
-    """The model server answers, and which version it serves; 503 with the reason otherwise."""
+async def ready(model: ModelClientDep, metrics: MetricsDep, supervisor: SupervisorDep) -> JSONResponse:
+    """The model server answers, and which version it serves; 503 with the reason otherwise. A background loop
+    that died is named under ``background`` (it is restarted; the status does not change)."""
     body = await model.status()
+    background = troubled_loops(supervisor, body)
     if isinstance(body, str):
         metrics.set_served(None, None)
-        return JSONResponse(Readiness(status="unavailable", reason=body).model_dump(), status_code=503)
+        readiness = Readiness(status="unavailable", reason=body, background=background)
+        return JSONResponse(readiness_body(readiness), status_code=503)
     if body.get("status") != "serving":
         metrics.set_served(None, None)
-        readiness = Readiness(status="unavailable", follows=body.get("follows"), reason=body.get("reason"))
-        return JSONResponse(readiness.model_dump(), status_code=503)
+        readiness = Readiness(status="unavailable", follows=body.get("follows"), reason=body.get("reason"),
+                              background=background)
+        return JSONResponse(readiness_body(readiness), status_code=503)
     metrics.set_served(body["model_name"], body["version"])
     readiness = Readiness(status="ready", follows=body.get("follows"),
-                          model=ModelRef(name=body["model_name"], version=body["version"]))
-    return JSONResponse(readiness.model_dump())
+                          model=ModelRef(name=body["model_name"], version=body["version"]), background=background)
+    return JSONResponse(readiness_body(readiness))
 
 
 @router.get("/metrics", response_class=Response,
@@ -82,8 +106,10 @@ async def monitoring_gauges(metrics: Metrics, registry: Registry, served: list[t
     def read() -> list[tuple[str, str, dict[str, str]]]:
         found = []
         for name, version in served:
-            with contextlib.suppress(Exception):  # a registry hiccup: the gauges keep their last value
+            try:
                 found.append((name, version, registry.version(name, version).tags))
+            except Exception as err:  # noqa: BLE001 (a registry hiccup: this version's gauges wait for the next read)
+                log.debug("monitoring gauges of %s version %s not read: %s", name, version, first_line(err, 300))
         return found
 
     metrics.drift_share.clear()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from contract.registry import NotFound
 from gateway.deps import Authenticated, CallerDep, Trains, JobsDep, RegistryDep, SettingsDep
 from gateway.jobs import MONITOR_ENTRY_POINT, Job
-from gateway.routes.train import found, training_enabled
+from gateway.routes.train import LISTED_JOBS, found, readable, training_enabled
 from gateway.schemas import MonitorJobOut, MonitorRequest, MonitorSummary, TrainAccepted
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
@@ -55,13 +55,15 @@ async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: Jo
 
 
 @router.get("", response_model=list[MonitorJobOut], dependencies=[Authenticated])
-def list_monitoring(jobs: JobsDep) -> list[MonitorJobOut]:
-    """The newest 100 monitoring jobs first."""
-    return [monitor_job_out(j) for j in jobs.store.list(ENTRY_POINTS)]
+async def list_monitoring(jobs: JobsDep, request: Request) -> list[MonitorJobOut]:
+    """The newest 100 monitoring jobs of models the caller may read, newest first."""
+    listed = await run_in_threadpool(jobs.store.list, ENTRY_POINTS, LISTED_JOBS)
+    return [monitor_job_out(j) for j in await readable(request, listed)]
 
 
-@router.get("/{job_id}", response_model=MonitorJobOut, dependencies=[Authenticated], responses={404: {"description": "unknown job"}})
-def get_monitoring(job_id: str, jobs: JobsDep) -> MonitorJobOut:
+@router.get("/{job_id}", response_model=MonitorJobOut, dependencies=[Authenticated],
+            responses={404: {"description": "unknown job, or one of a model the caller may not read"}})
+async def get_monitoring(job_id: str, request: Request) -> MonitorJobOut:
     """Status, the monitoring run and, once done, the summary: rows, drift share, drifted features, live
     metrics (from the true labels sent to POST /feedback)."""
-    return monitor_job_out(found(jobs.store.get(job_id), job_id, ENTRY_POINTS, "monitoring"))
+    return monitor_job_out(await found(request, job_id, ENTRY_POINTS, "monitoring"))

@@ -11,12 +11,13 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from contract.model_output import PROBA_PREFIX
+from contract.predict_body import MAX_ROWS_SETTING, BodyRefused, check_fields, check_has_rows, check_row_count
 from contract.settings import Settings
 from contract.tables import csv_records
 from gateway.deps import AdmissionDep, LeanRoute, PredictorDep, Reads, SettingsDep
 from gateway.model_client import CSV, JSON, Rows, Target
 from gateway.observability import Admission
-from gateway.predictor import Predictor
+from gateway.predictor import Predictor, as_http_error
 from gateway.schemas import (
     AliasQuery,
     ModelName,
@@ -30,7 +31,8 @@ from gateway.schemas import (
 router = APIRouter(tags=["predict"], route_class=LeanRoute)  # the hot path: see LeanRoute
 # A body above this size goes to the model server as the caller sent it, read there only: reading a
 # 1,000-row body here and encoding it again cost more than the model's work. Smaller ones are read here
-# and micro-batched with other callers' rows.
+# and micro-batched with other callers' rows. Either way the same contract (contract/predict_body.py) is
+# checked before any scoring: the model server is told it with the body.
 PASS_ON_BYTES = 32 * 1024
 
 
@@ -50,7 +52,7 @@ def to_predictions(rows: list[dict[str, Any]], ids: list[str]) -> list[dict[str,
 
 
 def parse_predict_body(body: bytes, content_type: str, max_rows: int,
-                       limit: str = "GATEWAY_MAX_PREDICT_ROWS") -> list[dict[str, Any]]:
+                       limit: str = MAX_ROWS_SETTING) -> list[dict[str, Any]]:
     """The rows of a prediction body: ``{"records": [...]}`` as :class:`PredictRequest` describes, or CSV.
 
     Done by hand with orjson rather than by pydantic: on a 1,000-row request the
@@ -62,8 +64,7 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int,
             records = csv_records(body)
         except ValueError as err:
             raise unprocessable(["body"], str(err), "csv_invalid") from None
-        if not records:
-            raise unprocessable(["body"], "the CSV body has a header but no rows", "too_short")
+        contracted(check_has_rows, len(records), csv=True)
         return check_rows(records, max_rows, limit)
     try:
         payload = orjson.loads(body)
@@ -71,17 +72,11 @@ def parse_predict_body(body: bytes, content_type: str, max_rows: int,
         raise unprocessable(["body"], f"body is not valid JSON: {err}", "json_invalid") from None
     if not isinstance(payload, dict):
         raise unprocessable(["body"], "expected a JSON object with a 'records' list", "model_type")
-    extra = sorted(set(payload) - {"records"})
-    if extra:
-        raise unprocessable(["body", extra[0]], f"unknown field {extra[0]!r}; the body holds only 'records'",
-                            "extra_forbidden")
-    if "records" not in payload:
-        raise unprocessable(["body", "records"], "field required: a list of row objects", "missing")
+    contracted(check_fields, payload)
     records = payload["records"]
     if not isinstance(records, list):
         raise unprocessable(["body", "records"], "records must be a list of row objects", "list_type")
-    if not records:
-        raise unprocessable(["body", "records"], "records must hold at least one row", "too_short")
+    contracted(check_has_rows, len(records), csv=False)
     check_rows(records, max_rows, limit)
     # The cells are the model's to check: it refuses a list or an object in one of its columns naming
     # the column and the row (a 422 here), and ignores the columns it does not use, whatever they hold.
@@ -101,10 +96,16 @@ def media_type(content_type: str) -> str:
 
 
 def check_rows(records: list, max_rows: int, limit: str) -> list:
-    if len(records) > max_rows:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            detail=f"records: {len(records)} rows, at most {max_rows} per request ({limit})")
+    contracted(check_row_count, len(records), max_rows, limit)
     return records
+
+
+def contracted(rule: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """One of the contract's rules (contract/predict_body.py), its refusal as the gateway's HTTP error."""
+    try:
+        rule(*args, **kwargs)
+    except BodyRefused as err:
+        raise as_http_error(err) from None
 
 
 async def admitted(request: Request, model: str, admission: Admission, settings: Settings,

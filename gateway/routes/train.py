@@ -14,8 +14,9 @@ from contract.errors import DataError, ParameterError
 from contract.params import closest
 from contract.settings import Settings
 from contract.tables import CSV_SUFFIXES, column_name, csv_header
-from gateway.deps import Authenticated, CallerDep, EditsPerModel, Trains, JobsDep, SettingsDep
-from gateway.jobs import TRAINING_ENTRY_POINTS, Job
+from gateway.auth import Caller
+from gateway.deps import Authenticated, CallerDep, EditsPerModel, JobsDep, SettingsDep, Trains
+from gateway.jobs import TRAINING_ENTRY_POINTS, Job, TrainingJobRunner
 from gateway.schemas import JobOut, TrainAccepted, TrainRequest, unprocessable
 
 async def training_enabled(settings: SettingsDep) -> None:
@@ -86,6 +87,16 @@ def check_target(data_path: str, target: str) -> None:
         raise unprocessable(["body", "target"], f"{target!r} is not a column of {path.name} (columns: {shown})")
 
 
+async def check_not_claimed(model_name: str, caller: Caller, jobs: TrainingJobRunner) -> None:
+    """A model that does not exist yet is its first trainer's to create (MLflow makes its creator its manager):
+    while another's job is creating it, nobody else may (their job would write to its experiment meanwhile)."""
+    others = [j for j in await run_in_threadpool(jobs.store.active, model_name) if j.requested_by != caller.username]
+    if others:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"registered model {model_name!r} is being created by another user's job "
+                                   f"({others[0].id}); once it exists, its manager can grant you EDIT on it")
+
+
 def job_out(job: Job) -> JobOut:
     return JobOut(job_id=job.id, status=job.status, model_name=job.model_name, parameters=job.parameters,
                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -94,42 +105,67 @@ def job_out(job: Job) -> JobOut:
                   promotion=job.promotion, requested_by=job.requested_by)
 
 
-def found(job: Job | None, job_id: str, entry_points: tuple[str, ...] = TRAINING_ENTRY_POINTS,
-          kind: str = "training") -> Job:
-    if job is None or job.entry_point not in entry_points:
+async def readable(request: Request, jobs: list[Job], limit: int = 100) -> list[Job]:
+    """The first ``limit`` of ``jobs`` the caller asked for or whose model they may READ: a job's parameters
+    and log name its data and can quote its values."""
+    authorizer, header = request.app.state.authorizer, request.headers.get("authorization")
+    caller: Caller | None = getattr(request.state, "caller", None)
+    allowed = {name: await authorizer.allows(header, name, "READ") for name in {j.model_name for j in jobs}}
+    return [j for j in jobs if allowed[j.model_name] or (caller and j.requested_by == caller.username)][:limit]
+
+
+async def found(request: Request, job_id: str, entry_points: tuple[str, ...] = TRAINING_ENTRY_POINTS,
+                kind: str = "training") -> Job:
+    """The job, if it is of this kind and the caller may READ its model; 404 otherwise (whether another
+    model's job exists is not the caller's business)."""
+    job = await run_in_threadpool(request.app.state.jobs.store.get, job_id)
+    if job is None or job.entry_point not in entry_points or not await readable(request, [job]):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {kind} job '{job_id}'")
     return job
 
 
+# jobs read for a listing before those of models the caller may not read are left out
+LISTED_JOBS = 1_000
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainAccepted,
-             dependencies=[Trains], responses={401: {"description": "token required"}})
-def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep, caller: CallerDep) -> JSONResponse:
+             dependencies=[Trains], responses={401: {"description": "token required"},
+                                               409: {"description": "another user's job is creating that model"}})
+async def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDep, caller: CallerDep,
+                         request: Request) -> JSONResponse:
     """Queue ``mlflow run`` of this project with these parameters; poll the returned job."""
     parameters = body.mlproject_parameters()
     parameters["data_path"] = resolve_data_path(body.data_path, settings)
-    check_target(parameters["data_path"], body.target)
+    await run_in_threadpool(check_target, parameters["data_path"], body.target)
     parameters["model_name"] = body.model_name or settings.model_name
+    if caller is not None and request.state.creating:
+        await check_not_claimed(parameters["model_name"], caller, jobs)
     if body.include_feedback:
         if settings.inference_log is None:
             raise unprocessable(["body", "include_feedback"], "the inference log is off (INFERENCE_LOG_URI=off)")
         # the log's URL reaches the job through its environment (INFERENCE_LOG_URI), never a command line
         parameters["feedback_from"] = body.feedback_from or parameters["model_name"]
-    job = jobs.submit(parameters, parameters["model_name"], entry_point="tune" if body.mode == "tune" else "main",
-                      caller=caller)
+        # its labelled rows become this model's training data, which the caller can read
+        await request.app.state.authorizer.check(request.headers.get("authorization"), parameters["feedback_from"],
+                                                 "READ")
+    job = await run_in_threadpool(jobs.submit, parameters, parameters["model_name"],
+                                  entry_point="tune" if body.mode == "tune" else "main", caller=caller)
     location = f"/train/{job.id}"
     accepted = TrainAccepted(job_id=job.id, status=job.status, location=location)
     return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": location})
 
 
 @router.get("", response_model=list[JobOut], dependencies=[Authenticated])
-def list_jobs(jobs: JobsDep) -> list[JobOut]:
-    """The newest 100 jobs first."""
-    return [job_out(j) for j in jobs.store.list(TRAINING_ENTRY_POINTS)]
+async def list_jobs(jobs: JobsDep, request: Request) -> list[JobOut]:
+    """The newest 100 jobs of models the caller may read, newest first."""
+    listed = await run_in_threadpool(jobs.store.list, TRAINING_ENTRY_POINTS, LISTED_JOBS)
+    return [job_out(j) for j in await readable(request, listed)]
 
 
-@router.get("/{job_id}", response_model=JobOut, dependencies=[Authenticated], responses={404: {"description": "unknown job"}})
-def get_job(job_id: str, jobs: JobsDep) -> JobOut:
-    return job_out(found(jobs.store.get(job_id), job_id))
+@router.get("/{job_id}", response_model=JobOut, dependencies=[Authenticated],
+            responses={404: {"description": "unknown job, or one of a model the caller may not read"}})
+async def get_job(job_id: str, request: Request) -> JobOut:
+    return job_out(await found(request, job_id))
 
 
 @router.delete("/{job_id}", response_model=JobOut, dependencies=[EditsPerModel],
@@ -137,9 +173,11 @@ def get_job(job_id: str, jobs: JobsDep) -> JobOut:
                           409: {"description": "job already ended"}})
 async def cancel_job(job_id: str, jobs: JobsDep, request: Request) -> JobOut:
     """Cancel a queued or running job (its ``mlflow run`` process group is stopped)."""
-    job = found(jobs.store.get(job_id), job_id)
-    # as training it: EDIT on its model (the token, with GATEWAY_AUTH=token)
-    await request.app.state.authorizer.check(request.headers.get("authorization"), job.model_name, "EDIT")
+    job = await found(request, job_id)
+    # its own requester, or as training it: EDIT on its model (the token, with GATEWAY_AUTH=token)
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None or job.requested_by != caller.username:
+        await request.app.state.authorizer.check(request.headers.get("authorization"), job.model_name, "EDIT")
     if job.status not in ("queued", "running"):
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' already {job.status}")
-    return job_out(found(await run_in_threadpool(jobs.cancel, job_id), job_id))
+    return job_out(await run_in_threadpool(jobs.cancel, job_id))

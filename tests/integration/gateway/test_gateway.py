@@ -329,6 +329,47 @@ def test_a_big_body_goes_to_the_model_server_unread_and_is_answered_and_logged_a
         assert [by_id[p["id"]].label for p in predictions] == [p["label"] for p in predictions]
 
 
+def scored(api: httpx.Client) -> dict[str, float]:
+    """What the model server answered with predictions for MODEL, from the gateway's counters: rows and calls."""
+    counted = {"gateway_model_rows_total": 0.0, "gateway_model_requests_total": 0.0}
+    for (name, labels), value in metric_samples(api).items():
+        labels = dict(labels)
+        if name in counted and labels.get("model") == MODEL and labels.get("status", "200") == "200":
+            counted[name] += value
+    return counted
+
+
+def test_a_big_body_with_params_is_refused_naming_them_before_anything_is_explained(api):
+    """Issue 33, symptom 9: a body above PASS_ON_BYTES went to the model server unread, which took MLflow's
+    ``params`` and explained every row, then the gateway dropped the explanations and answered 200."""
+    with_params = {"dataframe_records": RECORDS * 2, "params": {"explain": True}}
+    assert len(orjson.dumps(with_params)) > PASS_ON_BYTES
+    before = scored(api)
+    for path in ("/predict", f"/models/{MODEL}/predict"):
+        refused = api.post(path, json=with_params)
+        assert refused.status_code == 422, refused.text[:500]
+        assert "'params'" in refused.json()["detail"] and refused.json()["errors"][0]["loc"][0] == "body"
+    assert scored(api) == before  # the model server scored (explained) nothing of them
+
+
+def test_a_big_body_with_more_rows_than_the_limit_is_refused_naming_it_before_anything_is_scored(api, stack):
+    """Issue 33, symptom 9: the row limit was checked on the model server's answer, after every row was scored."""
+    limit = stack.settings.max_predict_rows
+    too_many = {"records": RECORDS[:1] * (limit + 1)}
+    too_many_csv = pd.DataFrame(RECORDS[:1] * (limit + 1)).to_csv(index=False).encode()
+    assert len(too_many_csv) > PASS_ON_BYTES
+    before = scored(api)
+    for path in ("/predict", f"/models/{MODEL}/predict"):
+        for kwargs in ({"json": too_many}, {"content": too_many_csv, "headers": {"content-type": "text/csv"}}):
+            refused = api.post(path, **kwargs)
+            assert refused.status_code == 413, refused.text[:500]
+            assert refused.json()["detail"] == (f"records: {limit + 1} rows, at most {limit} per request "
+                                                "(GATEWAY_MAX_PREDICT_ROWS)")
+    assert scored(api) == before  # the model server scored nothing of them
+    assert api.post("/predict", json={"records": RECORDS * 2}).status_code == 200  # (the counters do count)
+    assert scored(api)["gateway_model_rows_total"] == before["gateway_model_rows_total"] + len(RECORDS) * 2
+
+
 def test_an_extra_column_changes_nothing(api):
     plain = api.post("/predict", json={"records": RECORDS[:5]}).json()["predictions"]
     extra = api.post("/predict", json={"records": [{**r, "zz": "1"} for r in RECORDS[:5]]}).json()["predictions"]

@@ -61,7 +61,11 @@ class Tracking:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[tuple[LocalStack, Tracking]]:
-    with running_stack(tmp_path_factory.mktemp("auth"), data_root, auth="mlflow", api_token=None,
+    root = tmp_path_factory.mktemp("auth")
+    # artifacts proxied by the tracking server, as compose and Kubernetes run it: MLflow's auth app then guards
+    # artifact writes too (by the run's experiment)
+    with running_stack(root, data_root, auth="mlflow", api_token=None,
+                       backend_store_uri=f"sqlite:///{root / 'tracking.db'}",
                        mlflow_admin_username=ADMIN[0], mlflow_admin_password=ADMIN[1],
                        auth_cache_seconds=CACHE_SECONDS, model_name=MODEL) as stack:
         tracking = Tracking(stack.tracking_uri)
@@ -177,6 +181,66 @@ def test_an_editors_training_job_runs_and_registers_as_the_editor(gateway, secur
     # a reader may not train it
     assert api.post("/train", json={"data_path": "census-small.csv", "target": "income", "model_name": MODEL},
                     **as_user("reader")).status_code == 403
+
+
+def test_training_a_model_of_ones_own_reaches_no_other_models_runs_artifacts_or_jobs(gateway, secured, monkeypatch):
+    """Symptoms 5 and 6 of issue 33: EDIT on the one shared training experiment, granted to whoever trained
+    a model, reached every model's runs and (artifacts proxied) the code logged with them; and every job
+    was listed to every caller."""
+    api, (stack, tracking) = gateway, secured
+    client = admin_client(stack, monkeypatch)
+    victim = client.get_run(client.get_model_version(MODEL, "1").run_id)
+    assert victim.info.artifact_uri.startswith("mlflow-artifacts:/"), victim.info.artifact_uri
+    stored = victim.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
+
+    def tamper(user: str) -> tuple[int, int]:
+        """(setting a tag on the victim's run, writing a file into its artifacts), as ``user``."""
+        tagged = tracking.http.post("/api/2.0/mlflow/runs/set-tag", auth=(user, USERS[user]),
+                                    json={"run_id": victim.info.run_id, "key": "tampered", "value": user})
+        written = tracking.http.put(f"/api/2.0/mlflow-artifacts/artifacts/{stored}/model/tampered.py",
+                                    content=b"raise SystemExit", auth=(user, USERS[user]))
+        return tagged.status_code, written.status_code
+
+    assert tamper("outsider") == (403, 403)
+    own = "outsiders-own"
+    started = api.post("/train", json={"data_path": "census-small.csv", "target": "income", "model_name": own,
+                                       "n_estimators": 5}, **as_user("outsider"))
+    assert started.status_code == 202, started.text
+    # a model not yet registered is its first trainer's: nobody else's job may write to it meanwhile
+    contested = api.post("/train", json={"data_path": "census-small.csv", "target": "income", "model_name": own},
+                         **as_user("editor"))
+    assert contested.status_code == 409 and started.json()["job_id"] in contested.text, contested.text
+    job = _finished(api, started, "outsider")  # their own job, of a model that did not exist: theirs to follow
+    assert job["status"] == "succeeded", job
+    assert tamper("outsider") == (403, 403), "training a model of one's own reached another model's run"
+    assert "tampered" not in client.get_run(victim.info.run_id).data.tags
+    # their own run they may read, no longer write: the job's EDIT lasted as long as the job
+    own_run = client.get_run(job["run_id"])
+    assert own_run.info.experiment_id != victim.info.experiment_id
+    assert tracking.http.post("/api/2.0/mlflow/runs/set-tag", auth=("outsider", USERS["outsider"]), json={
+        "run_id": job["run_id"], "key": "later", "value": "x"}).status_code == 403
+    assert tracking.http.get("/api/2.0/mlflow/runs/get", auth=("outsider", USERS["outsider"]),
+                             params={"run_id": job["run_id"]}).status_code == 200
+
+    # job listings and records follow the models' permissions
+    def listed(user: str, path: str = "/train") -> set[str]:
+        answer = api.get(path, **as_user(user))
+        assert answer.status_code == 200, answer.text
+        return {j["model_name"] for j in answer.json()}
+
+    assert listed("outsider") == {own}
+    assert listed("reader") == {MODEL}
+    assert listed("admin") >= {MODEL, own}
+    others = [j for j in api.get("/train", **as_user("admin")).json() if j["model_name"] == MODEL]
+    for method in ("GET", "DELETE"):
+        hidden = api.request(method, f"/train/{others[0]['job_id']}", **as_user("outsider"))
+        assert hidden.status_code == 404, hidden.text
+    assert api.get(f"/train/{others[0]['job_id']}", **as_user("reader")).status_code == 200
+    monitored = api.post("/monitor", json={"model_name": MODEL}, **as_user("editor"))
+    assert monitored.status_code == 202, monitored.text
+    assert listed("outsider", "/monitor") == set() and listed("reader", "/monitor") == {MODEL}
+    assert api.get(monitored.headers["Location"], **as_user("outsider")).status_code == 404
+    assert api.get(monitored.headers["Location"], **as_user("reader")).status_code == 200
 
 
 def test_a_revoked_permission_is_out_within_the_cache_time_and_mlflow_checks_the_caller_itself(gateway, secured):

@@ -8,6 +8,7 @@ column's mix changed. The monitor step must flag exactly those two.
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract.names import store_key
 from stack.local import LocalStack
 from tests.integration.conftest import TOKEN, running_stack
 from tests.integration.helpers import finished_job, start_training, wait_for
@@ -120,11 +122,12 @@ def test_the_monitoring_run_holds_the_report_the_figures_and_tags_the_version(ap
     job = monitored(api, since=iso(traffic["changed"]["since"]), until=iso(traffic["changed"]["until"]))
     client = mlflow.MlflowClient(stack.tracking_uri)
     run = client.get_run(job["run_id"])
-    assert client.get_experiment(run.info.experiment_id).name == "monitoring"
+    assert client.get_experiment(run.info.experiment_id).name == f"monitoring/{MODEL}"  # one a model
     files = {a.path for a in client.list_artifacts(job["run_id"])} | {
         a.path for a in client.list_artifacts(job["run_id"], "figures")}
-    assert {"report.html", "drift_table.csv", "drift.json", "figures/hours.png", "figures/city.png"} <= files
-    assert "figures/age.png" not in files  # figures of the drifted columns only
+    assert {"report.html", "drift_table.csv", "drift.json", "summary.json", "columns.json",
+            f"figures/{store_key('hours')}.png", f"figures/{store_key('city')}.png"} <= files
+    assert f"figures/{store_key('age')}.png" not in files  # figures of the drifted columns only
     local = mlflow.artifacts.download_artifacts(run_id=job["run_id"], artifact_path="report.html",
                                                 tracking_uri=stack.tracking_uri)
     page = Path(local).read_text()
@@ -183,3 +186,85 @@ def test_retraining_with_feedback_adds_the_labelled_rows_to_the_training_data(ap
     assert prepared.data.metrics["feedback_rows"] == 3000
     assert prepared.data.metrics["rows_read"] == 5000 + 3000
     assert prepared.data.params["feedback_from"] == MODEL
+
+
+# --- any column name, any width (names and sizes are data) ------------------------------------------------------
+
+ODD_NAMES = {"debt/income": "number", "rate.x (%)": "number", "a:b #1": "number", 'say "hi"': "category",
+             "café": "category"}
+
+
+def odd(n: int, seed: int, changed: bool = False) -> pd.DataFrame:
+    """Columns named with `/ . ( " : # é`, each of them moved in the changed rows; one column that stays."""
+    rng = np.random.default_rng(seed)
+    frame = {name: rng.normal(3 if changed else 0, 1, n).round(3) for name, kind in ODD_NAMES.items()
+             if kind == "number"}
+    frame['say "hi"'] = rng.choice(["yes/no", "$x$"], n, p=[0.15, 0.85] if changed else [0.85, 0.15])
+    frame["café"] = rng.choice(["noir", "crème"], n, p=[0.2, 0.8] if changed else [0.8, 0.2])
+    frame["steady"] = rng.normal(0, 1, n).round(3)
+    frame["label"] = np.where(frame["debt/income"] + rng.normal(0, 0.5, n) > 0.5, "high", "low")
+    return pd.DataFrame(frame)
+
+
+def serve_and_send(api: httpx.Client, name: str, frame: pd.DataFrame) -> tuple[float, float]:
+    """Train ``name`` on what the data root holds, serve version 1, send ``frame``: the window it was sent in."""
+    api.put(f"/models/{name}/aliases/champion", json={"version": "1"}, headers=AUTH).raise_for_status()
+    records = frame.drop(columns=["label"]).astype(str).to_dict(orient="records")
+    start = time.time()
+
+    def sent() -> bool:
+        answer = api.post(f"/models/{name}/predict", json={"records": records})
+        assert answer.status_code in (200, 503), answer.text[:500]  # 503: not loaded yet
+        return answer.status_code == 200
+    wait_for(sent, 180, f"{name} answered")
+    return start, time.time() + 0.001
+
+
+def monitored_model(api: httpx.Client, name: str, window: tuple[float, float]) -> dict:
+    accepted = api.post("/monitor", json={"model_name": name, "since": iso(window[0]), "until": iso(window[1])},
+                        headers=AUTH)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    return wait_for(lambda: (j := api.get(f"/monitor/{job_id}").json())["status"] in ("succeeded", "failed") and j,
+                    300, "monitoring job")
+
+
+def test_columns_named_with_any_characters_are_monitored_and_drift_found_in_them(api, stack, data_root):
+    odd(600, seed=7).to_csv(data_root / "odd.csv", index=False)
+    job = finished_job(api, start_training(api, AUTH, data_path="odd.csv", target="label", model_name="odd-names",
+                                           n_estimators=5))
+    assert job["status"] == "succeeded", job
+    window = serve_and_send(api, "odd-names", odd(400, seed=8, changed=True))
+    job = monitored_model(api, "odd-names", window)
+    assert job["status"] == "succeeded", job
+    summary = job["summary"]
+    assert sorted(summary["drifted_features"]) == sorted(ODD_NAMES), summary  # the people's names, not keys
+    client = mlflow.MlflowClient(stack.tracking_uri)
+    figures = {a.path for a in client.list_artifacts(job["run_id"], "figures")}
+    assert figures == {f"figures/{store_key(c)}.png" for c in ODD_NAMES}
+    metrics = client.get_run(job["run_id"]).data.metrics
+    assert {f"drift_score/{store_key(c)}" for c in [*ODD_NAMES, "steady"]} <= set(metrics)
+    columns = mlflow.artifacts.load_dict(f"{client.get_run(job['run_id']).info.artifact_uri}/columns.json")
+    assert columns == {store_key(c): c for c in [*ODD_NAMES, "steady"]}
+    page = Path(mlflow.artifacts.download_artifacts(run_id=job["run_id"], artifact_path="report.html",
+                                                   tracking_uri=stack.tracking_uri)).read_text("utf-8")
+    assert all(f"<figcaption>{html.escape(c)}</figcaption>" in page for c in ODD_NAMES)
+
+
+def test_a_monitor_job_over_hundreds_of_drifted_columns_succeeds_and_training_runs_after_it(api, data_root):
+    """The wide summary once went into a run tag cut at 7,900 characters; the job thread died reading it."""
+    rng = np.random.default_rng(9)
+    names = [f"measurement_{i:03d}_of_the_sensor" for i in range(320)]
+    train = pd.DataFrame(rng.normal(0, 1, (400, len(names))).round(3), columns=names)
+    train["label"] = np.where(train[names[0]] > 0, "up", "down")
+    train.to_csv(data_root / "wide.csv", index=False)
+    job = finished_job(api, start_training(api, AUTH, data_path="wide.csv", target="label", model_name="wide",
+                                           n_estimators=5))
+    assert job["status"] == "succeeded", job
+    moved = pd.DataFrame(rng.normal(3, 1, (300, len(names))).round(3), columns=names).assign(label="up")
+    monitoring = monitored_model(api, "wide", serve_and_send(api, "wide", moved))
+    assert monitoring["status"] == "succeeded", monitoring
+    assert sorted(monitoring["summary"]["drifted_features"]) == names
+    after = finished_job(api, start_training(api, AUTH, data_path="watched.csv", target="label", model_name=MODEL,
+                                             n_estimators=5))
+    assert after["status"] == "succeeded", after

@@ -53,9 +53,10 @@ def test_census_slice_trains_logs_and_registers_a_raw_input_model(tracking, tmp_
     assert 0.8 < trained.data.metrics["accuracy"] <= 1.0
     assert trained.data.metrics["roc_auc"] > 0.8
     assert trained.data.params["positive_class_used"] == "50000+."  # the rarer class
-    assert "age" in trained.data.params["numeric_columns"]
-    assert "education" in trained.data.params["categorical_columns"]
-    assert "instance_weight" not in trained.data.params["numeric_columns"]  # dropped by default
+    kinds = mlflow.artifacts.load_dict(f"runs:/{trained.info.run_id}/feature_columns.json")
+    assert "age" in kinds["numeric_columns"] and "education" in kinds["categorical_columns"]
+    assert "instance_weight" not in kinds["numeric_columns"]  # dropped by default
+    assert trained.data.params["n_numeric_columns"] == str(len(kinds["numeric_columns"]))
 
     # the splits as artifacts and as datasets, the profile, the report figures
     client = mlflow.MlflowClient()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Tracking, census_rows, temporary_tracking
+from tests.conftest import ODD_NAMES, Tracking, census_rows, mixed_frame, temporary_tracking
 from tests.integration.helpers import assert_succeeded, mlflow_run, run_step
 
 pytestmark = pytest.mark.integration
@@ -139,3 +139,30 @@ def test_input_without_the_model_columns_fails_with_one_line_naming_them(trackin
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: input_path=") and "lacks column(s)" in last and "'education'" in last, last
+
+
+def test_a_model_with_odd_column_names_scores_csv_with_explanations(tracking, tmp_path):
+    """Names are data (issue 33): ``.`` (a struct's field to Spark SQL), a backtick, ``"``, ``/``, ``:``, ``#``,
+    accents, 200 characters; an input column named like the step's own scratch column, too."""
+    training = tmp_path / "odd.csv"
+    mixed_frame(n=300, seed=4).rename(columns=ODD_NAMES).to_csv(training, index=False)
+    assert_succeeded(mlflow_run(tracking, f"data_path={training}", "target=label", "model_name=spark-odd",
+                                "n_estimators=8"))
+    raw = mixed_frame(n=40, seed=5).drop(columns=["label"]).rename(columns=ODD_NAMES)
+    raw.insert(0, "_prediction", [str(i) for i in range(len(raw))])
+    source = tmp_path / "input.csv"
+    raw.to_csv(source, index=False)
+    result = mlflow_run(tracking, "model_uri=models:/spark-odd/1", f"input_path={source}",
+                        f"output_path={tmp_path / 'out.parquet'}", "spark_master=local[2]", "explain=true",
+                        entry_point="score")
+    assert_succeeded(result)
+    scored = pd.read_parquet(tmp_path / "out.parquet").sort_values("_prediction", key=lambda s: s.astype(int))
+    scored = scored.reset_index(drop=True)
+    expected = mlflow.pyfunc.load_model("models:/spark-odd/1").predict(raw, params={"explain": True})
+    assert sorted(c for c in expected.columns if c.startswith("contrib_")) == \
+        sorted(f"contrib_{c}" for c in ODD_NAMES.values())
+    for column in raw.columns:
+        assert scored[column].fillna("").tolist() == raw[column].tolist(), column
+    assert scored["error"].isna().all() and scored["label"].tolist() == expected["label"].tolist()
+    for column in [c for c in expected.columns if c not in ("label", "explains")]:
+        np.testing.assert_array_equal(scored[column].to_numpy(dtype=float), expected[column].to_numpy(dtype=float))

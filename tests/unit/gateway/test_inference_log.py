@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 
 import orjson
+from hypothesis import given
+from hypothesis import settings as settings_of_hypothesis
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from contract import inference_log as store
@@ -221,3 +226,60 @@ def test_a_schema_1_log_is_migrated_and_its_rows_read_beside_new_ones(tmp_path):
     store_feedback(engine, {new[0]: json.dumps("no")})
     assert [r.id for r in logged_rows(engine, "m", labelled_only=True)] == [new[0], "old-0"]
     assert prune(engine, 4e9) == 2 and not logged_rows(engine, "m")
+
+
+# Column names are data (issue 33): any name, NUL aside (training refuses it), as training keeps it.
+LOG_NAME = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=60),
+    st.text(st.sampled_from(list("/.()\"':#\\` ,;é城\n")), min_size=1, max_size=8)).map(str.strip).filter(bool)
+
+
+@settings_of_hypothesis(max_examples=60, deadline=None)
+@given(names=st.lists(LOG_NAME, min_size=2, max_size=5, unique=True), data=st.data())
+def test_excluded_columns_of_any_name_are_dropped_from_records_and_csv_bodies(names, data):
+    """INFERENCE_LOG_EXCLUDE_COLUMNS as one CSV line (a name with a comma or a quote, quoted), and the bodies'
+    names matched as the model matches them (spaces around dropped)."""
+    excluded = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
+    line = io.StringIO()
+    csv.writer(line).writerow(excluded)  # its \r\n line end: a \n in a name is quoted
+    configured = Settings(inference_log_uri="sqlite://", INFERENCE_LOG_EXCLUDE_COLUMNS=line.getvalue().strip())
+    assert configured.inference_log_exclude_columns == excluded
+    log = InferenceLog(configured, Metrics())
+    rows = [{name: f"v{i}" for i, name in enumerate(names)}]
+    body = io.StringIO()
+    csv.writer(body).writerows([[f" {name} " for name in names], list(rows[0].values())])
+    log.record(unique_id(), None, "m", "1", store.JSON_ROWS, rows, [PREDICTION], 1.0)
+    log.record(unique_id(), None, "m", "1", store.CSV_ROWS, body.getvalue().encode(), [PREDICTION], 1.0)
+    kept = {name: value for name, value in rows[0].items() if name not in excluded}
+    for entry in log.pending:
+        stored = orjson.loads(unpack(log.stored(entry)["inputs"]))
+        assert [{k.strip(): v for k, v in row.items()} for row in stored] == [kept]
+
+
+def test_an_entry_that_cannot_be_stored_is_set_aside_once_counted_and_the_rest_written(tmp_path, caplog):
+    """Symptom 4: with INFERENCE_LOG_EXCLUDE_COLUMNS set, a body the writer could not read raised in stored();
+    flush retried the same batch forever, later rows were dropped once the buffer filled (and /feedback,
+    which flushes first, answered 503 for good)."""
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+    metrics = Metrics()
+
+    async def scenario() -> list[str]:
+        log = InferenceLog(settings(uri, inference_log_exclude_columns="email", inference_log_buffer_rows=10), metrics)
+        before = record(log, 2, email="a@b.c")
+        record_body(log, b'{"records": [{"age": 1, "email": ', store.JSON_ROWS, 3)  # cut short: unreadable
+        after = record_body(log, b'{"records": [{"age": 7, "email": "x@y.z"}]}', store.JSON_ROWS, 1)
+        assert await log.flush()  # the batch is written, the poison entry left out
+        assert not log.pending and log.pending_rows == 0
+        more = record(log, 5)  # 2 + 3 + 1 + 5 rows: had the batch stayed queued, these would not fit
+        assert await log.flush() and log.pending_rows == 0
+        return before + after + more
+
+    with caplog.at_level("WARNING"):
+        ids = asyncio.run(scenario())
+    stored = logged_rows(open_log(uri), "m")
+    assert {r.id for r in stored} == set(ids) and all("email" not in r.inputs for r in stored)
+    assert sample(metrics, "gateway_inference_log_dropped_rows_total", reason="unreadable") == 3  # set aside once
+    assert sample(metrics, "gateway_inference_log_dropped_rows_total", reason="buffer_full") == 0
+    assert sample(metrics, "gateway_inference_log_written_rows_total") == 8
+    told = [r for r in caplog.records if "req-2" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelname == "WARNING" and told[0].exc_info  # logged once, with why

@@ -106,3 +106,60 @@ def test_a_callers_credentials_are_kept_before_the_runner_can_see_the_job(tmp_pa
         runner.submit({"target": "y"}, "m", caller=caller)
     assert list(runner._callers) == [job.id]
     assert runner.cancel(job.id).status == "cancelled" and runner._callers == {}  # nor does one cancelled queued
+
+
+def test_a_stranger_holding_a_jobs_stored_pid_is_neither_waited_on_nor_signalled(tmp_path):
+    """After a restart the gateway follows jobs left running by their stored process; a PID reused by
+    another process since must not be waited on (the queue would stall) nor signalled on cancel."""
+    import subprocess
+    import threading
+
+    from mlflow import MlflowClient
+
+    from contract.settings import Settings
+    from gateway.jobs import TrainingJobRunner
+    from runtime.processes import start_ticks
+
+    store = JobStore(tmp_path / "jobs.db")
+    runner = TrainingJobRunner(store, Settings(stack_dir=tmp_path), MlflowClient(f"sqlite:///{tmp_path / 'm.db'}"))
+    with subprocess.Popen(["sleep", "60"], start_new_session=True) as stranger:
+        try:
+            def left_running(**recorded) -> str:
+                job = store.add({}, "m")
+                store.update(job.id, status="running", pid=stranger.pid, **recorded)
+                return job.id
+
+            reused = {"process": f"{stranger.pid}:{start_ticks(stranger.pid) + 1}"}  # same PID, other start
+            legacy = {"run_id": "0123456789abcdef0123456789abcdef"}  # stored before start times: PID alone
+            cancelled = [left_running(**reused), left_running(**legacy)]
+            for job_id in cancelled:
+                assert runner.cancel(job_id).status == "cancelled"
+            followed = [left_running(**reused), left_running(**legacy)]
+            recovering = threading.Thread(target=runner._recover, daemon=True)
+            recovering.start()
+            recovering.join(timeout=10)
+            assert not recovering.is_alive(), "the restarted gateway waits on a stranger"
+            assert [store.get(j).status for j in followed] == ["failed", "failed"]
+            assert stranger.poll() is None, "a stranger was signalled"
+        finally:
+            stranger.kill()
+
+
+def test_grants_are_taken_back_once_their_job_no_longer_runs_and_experiments_are_one_a_model(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    running, queued, ended = (store.add({}, "m") for _ in range(3))
+    store.update(running.id, status="running")
+    store.update(ended.id, status="failed")
+    for job in (running, queued, ended):
+        store.add_grant(job.id, "alice", "7", "NO_PERMISSIONS")
+    store.add_grant("gone", "bob", "8", "READ")  # its job record is gone: taken back too
+    assert sorted(store.grants_to_take_back()) == [(ended.id, "alice", "7", "NO_PERMISSIONS"), ("gone", "bob", "8",
+                                                                                                  "READ")]
+    store.drop_grant(ended.id, "alice", "7")
+    assert store.grants_to_take_back() == [("gone", "bob", "8", "READ")]
+    assert {j.id for j in store.active("m")} == {running.id, queued.id} and store.active("n") == []
+    assert store.experiment("m", "training") is None
+    store.set_experiment("m", "training", "7")
+    store.set_experiment("m", "monitoring", "9")
+    assert (store.experiment("m", "training"), store.experiment("m", "monitoring"), store.experiment("n", "training")) \
+        == ("7", "9", None)

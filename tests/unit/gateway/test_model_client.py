@@ -9,8 +9,9 @@ import time
 import orjson
 import pytest
 
+from contract.predict_body import MAX_ROWS_HEADER
 from contract.settings import Settings
-from gateway.model_client import ModelServerClient, Target, Unreachable
+from gateway.model_client import ModelServerClient, Rows, Target, Unreachable
 from gateway.observability import Metrics
 from tests.conftest import listen_port
 
@@ -69,6 +70,14 @@ def test_an_answer_is_read_with_its_status_version_and_body_and_the_call_says_wh
     assert head.startswith(b"POST /models/churn/versions/3/invocations HTTP/1.1")
     assert b"content-type: application/json" in head.lower()
     assert orjson.loads(sent) == {"dataframe_records": [{"x": "1"}]}
+
+
+def test_a_body_passed_on_unread_carries_the_gateways_contract_for_the_model_server_to_check_before_scoring():
+    seen: list[bytes] = []
+    rows = Rows(body=b'{"records": [{"x": "1"}]}', media="application/json")
+    asyncio.run(against(http_answer(200, b'{"predictions": []}'), lambda c: c.send_body(rows, Target("churn")), seen))
+    head = seen[0].partition(b"\r\n\r\n")[0].lower()
+    assert f"{MAX_ROWS_HEADER.lower()}: {Settings(_env_file=None).max_predict_rows}".encode() in head.split(b"\r\n")
 
 
 def test_a_refusal_that_is_not_json_keeps_its_status_and_retry_after_and_its_text_as_message():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 
 import orjson
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract.packing import pack, unpack
 from model_server.protocol import (
@@ -14,6 +18,7 @@ from model_server.protocol import (
     RecordsReader,
     as_mlflow_body,
     check_encoding,
+    contract_rows,
     decoded,
     parse_request,
     predictions_body,
@@ -222,3 +227,116 @@ def test_any_other_body_is_left_to_the_generic_reading_which_answers_as_without_
     body = orjson.dumps(payload)
     assert reader.read(body) is None
     assert outcome(body, reader) == outcome(body, None)
+
+
+# Column names are data (issue 33): any name a CSV header holds, NUL aside (training refuses it).
+NAME = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=200)
+TRICKY_NAME = st.text(st.sampled_from(list("/.()\"':#\\` \t\n,é城") + ["\u2028", "\x01", "\x1f"]), min_size=1,
+                      max_size=10)
+JSON_CELL = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
+                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=10))
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(st.one_of(NAME, TRICKY_NAME), min_size=1, max_size=5, unique=True),
+       cells=st.lists(st.lists(JSON_CELL, min_size=5, max_size=5), min_size=1, max_size=4),
+       key=st.sampled_from(["records", "dataframe_records"]), ascii_only=st.booleans())
+def test_a_records_body_reads_the_same_whatever_the_column_names_hold(names, cells, key, ascii_only):
+    """A model whose columns hold ``"``, ``\\`` or control characters gets a reader all the same (symptom 3: the
+    worker died building it), and every body reads as the generic reading reads it, keys escaped or not."""
+    rows = [dict(zip(names, row)) for row in cells]
+    payload = {key: rows}
+    body = json.dumps(payload, ensure_ascii=True).encode() if ascii_only else orjson.dumps(payload)
+    reader = RecordsReader(names)
+    request = parse_request(body, "application/json", reader)
+    assert request.as_records() == rows
+    assert outcome(body, reader)[1] == outcome(body, None)[1] == rows
+
+
+@pytest.mark.parametrize("name", ['say "hi"', "back\\slash", "tab\there", "new\nline", "bell\x07"])
+def test_a_name_msgspec_cannot_match_leaves_every_body_to_the_generic_reading(name):
+    reader = RecordsReader(["age", name])
+    assert not reader.fast
+    body = orjson.dumps({"records": [{"age": 1, name: "x"}]})
+    assert reader.read(body) is None
+    assert parse_request(body, "application/json", reader).as_records() == [{"age": 1, name: "x"}]
+
+
+@settings(max_examples=100, deadline=None)
+@given(names=st.lists(st.one_of(NAME, TRICKY_NAME).map(str.strip).filter(bool), min_size=1, max_size=5,
+                      unique=True),
+       cells=st.lists(st.lists(st.text(max_size=6), min_size=5, max_size=5), min_size=1, max_size=4))
+def test_a_csv_body_reads_any_header_as_the_csv_module_writes_it(names, cells):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)  # its \r\n line ends: a lone \r or \n in a cell is quoted
+    writer.writerow(names)
+    writer.writerows([row[:len(names)] for row in cells])
+    request = parse_request(buffer.getvalue().encode(), "text/csv")
+    assert request.as_records() == [dict(zip(names, row)) for row in cells]
+
+
+# --- the gateway's contract (contract/predict_body.py), checked as the body is read (issue 33, symptom 9) ----------
+
+def contract_refusal(body: bytes, content_type: str, max_rows: int) -> tuple[int, dict]:
+    with pytest.raises(ProtocolError) as refused:
+        parse_request(body, content_type, RecordsReader(["age", "city"]), max_rows)
+    return refused.value.status, orjson.loads(refused.value.body())
+
+
+def parquet_of(rows: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    pd.DataFrame(rows, columns=["age", "city"]).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload", [
+    {"dataframe_records": ROWS, "params": {"explain": True}},
+    {"records": ROWS, "params": {"explain": True}},
+    {"params": {"explain": True}, "inputs": ROWS},
+])
+def test_under_the_gateways_contract_params_are_refused_naming_them_and_without_it_read_as_mlflow_does(payload):
+    status, answer = contract_refusal(orjson.dumps(payload), "application/json", 10)
+    assert status == 422 and answer["error_code"] == "GATEWAY_CONTRACT" and answer["type"] == "extra_forbidden"
+    assert "'params'" in answer["message"] and answer["loc"][0] == "body"
+    if "records" not in payload:  # a caller of `mlflow models serve`'s protocol, without the header
+        assert parse_request(orjson.dumps(payload), "application/json").params == {"explain": True}
+
+
+@pytest.mark.parametrize("payload", [{"dataframe_records": ROWS}, {"instances": ROWS},
+                                     {"dataframe_split": {"columns": ["age", "city"], "data": [["39", "Oslo"]]}}])
+def test_under_the_gateways_contract_mlflows_formats_are_refused_naming_the_field(payload):
+    status, answer = contract_refusal(orjson.dumps(payload), "application/json", 10)
+    assert (status, answer["loc"]) == (422, ["body", next(iter(payload))])
+
+
+BODIES = {
+    "records": lambda rows: (orjson.dumps({"records": rows}), "application/json"),
+    "csv": lambda rows: (pd.DataFrame(rows, columns=["age", "city"]).to_csv(index=False).encode(), "text/csv"),
+    "parquet": lambda rows: (parquet_of(rows), "application/vnd.apache.parquet"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+# no bare carriage return: pandas writes one unquoted, and then every CSV reader takes it for a line break
+@given(kind=st.sampled_from(sorted(BODIES)), count=st.integers(0, 6), max_rows=st.integers(1, 5),
+       cell=st.text(st.characters(exclude_characters="\r"), max_size=8))
+def test_under_the_gateways_contract_more_rows_than_the_limit_is_a_413_in_every_format(kind, count, max_rows, cell):
+    rows = [{"age": str(i), "city": cell} for i in range(count)]
+    body, content_type = BODIES[kind](rows)
+    if count > max_rows:
+        status, answer = contract_refusal(body, content_type, max_rows)
+        assert status == 413 and answer["error_code"] == "GATEWAY_CONTRACT"
+        assert answer["message"] == f"records: {count} rows, at most {max_rows} per request (GATEWAY_MAX_PREDICT_ROWS)"
+    elif count == 0 and kind != "parquet":
+        assert contract_refusal(body, content_type, max_rows)[0] == 422
+    else:
+        assert parse_request(body, content_type, RecordsReader(["age", "city"]), max_rows).rows == count
+    # without the contract, any number of rows is read as MLflow reads it
+    assert parse_request(body, content_type, None).rows == count
+
+
+def test_the_contracts_header_must_be_a_positive_number_of_rows():
+    assert contract_rows(None) is None and contract_rows("250") == 250
+    with pytest.raises(ProtocolError) as refused:
+        contract_rows("lots")
+    assert refused.value.status == 400 and "X-Gateway-Max-Rows" in refused.value.message
