@@ -146,7 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.jobs = TrainingJobRunner(JobStore(settings.jobs_db), settings, client, supervisor)
         metrics.add_collector(JobsCollector(app.state.jobs.store.count_by_status, STATUSES))
         # One pooled client for every call to the model server: connections are reused.
-        app.state.model_client = ModelServerClient(settings, metrics)
+        app.state.model_client = ModelServerClient(settings, metrics, supervisor)
         app.state.inference_log = InferenceLog(settings, metrics, supervisor) if settings.inference_log else None
         if app.state.inference_log:
             app.state.inference_log.start()

@@ -57,9 +57,9 @@ class MicroBatcher:
         self._dispatcher: asyncio.Task | None = None
         self._in_flight: set[asyncio.Task] = set()
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
         # supervised: a dispatcher that died would leave every later request of this target waiting
-        self._dispatcher = Supervisor().task("micro-batcher", self._dispatch)
+        self._dispatcher = supervisor.task("micro-batcher", self._dispatch)
 
     async def stop(self) -> None:
         await cancel(self._dispatcher)

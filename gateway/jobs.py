@@ -25,8 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from contract.errors import first_line
 from contract.names import (
@@ -39,7 +41,15 @@ from contract.names import (
     TAG_MODEL_VERSION,
 )
 from contract.settings import PROJECT_DIR, Settings
-from gateway.auth import RANKS, Caller, as_caller_run, experiment_permission, set_experiment_permission
+from gateway.auth import (
+    RANKS,
+    Caller,
+    MlflowPermissions,
+    as_caller_run,
+    experiment_permission,
+    set_experiment_permission,
+)
+from gateway.schemas import MonitorSummary
 from runtime.processes import VENV_BIN, identified, process_identity, tool_env
 from runtime.supervision import Supervisor
 from runtime.tasks import cancel
@@ -48,6 +58,10 @@ STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 LOG_TAIL_LINES = 20
 LOOP_NAME, SCHEDULE_NAME = "job-runner", "monitor-schedule"  # as /ready and /metrics name the loops
 log = logging.getLogger("gateway.jobs")
+
+
+class NotAllowed(Exception):
+    """The caller may no longer do what their queued job asks."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -344,6 +358,7 @@ class TrainingJobRunner:
         self.supervisor.item_failed(LOOP_NAME, f"job {job.id}", err)
         self.store.update(job.id, only_if=("queued", "running"), status="failed", finished_at=_now(),
                           error=f"the gateway failed on this job: {type(err).__name__}: {first_line(err, 300)}")
+        self._take_back_grants()  # one made for it while it was still queued
 
     def _recover(self) -> None:
         """Jobs left ``running`` by an earlier gateway: follow them again, or settle them."""
@@ -371,15 +386,16 @@ class TrainingJobRunner:
         finally:  # the caller's EDIT on the model's experiment lasts as long as their job, not longer
             self._take_back_grants()
 
-    def _experiment(self, job: Job) -> str:
+    def _experiment(self, job: Job, registered: bool) -> str:
         """The experiment of ``job``'s model and kind (training or monitoring), made by the gateway.
 
         One a model: EDIT on an experiment reaches every run in it (MLflow's auth app checks run and
         artifact writes against the experiment), so a shared one would let whoever trains one model write
-        the runs, and with proxied artifacts the logged code, of every other."""
+        the runs, and with proxied artifacts the logged code, of every other. A model not registered (yet, or
+        any more) gets a new one: the runs of an earlier model of that name are not its new trainer's."""
         purpose = "monitoring" if job.entry_point == MONITOR_ENTRY_POINT else "training"
         known = self.store.experiment(job.model_name, purpose)
-        if known and self.client.get_experiment(known).lifecycle_stage == "active":
+        if known and registered and self._active(known):
             return known
         base = self.settings.experiment_name if purpose == "training" else MONITORING_EXPERIMENT
         name = f"{base}/{job.model_name}"
@@ -388,6 +404,35 @@ class TrainingJobRunner:
         experiment_id = self.client.create_experiment(name)
         self.store.set_experiment(job.model_name, purpose, experiment_id)
         return experiment_id
+
+    def _active(self, experiment_id: str) -> bool:
+        try:
+            return self.client.get_experiment(experiment_id).lifecycle_stage == "active"
+        except MlflowException as err:  # deleted for good (`mlflow gc`): a new one is made
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return False
+
+    def _registered(self, model_name: str) -> bool:
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return False
+        return True
+
+    def _check_still_allowed(self, caller: Caller, model_name: str) -> None:
+        """The caller's EDIT on the model, asked again as the job starts: it may have been revoked while
+        the job waited in the queue."""
+        async def ask() -> str:
+            async with httpx.AsyncClient(timeout=30) as http:
+                return await MlflowPermissions(self.settings.tracking_uri, 0, http).permission(caller, model_name)
+
+        has = asyncio.run(ask())
+        if RANKS.get(has, 0) < RANKS["EDIT"]:
+            raise NotAllowed(f"user {caller.username!r} no longer has EDIT on registered model {model_name!r} "
+                             f"(has {has})")
 
     def _grant_edit(self, job: Job, caller: Caller, experiment_id: str) -> None:
         """EDIT for ``caller`` on the experiment of the model they may EDIT, for this job only; recorded
@@ -421,13 +466,23 @@ class TrainingJobRunner:
                                     "submit it again")
             return
         try:
-            experiment_id = self._experiment(job)
+            registered = self._registered(job.model_name)
+            if caller and registered:
+                self._check_still_allowed(caller, job.model_name)
+            experiment_id = self._experiment(job, registered)
             tags = {TAG_JOB_ID: job.id}
+            if job.entry_point == MONITOR_ENTRY_POINT:
+                # monitoring reads the versions' training runs, wherever they are, and writes only its own
+                # run and the versions' monitoring tags: the gateway's work, once the caller's EDIT is checked
+                caller = None
             if caller:  # the run is the caller's: created with their credentials, under their name
                 self._grant_edit(job, caller, experiment_id)
                 run_id = as_caller_run(self.settings, caller, experiment_id, f"job-{job.id}", tags)
             else:
                 run_id = self.client.create_run(experiment_id, tags=tags, run_name=f"job-{job.id}").info.run_id
+        except NotAllowed as err:
+            self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(), error=str(err))
+            return
         except Exception as err:  # tracking server down: the job fails, the gateway carries on
             self.store.update(job.id, only_if=("queued",), status="failed", finished_at=_now(),
                               error=f"tracking server unavailable: {first_line(err, 300)}")
@@ -439,8 +494,13 @@ class TrainingJobRunner:
             process = subprocess.Popen(self._command(job, run_id), cwd=PROJECT_DIR, env=env,
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        started = self.store.update(job.id, only_if=("queued",), status="running", started_at=_now(),
-                                    run_id=run_id, pid=process.pid, process=process_identity(process.pid))
+        try:
+            started = self.store.update(job.id, only_if=("queued",), status="running", started_at=_now(),
+                                        run_id=run_id, pid=process.pid, process=process_identity(process.pid))
+        except BaseException:  # nothing would follow it: it must not run on
+            self._kill_process(process.pid)
+            process.wait()
+            raise
         if not started:  # cancelled between being picked and starting
             self._kill_process(process.pid)
             process.wait()
@@ -495,8 +555,8 @@ class TrainingJobRunner:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, MONITORING_SUMMARY_ARTIFACT, tmp)
             summary = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(summary, dict):
-            raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+        # what GET /monitor/{id} shows: one that does not fit fails its job here, never a listing later
+        MonitorSummary.model_validate(summary)
         return summary
 
     @staticmethod

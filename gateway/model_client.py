@@ -21,6 +21,7 @@ from contract.predict_body import MAX_ROWS_HEADER
 from contract.settings import Settings
 from gateway.batching import Answer, MicroBatcher
 from gateway.observability import Metrics
+from runtime.supervision import Supervisor
 
 JSON, CSV = "application/json", "text/csv"
 # Targets with a batcher of their own at most; calls for others go unbatched (a client naming
@@ -72,10 +73,12 @@ class Unreachable(Exception):
 
 
 class ModelServerClient:
-    def __init__(self, settings: Settings, metrics: Metrics):
-        """Made in the running event loop (the app's lifespan): the pool belongs to it."""
+    def __init__(self, settings: Settings, metrics: Metrics, supervisor: Supervisor | None = None):
+        """Made in the running event loop (the app's lifespan): the pool belongs to it. ``supervisor``: the
+        app's, which its batchers' dispatchers report to (/metrics, /ready)."""
         self.settings = settings
         self.metrics = metrics
+        self.supervisor = supervisor or Supervisor()
         self.base = settings.model_server
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64),
@@ -94,7 +97,7 @@ class ModelServerClient:
             s = self.settings
             batcher = MicroBatcher(lambda records: self.invoke(records, target), s.batch_max_rows, s.batch_max_wait_ms,
                                    s.batch_concurrency, on_batch=self.metrics.batch_requests.observe)
-            batcher.start()
+            batcher.start(self.supervisor)
             self.batchers[target] = batcher
         return batcher
 

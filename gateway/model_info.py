@@ -9,6 +9,7 @@ The columns, their kinds and the missing-value markers come from the model's
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from contract.registry import Registry
 
 SCHEMA_FILE = "artifacts/feature_schema.json"
 CACHED_VERSIONS = 64
+
+log = logging.getLogger("gateway.model_info")
 
 
 class NotOurModel(ValueError):
@@ -60,7 +63,9 @@ def read_model_info(registry: Registry, tracking_uri: str, name: str, version: s
             try:
                 return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{path}", dst_path=tmp,
                                                                 tracking_uri=tracking_uri))
-            except Exception:  # noqa: BLE001 (absent: the caller says what is missing)
+            except Exception as err:  # noqa: BLE001 (absent: the caller says what is missing)
+                # also a refusal or a network error, which "not logged by this project" would hide
+                log.warning("version %s of %r: could not read %s: %s", version, name, path, str(err)[:300])
                 return None
 
         schema_file, mlmodel_file = fetch(SCHEMA_FILE), fetch("MLmodel")

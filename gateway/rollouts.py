@@ -232,7 +232,7 @@ class Rollouts:
     def _finished(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # shadow scoring: the answer was sent already
-            self.supervisor.item_failed("rollouts-background", f"task {task.get_coro().__qualname__}",
+            self.supervisor.item_failed(WATCH_NAME, f"shadow task {task.get_coro().__qualname__}",
                                         task.exception())
 
     def run_later(self, work: Any) -> None:

@@ -262,7 +262,8 @@ class MonitorSummary(BaseModel):
 
 
 class MonitorJobOut(JobRecord):
-    run_id: str | None = Field(description="the monitoring run (experiment 'monitoring'): report, figures, table")
+    run_id: str | None = Field(description="the monitoring run (experiment 'monitoring/<model>'): report, figures, "
+                                              "table, summary.json")
     summary: MonitorSummary | None
     error: str | None
     log_tail: str | None

@@ -27,7 +27,7 @@ import httpx
 
 from contract.settings import PROJECT_DIR, Settings
 from model_server import protocol, wire
-from runtime.processes import VENV_BIN, free_port, stop_process_group, tool_env
+from runtime.processes import VENV_BIN, free_port, identified, process_identity, stop_process_group, tool_env
 
 log = logging.getLogger("model_server")
 # Connections kept open to one worker; more are opened under load and closed after.
@@ -194,34 +194,33 @@ class ChildProcesses:
 
     def __init__(self, path: Path):
         self.path = path
-        self.pids: set[int] = set()
+        self.pids: dict[int, str] = {}  # PID -> its identity (runtime/processes.py): PID and start time
 
     def add(self, pid: int) -> None:
-        self.pids.add(pid)
+        self.pids[pid] = process_identity(pid) or str(pid)
         self._write()
 
     def forget(self, pid: int) -> None:
-        self.pids.discard(pid)
+        self.pids.pop(pid, None)
         self._write()
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(f"{pid}\n" for pid in sorted(self.pids)))
+        self.path.write_text("".join(f"{identity}\n" for _, identity in sorted(self.pids.items())))
 
     def reap_orphans(self) -> list[int]:
         """Stop the backends a previous model server on this port left running."""
         try:
-            pids = [int(line) for line in self.path.read_text().split()]
-        except (FileNotFoundError, ValueError):
+            identities = self.path.read_text().split()
+        except FileNotFoundError:
             return []
         reaped = []
-        for pid in pids:
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"model_server.worker" in command or (b"mlflow" in command and b"serve" in command):
-                stop_process_group(pid, timeout=10)  # not a recycled pid: one of ours
+        for identity in identities:
+            # that very process, not whoever holds its PID now; a file of bare PIDs (written before start
+            # times were kept): a backend's command line
+            pid = identified(identity, marker="model_server.worker") or identified(identity, marker="serve")
+            if pid:
+                stop_process_group(pid, timeout=10)
                 reaped.append(pid)
         self.path.unlink(missing_ok=True)
         if reaped:

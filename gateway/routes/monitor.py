@@ -34,7 +34,7 @@ def monitor_job_out(job: Job) -> MonitorJobOut:
 async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: JobsDep, registry: RegistryDep,
                            caller: CallerDep) -> Any:
     """Queue the ``monitor`` step for a model (one version, or every version) over a time window; poll the
-    returned job for its summary. The run goes to the experiment ``monitoring``."""
+    returned job for its summary. The run goes to the model's experiment ``monitoring/<model>``."""
     await training_enabled(settings)
 
     def check() -> None:
@@ -56,7 +56,8 @@ async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: Jo
 
 @router.get("", response_model=list[MonitorJobOut], dependencies=[Authenticated])
 async def list_monitoring(jobs: JobsDep, request: Request) -> list[MonitorJobOut]:
-    """The newest 100 monitoring jobs of models the caller may read, newest first."""
+    """The newest 100 monitoring jobs the caller asked for or of models they may read, newest first (of the newest
+    1,000)."""
     listed = await run_in_threadpool(jobs.store.list, ENTRY_POINTS, LISTED_JOBS)
     return [monitor_job_out(j) for j in await readable(request, listed)]
 

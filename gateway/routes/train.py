@@ -157,7 +157,8 @@ async def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDe
 
 @router.get("", response_model=list[JobOut], dependencies=[Authenticated])
 async def list_jobs(jobs: JobsDep, request: Request) -> list[JobOut]:
-    """The newest 100 jobs of models the caller may read, newest first."""
+    """The newest 100 jobs the caller asked for or of models they may read, newest first (of the newest
+    1,000)."""
     listed = await run_in_threadpool(jobs.store.list, TRAINING_ENTRY_POINTS, LISTED_JOBS)
     return [job_out(j) for j in await readable(request, listed)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.batching import Answer, MicroBatcher
+from runtime.supervision import Supervisor
 
 
 class ScoringStub:
@@ -29,7 +30,7 @@ def run(coro):
 async def with_batcher(scorer, body, **options):
     settings = {"max_rows": 100, "max_wait_ms": 0.0, "concurrency": 1, **options}
     batcher = MicroBatcher(scorer, **settings)
-    batcher.start()
+    batcher.start(Supervisor())
     try:
         return await body(batcher)
     finally:

@@ -163,3 +163,32 @@ def test_grants_are_taken_back_once_their_job_no_longer_runs_and_experiments_are
     store.set_experiment("m", "monitoring", "9")
     assert (store.experiment("m", "training"), store.experiment("m", "monitoring"), store.experiment("n", "training")) \
         == ("7", "9", None)
+
+
+def test_each_model_has_an_experiment_the_gateway_made_and_a_new_one_once_not_registered(tmp_path):
+    """EDIT on an experiment reaches every run in it: a model's jobs never share one with another model,
+    nor use one somebody else made, nor one of an earlier model of the same name."""
+    from mlflow import MlflowClient
+
+    from contract.settings import Settings
+    from gateway.jobs import TrainingJobRunner
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    store = JobStore(tmp_path / "jobs.db")
+    runner = TrainingJobRunner(store, Settings(stack_dir=tmp_path, experiment_name="proj"), client)
+
+    def experiment(model: str, registered: bool, entry_point: str = "main") -> str:
+        return runner._experiment(store.add({}, model, entry_point), registered)
+
+    first = experiment("m", registered=False)
+    assert client.get_experiment(first).name == "proj/m"
+    assert experiment("m", registered=True) == first  # registered since: its own, again
+    assert experiment("n", registered=True) not in (first,)
+    monitoring = experiment("m", True, "monitor")
+    assert client.get_experiment(monitoring).name == "monitoring/m" and monitoring != first
+    theirs = client.create_experiment("proj/x")  # made by someone else before the model's first job
+    assert experiment("x", registered=False) != theirs
+    renamed = experiment("m", registered=False)  # deleted and named again: not the earlier model's runs
+    assert renamed != first and client.get_experiment(renamed).name.startswith("proj/m (")
+    client.delete_experiment(renamed)
+    assert experiment("m", registered=True) not in (first, renamed)
