@@ -49,6 +49,7 @@ from gateway.auth import (
     experiment_permission,
     set_experiment_permission,
 )
+from gateway.model_client import announce
 from gateway.schemas import MonitorSummary
 from runtime.processes import VENV_BIN, identified, process_identity, tool_env
 from runtime.supervision import Supervisor
@@ -536,6 +537,8 @@ class TrainingJobRunner:
             self.store.update(job.id, only_if=("running",), status="succeeded", finished_at=_now(),
                               model_version=tags[TAG_MODEL_VERSION], metrics=run.data.metrics, log_tail=tail,
                               promotion=promotion or None)
+            if promotion.get("decision") == "promoted":  # the model server loads it now, not at its next poll
+                announce(self.settings, job.model_name)
             return
         if exit_code is None:
             reason = "the gateway stopped while this job ran and its process is gone"

@@ -8,12 +8,14 @@ micro-batch (16 connections) that was 13% of the gateway's CPU per request, meas
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import httpx
 import orjson
 
 from contract.packing import ENCODING, pack
@@ -24,6 +26,7 @@ from gateway.observability import Metrics
 from runtime.supervision import Supervisor
 
 JSON, CSV = "application/json", "text/csv"
+log = logging.getLogger("gateway.model_client")
 # Targets with a batcher of their own at most; calls for others go unbatched (a client naming
 # random models cannot grow the gateway's memory without bound).
 MAX_BATCHERS = 256
@@ -72,6 +75,20 @@ class Unreachable(Exception):
     """The model server did not answer a call: refused, reset, or silent beyond MODEL_SERVER_TIMEOUT."""
 
 
+def announce(settings: Settings, name: str, alias: str | None = None) -> None:
+    """Tell the model server that a version of ``name`` became a target (what its serving policy names, or
+    ``alias``), so it loads it now rather than at its next registry poll or first request. Called once the
+    change is made (registry routes, a job that promoted); a model server that does not answer only loses the
+    head start, as it follows the registry anyway."""
+    try:
+        httpx.post(f"{settings.model_server}/models/{quote(name, safe='')}/follow",
+                   params={"alias": alias} if alias else None,
+                   timeout=settings.model_server_connect_timeout).raise_for_status()
+    except httpx.HTTPError as err:
+        log.warning("could not tell the model server to load %s%s now: %s", name,
+                    f" (alias {alias})" if alias else "", err)
+
+
 class ModelServerClient:
     def __init__(self, settings: Settings, metrics: Metrics, supervisor: Supervisor | None = None):
         """Made in the running event loop (the app's lifespan): the pool belongs to it. ``supervisor``: the
@@ -100,6 +117,7 @@ class ModelServerClient:
             batcher.start(self.supervisor)
             self.batchers[target] = batcher
         return batcher
+
 
     async def close(self) -> None:
         for batcher in self.batchers.values():

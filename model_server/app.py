@@ -179,6 +179,12 @@ class ModelServer:
         backend.last_used = time.monotonic()
         return await self.forward(backend, request)
 
+    def follow(self, pair: Pair) -> dict[str, object]:
+        """Follow ``pair`` from now on and start serving what it names now, before any request for it."""
+        followed = self.follower.follow(pair)
+        self.pool.background(self.follower.reconcile(pair))
+        return followed.describe()
+
     async def version(self, name: str, version: str, request: Request) -> Response:
         if (name, version) not in self.pool.loaded:  # before loading it: does it exist?
             try:
@@ -242,6 +248,16 @@ def create_app(settings: Settings) -> FastAPI:
             return Response(error_body("INVALID_PARAMETER_VALUE", f"alias {alias!r} is not a valid alias name"),
                             status_code=400, media_type="application/json")
         return await server.served((name, alias), request)
+
+    @app.post("/models/{name}/follow", status_code=202)
+    async def follow(name: ModelName, alias: Alias = None) -> Response:
+        """Load what ``name``'s serving policy (or ``alias``) names now, and follow it: the gateway says so as
+        a version becomes a target (an alias or stage moved, a promotion, a rollback, a canary or a shadow),
+        so its first request finds it loaded instead of waiting for the next registry poll and a load."""
+        if alias is not None and not valid_alias(alias):
+            return Response(error_body("INVALID_PARAMETER_VALUE", f"alias {alias!r} is not a valid alias name"),
+                            status_code=400, media_type="application/json")
+        return JSONResponse(server.follow((name, alias)), status_code=202)
 
     @app.post("/models/{name}/versions/{version}/invocations")
     async def version_invocations(name: ModelName, version: Version, request: Request) -> Response:

@@ -100,6 +100,9 @@ class RegistryFollower:
         self.poll_seconds = poll_seconds
         self.default = default
         self.pairs: dict[Pair, Followed] = {}
+        # one step at a time a pair: the poll and a request or the gateway's word may start one together, and
+        # two would load and retire the same versions twice
+        self._steps: dict[Pair, asyncio.Lock] = {}
         pool.on_unload = self._unloaded
 
     def follow(self, pair: Pair) -> Followed:
@@ -112,6 +115,10 @@ class RegistryFollower:
 
     async def reconcile(self, pair: Pair) -> None:
         """One step towards serving what the registry says for ``pair``."""
+        async with self._steps.setdefault(pair, asyncio.Lock()):
+            await self._reconcile(pair)
+
+    async def _reconcile(self, pair: Pair) -> None:
         model = self.follow(pair)
         name, alias = pair
         desired, error = None, None

@@ -23,6 +23,7 @@ from contract.traffic import TrafficPolicy
 from gateway.auth import acting_user
 from gateway.deps import (Authenticated, Manages, ModelClientDep, ModelInfoDep, Reads, RegistryDep, RolloutsDep,
                           SettingsDep)
+from gateway.model_client import announce
 from gateway.model_info import ModelInfo, NotOurModel
 from gateway.schemas import (
     AliasName,
@@ -190,24 +191,28 @@ def get_importance(name: ModelName, version: VersionNumber, registry: RegistryDe
 @router.post("/{name}/versions/{version}/stage", response_model=ModelVersionOut,
              dependencies=[Manages], responses=CHANGES)
 def transition_stage(name: ModelName, version: VersionNumber, body: StageRequest,
-                     registry: RegistryDep) -> ModelVersionOut:
+                     registry: RegistryDep, settings: SettingsDep) -> ModelVersionOut:
     """Registry stage transition. Production moves the serving alias with it (and the version that
     held it to Archived); Staging moves the challenger alias."""
     def move() -> ModelVersionOut:
         registry.transition(name, version, body.stage, body.archive_existing)
+        announce(settings, name)
         return described(registry, name, version)
     return registry_errors(move)
 
 
 @router.put("/{name}/aliases/{alias}", response_model=ModelVersionOut, dependencies=[Manages],
             responses=CHANGES)
-def set_alias(name: ModelName, alias: AliasName, body: AliasRequest, registry: RegistryDep) -> ModelVersionOut:
+def set_alias(name: ModelName, alias: AliasName, body: AliasRequest, registry: RegistryDep,
+              settings: SettingsDep) -> ModelVersionOut:
     """Point ``alias`` at a version. The serving alias (``SERVE_ALIAS``) moves the Production stage with
     it: the model server follows it and switches without a failed request."""
     checked_alias(alias)
 
     def move() -> ModelVersionOut:
         registry.set_alias(name, alias, body.version)
+        if alias == registry.pairs.serving_alias:
+            announce(settings, name)
         return described(registry, name, body.version)
     return registry_errors(move)
 
@@ -240,7 +245,8 @@ def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -
 
 
 @router.put("/{name}/traffic", response_model=TrafficOut, dependencies=[Manages], responses=CHANGES)
-def set_traffic(name: ModelName, body: TrafficRequest, registry: RegistryDep, rollouts: RolloutsDep) -> TrafficOut:
+def set_traffic(name: ModelName, body: TrafficRequest, registry: RegistryDep, rollouts: RolloutsDep,
+                settings: SettingsDep) -> TrafficOut:
     """Set the traffic policy: ``single``, ``canary`` (``alias``, ``percent``, optional ``sticky_key``) or
     ``shadow`` (``alias``). Stored in the registry: every gateway replica applies it within a few seconds."""
     policy = TrafficPolicy(body.mode, body.alias, body.percent, body.sticky_key)
@@ -257,12 +263,15 @@ def set_traffic(name: ModelName, body: TrafficRequest, registry: RegistryDep, ro
             raise NotFound(f"model '{name}' has no alias '{policy.alias}'")
         registry.set_traffic(name, policy)
         rollouts.set_policy(name, policy)
+        if policy.alias:  # the canary's or the shadow's version, loaded before requests are routed to it
+            announce(settings, name, policy.alias)
         return TrafficOut(**asdict(policy), figures={})
     return registry_errors(write)
 
 
 @router.post("/{name}/promote", response_model=ModelVersionOut, dependencies=[Manages], responses=CHANGES)
-def promote(name: ModelName, body: PromoteRequest, registry: RegistryDep, rollouts: RolloutsDep) -> ModelVersionOut:
+def promote(name: ModelName, body: PromoteRequest, registry: RegistryDep, rollouts: RolloutsDep,
+            settings: SettingsDep) -> ModelVersionOut:
     """Serve the version ``alias`` holds (serving alias and Production, the one it replaces Archived and held by
     the alias ``previous``); the traffic policy returns to single. No request fails on the way."""
     checked_alias(body.alias, "body")
@@ -273,15 +282,18 @@ def promote(name: ModelName, body: PromoteRequest, registry: RegistryDep, rollou
             raise NotFound(f"model '{name}' has no alias '{body.alias}'")
         registry.promote(name, str(version), by=acting_user())
         rollouts.set_policy(name, TrafficPolicy())
+        announce(settings, name)
         return described(registry, name, str(version))
     return registry_errors(move)
 
 
 @router.post("/{name}/rollback", response_model=ModelVersionOut, dependencies=[Manages], responses=CHANGES)
-def rollback(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -> ModelVersionOut:
+def rollback(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep,
+             settings: SettingsDep) -> ModelVersionOut:
     """Serve again the version the last promotion replaced (alias ``previous``), in one call."""
     def move() -> ModelVersionOut:
         restored = registry.rollback(name, by=acting_user())
         rollouts.set_policy(name, TrafficPolicy())
+        announce(settings, name)
         return described(registry, name, str(restored.version))
     return registry_errors(move)

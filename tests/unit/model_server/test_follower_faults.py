@@ -91,3 +91,21 @@ def test_a_follower_loop_that_dies_is_restarted_and_shown_on_status(tmp_path):
     loop = status["background"]["registry-follower"]
     assert loop["state"] == "running" and loop["restarts"] == 1
     assert loop["last_error"] == "RuntimeError: the follower tripped"
+
+
+def test_steps_of_one_pair_taken_together_load_the_new_version_and_retire_the_old_once():
+    """The registry poll and the gateway's word (POST /models/{name}/follow) may start a step of one pair at
+    the same moment: one promotion must not be carried out twice."""
+    async def scenario() -> None:
+        start, desired, retired = Starter(), {"version": "1"}, []
+        models = pool(start)
+        follows = RegistryFollower(models, lambda name, alias: desired["version"], "alias 'champion'", 60.0, DEFAULT)
+        await follows.reconcile(DEFAULT)
+        retire = models.retire
+        models.retire = lambda backend: (retired.append(backend.version), retire(backend))
+        desired["version"] = "2"
+        await asyncio.gather(follows.reconcile(DEFAULT), follows.reconcile(DEFAULT))
+        assert follows.pairs[DEFAULT].backend.version == "2" and retired == ["1"]
+        assert start.started == [("a", "1"), ("a", "2")]
+
+    asyncio.run(scenario())
