@@ -182,6 +182,8 @@ class Predictor:
         """After the answer: the shadow version's answers for the same rows, logged and compared."""
         answer = await self._call(rows, target)
         if answer is None or answer.status != 200:
+            self.rollouts.skip_shadow(target.name, "the model server did not answer" if answer is None
+                                      else f"{answer.status}: {model_error_message(answer.body)[:200]}")
             return
         self.rollouts.compare_shadow(target.name, served.rows, answer.body["predictions"])
         self._answered(rows, target, answer, 0.0, role=log_tables.SHADOW, key=served.key)

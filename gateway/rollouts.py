@@ -80,6 +80,11 @@ class ShadowComparison:
 
     seconds: float
     rows: deque[tuple[float, bool, float]] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    # requests the shadow did not answer (still loading, failed): compared rows alone would hide them
+    skipped: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+
+    def skip(self, reason: str) -> None:
+        self.skipped.append((time.monotonic(), reason))
 
     def add(self, served: list[dict[str, Any]], shadow: list[dict[str, Any]]) -> None:
         now = time.monotonic()
@@ -90,12 +95,14 @@ class ShadowComparison:
 
     def figures(self) -> dict[str, Any]:
         edge = time.monotonic() - self.seconds
-        while self.rows and self.rows[0][0] < edge:
-            self.rows.popleft()
+        for kept in (self.rows, self.skipped):
+            while kept and kept[0][0] < edge:
+                kept.popleft()
+        skipped = {"skipped": len(self.skipped), "last_skip_reason": self.skipped[-1][1] if self.skipped else None}
         if not self.rows:
-            return {"rows": 0, "agreement": None, "mean_abs_probability_difference": None}
+            return {"rows": 0, "agreement": None, "mean_abs_probability_difference": None, **skipped}
         return {"rows": len(self.rows), "agreement": sum(a for _, a, _ in self.rows) / len(self.rows),
-                "mean_abs_probability_difference": sum(d for _, _, d in self.rows) / len(self.rows)}
+                "mean_abs_probability_difference": sum(d for _, _, d in self.rows) / len(self.rows), **skipped}
 
 
 def request_key(policy: TrafficPolicy, records: list[dict[str, Any]], request_id: str | None) -> str:
@@ -160,7 +167,14 @@ class Rollouts:
         self.windows[key].add(failed, seconds)
 
     def compare_shadow(self, name: str, served: list[dict[str, Any]], shadow: list[dict[str, Any]]) -> None:
-        self.shadows.setdefault(name, ShadowComparison(self.settings.rollout_window_seconds)).add(served, shadow)
+        self._shadow(name).add(served, shadow)
+
+    def skip_shadow(self, name: str, reason: str) -> None:
+        """A request the shadow version did not answer, and why (loading, failing, unreachable)."""
+        self._shadow(name).skip(reason)
+
+    def _shadow(self, name: str) -> ShadowComparison:
+        return self.shadows.setdefault(name, ShadowComparison(self.settings.rollout_window_seconds))
 
     def figures(self, name: str, versions: dict[str, str]) -> dict[str, Any]:
         """Per role (served, canary or shadow): the version, its requests, error rate, p50 and p99 in the window."""

@@ -324,8 +324,10 @@ class TrafficOut(BaseModel):
     percent: float | None
     sticky_key: str | None
     figures: dict[str, Any] = Field(description="canary and shadow: per version (served, canary or shadow) the "
-                                    "requests in the window, error rate, p50 and p99 in ms; shadow: the agreement of "
-                                    "labels and the mean absolute difference of probabilities")
+                                    "requests in the window, error rate, p50 and p99 in ms, and its state on the "
+                                    "model server (serving, or unavailable with the reason, such as loading); shadow: "
+                                    "the agreement of labels, the mean absolute difference of probabilities and the "
+                                    "requests it skipped (did not answer) with the last reason")
 
 
 class PromoteRequest(BaseModel):

@@ -229,9 +229,11 @@ def delete_alias(name: ModelName, alias: AliasName, registry: RegistryDep) -> Re
 
 
 @router.get("/{name}/traffic", response_model=TrafficOut, responses=ERRORS, dependencies=[Reads])
-def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -> TrafficOut:
+async def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep,
+                      model_server: ModelClientDep) -> TrafficOut:
     """The model's traffic policy and, for a canary or a shadow, each version's figures in the rollout
-    window (as this gateway replica saw them)."""
+    window (as this gateway replica saw them) and its state on the model server (``serving``, or
+    ``unavailable`` with the reason, such as loading)."""
     def read() -> TrafficOut:
         policy = registry.traffic(name)
         aliases = {a: str(v) for a, v in registry.model(name).aliases.items()}
@@ -241,7 +243,18 @@ def get_traffic(name: ModelName, registry: RegistryDep, rollouts: RolloutsDep) -
         figures = rollouts.figures(name, {role: v for role, v in versions.items() if v}) if policy.mode != "single" \
             else {}
         return TrafficOut(**asdict(policy), figures=figures)
-    return registry_errors(read)
+
+    out = await run_in_threadpool(registry_errors, read)
+    if out.mode != "single":
+        status_ = await model_server.status()
+        followed = {(m["name"], m["alias"]): m for m in status_.get("models", [])} if isinstance(status_, dict) else {}
+        for role, alias in (("served", None), (out.mode, out.alias)):
+            if role in out.figures:
+                entry = followed.get((name, alias))
+                out.figures[role]["state"] = entry["status"] if entry else "unknown"
+                out.figures[role]["state_reason"] = (entry["reason"] if entry else status_ if isinstance(status_, str)
+                                                     else "not followed by the model server yet")
+    return out
 
 
 @router.put("/{name}/traffic", response_model=TrafficOut, dependencies=[Manages], responses=CHANGES)

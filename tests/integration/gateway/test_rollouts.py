@@ -131,6 +131,9 @@ def test_shadow_answers_only_from_the_served_version_and_logs_both(api, stack):
     shadow = wait_for(lambda: (f := api.get(f"/models/{MODEL}/traffic").json()["figures"])["shadow_comparison"]["rows"]
                       >= 40 and f, 60, "shadow answers compared")
     assert shadow["shadow"]["version"] == "2" and shadow["shadow_comparison"]["rows"] == 40
+    # loaded before the policy routed anything to it (the canary's tests used it): none skipped, both serving
+    assert shadow["shadow_comparison"]["skipped"] == 0, shadow
+    assert shadow["shadow"]["state"] == shadow["served"]["state"] == "serving", shadow
     database = stack.settings.stack_dir / "inference.db"
 
     def logged() -> dict[tuple[str, str], tuple[str, str, str]]:
