@@ -17,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 import httpx
 import orjson
+from fastapi import HTTPException
 
 from contract.packing import ENCODING, pack
 from contract.predict_body import MAX_ROWS_HEADER
@@ -58,10 +59,17 @@ class Rows:
     media: str = JSON
     parse: Callable[[], list[dict[str, Any]]] | None = None
     packed: bytes | None = None  # the body packed (contract/packing.py) once it was sent so
+    refused: HTTPException | None = None  # what ``parse`` raised: a body is read once, refused or not
 
     def parsed(self) -> list[dict[str, Any]]:
         if self.records is None:
-            self.records = self.parse() if self.parse else []
+            if self.refused is not None:
+                raise self.refused
+            try:
+                self.records = self.parse() if self.parse else []
+            except HTTPException as err:
+                self.refused = err
+                raise
         return self.records
 
 

@@ -42,6 +42,10 @@ def model_error_message(body: Any) -> str:
     return message.rsplit("\nError: ", 1)[-1].strip()
 
 
+# what the model server answers a body it cannot read or refuses: the gateway's own reading then says why
+REFUSAL_STATUSES = (400, 413, 415, 422)
+
+
 def the_callers_fault(answer: Answer) -> bool:
     """A refusal of the caller's rows (the model names the column, or the body breaks the gateway's contract),
     not a failure of the version."""
@@ -92,7 +96,7 @@ class Predictor:
             return answer
         if BodyRefused.from_answer(answer.status, answer.body) is not None:
             return answer  # refused while the model server read it, before scoring, in the gateway's words
-        if answer.status in (400, 413, 415, 422) or (
+        if answer.status in REFUSAL_STATUSES or (
                 answer.status == 200 and len(answer.body["predictions"]) > self.settings.max_predict_rows):
             rows.parsed()  # raises the caller's error; else the model's own refusal stands
         return answer
@@ -140,7 +144,7 @@ class Predictor:
         self.metrics.observe_prediction(target.name, answer.version, answer.status, len(predictions), seconds,
                                         (row.get("label") for row in predictions))
         failed = answer.status != 200 and not the_callers_fault(answer) and not (
-            answer.status in (400, 413, 415, 422) and self._unreadable(rows))
+            answer.status in REFUSAL_STATUSES and self._unreadable(rows))
         self.rollouts.observe(target.name, answer.version, failed, seconds)
         return answer
 

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -42,6 +41,7 @@ from contract.tables import column_name
 from contract.traffic import RollbackRule, TrafficPolicy
 from gateway.observability import Metrics
 from runtime.supervision import Supervisor
+from runtime.tasks import cancel_all
 
 log = logging.getLogger("gateway.rollouts")
 MAX_SAMPLES = 20_000  # answers kept per version and model in the window, at most
@@ -254,8 +254,4 @@ class Rollouts:
         self._background(work)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):  # cancelled, or failed and reported by _finished already
-                await task
+        await cancel_all(self._tasks)  # a failure among them was counted by _finished as it ended

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from model_server.backends import Backend
+from runtime.tasks import cancel_all
 
 log = logging.getLogger("model_server")
 Key = tuple[str, str]  # (model name, version)
@@ -145,16 +146,8 @@ class ModelPool:
     async def close(self) -> None:
         # taken before the tasks are cancelled: a cancelled drain forgets its backend on the way out
         backends = [*self.loaded.values(), *self.draining]
-        tasks = [*self._tasks, *self._loading.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:  # what was asked of it
-                pass
-            except Exception as err:  # noqa: BLE001 (closing goes on: every backend must be closed)
-                log.warning("a task of the pool failed while it closed: %s", err)
+        for err in await cancel_all([*self._tasks, *self._loading.values()]):
+            log.warning("a task of the pool failed while it closed: %s", err)
         for backend in [*backends, *self.loaded.values()]:  # and any load that finished meanwhile
             await backend.close()
         self.loaded.clear()

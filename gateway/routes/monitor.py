@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from contract.registry import NotFound
 from gateway.deps import Authenticated, CallerDep, Trains, JobsDep, RegistryDep, SettingsDep
 from gateway.jobs import MONITOR_ENTRY_POINT, Job
-from gateway.routes.train import LISTED_JOBS, found, readable, training_enabled
+from gateway.routes.train import found, listed, training_enabled
 from gateway.schemas import MonitorJobOut, MonitorRequest, MonitorSummary, TrainAccepted
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
@@ -55,11 +55,10 @@ async def start_monitoring(body: MonitorRequest, settings: SettingsDep, jobs: Jo
 
 
 @router.get("", response_model=list[MonitorJobOut], dependencies=[Authenticated])
-async def list_monitoring(jobs: JobsDep, request: Request) -> list[MonitorJobOut]:
+async def list_monitoring(request: Request) -> list[MonitorJobOut]:
     """The newest 100 monitoring jobs the caller asked for or of models they may read, newest first (of the newest
     1,000)."""
-    listed = await run_in_threadpool(jobs.store.list, ENTRY_POINTS, LISTED_JOBS)
-    return [monitor_job_out(j) for j in await readable(request, listed)]
+    return [monitor_job_out(j) for j in await listed(request, ENTRY_POINTS)]
 
 
 @router.get("/{job_id}", response_model=MonitorJobOut, dependencies=[Authenticated],

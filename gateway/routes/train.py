@@ -128,6 +128,13 @@ async def found(request: Request, job_id: str, entry_points: tuple[str, ...] = T
 LISTED_JOBS = 1_000
 
 
+async def listed(request: Request, entry_points: tuple[str, ...]) -> list[Job]:
+    """GET /train, /monitor: the newest 100 jobs of these entry points the caller may see (:func:`readable`),
+    of the newest :data:`LISTED_JOBS`."""
+    jobs = await run_in_threadpool(request.app.state.jobs.store.list, entry_points, LISTED_JOBS)
+    return await readable(request, jobs)
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainAccepted,
              dependencies=[Trains], responses={401: {"description": "token required"},
                                                409: {"description": "another user's job is creating that model"}})
@@ -156,11 +163,10 @@ async def start_training(body: TrainRequest, settings: SettingsDep, jobs: JobsDe
 
 
 @router.get("", response_model=list[JobOut], dependencies=[Authenticated])
-async def list_jobs(jobs: JobsDep, request: Request) -> list[JobOut]:
+async def list_jobs(request: Request) -> list[JobOut]:
     """The newest 100 jobs the caller asked for or of models they may read, newest first (of the newest
     1,000)."""
-    listed = await run_in_threadpool(jobs.store.list, TRAINING_ENTRY_POINTS, LISTED_JOBS)
-    return [job_out(j) for j in await readable(request, listed)]
+    return [job_out(j) for j in await listed(request, TRAINING_ENTRY_POINTS)]
 
 
 @router.get("/{job_id}", response_model=JobOut, dependencies=[Authenticated],

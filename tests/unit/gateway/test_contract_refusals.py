@@ -51,3 +51,22 @@ def test_a_body_passed_on_unread_that_the_gateway_cannot_read_is_the_callers_fau
     assert Predictor._unreadable(unread(b'{"records": [{"age": 1}, {"age": 2}, {"age": 3}]}'))  # over the limit
     assert not Predictor._unreadable(unread(b'{"records": [{"age": 1}]}'))  # readable: the model's failure
     assert not Predictor._unreadable(Rows(records=[{"age": 1}]))  # read already, by the gateway
+
+
+def test_a_body_passed_on_unread_is_read_once_however_often_its_refusal_is_asked_for():
+    """Whether a canary failed and what the caller is told both need the gateway's reading of a refused body:
+    one reading of a body that may be megabytes."""
+    from gateway.model_client import Rows
+
+    reads = []
+
+    def parse() -> list:
+        reads.append(1)
+        return parse_predict_body(b'{"records": [', "application/json", 2)
+
+    rows = Rows(body=b'{"records": [', parse=parse)
+    for _ in range(3):
+        with pytest.raises(HTTPException) as refused:
+            rows.parsed()
+        assert refused.value.status_code == 422
+    assert len(reads) == 1
