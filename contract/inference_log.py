@@ -26,8 +26,10 @@ that opens the log finds it ready.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -53,8 +56,9 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from contract.model_output import PROBA_PREFIX
 from contract.packing import unpack
@@ -172,11 +176,38 @@ def migrate(engine: Engine) -> None:
             connection.execute(meta.update().values(schema_version=SCHEMA_VERSION))
 
 
-def insert_requests(engine: Engine, rows: list[Mapping[str, Any]]) -> None:
+def insert_requests(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert logged requests (one transaction); one already logged (same key and role) is left as it is."""
-    statement = _upsert(engine, requests).on_conflict_do_nothing(index_elements=["id", "role"])
     with engine.begin() as connection:
-        connection.execute(statement, list(rows))
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[start:start + ROWS_PER_INSERT]
+            sql, names = _insert_requests_sql(engine.dialect, len(chunk))
+            values = [value for row in chunk for value in _REQUEST_VALUES(row)]
+            connection.exec_driver_sql(sql, tuple(values) if names is None else dict(zip(names, values)))
+
+
+# Requests per INSERT statement: 550 parameters, under every database's limit (SQLite's was 999 before 3.32).
+ROWS_PER_INSERT = 50
+_REQUEST_COLUMNS = tuple(column.name for column in requests.columns)
+_REQUEST_VALUES = operator.itemgetter(*_REQUEST_COLUMNS)  # a row's values, in the statement's order
+
+
+@functools.lru_cache(maxsize=4 * ROWS_PER_INSERT)
+def _insert_requests_sql(dialect: Dialect, count: int) -> tuple[str, list[str] | None]:
+    """The insert of ``count`` requests, compiled once for ``dialect``, and the names of its parameters (None: the
+    driver takes them by position, row after row, columns in table order). Executed as the driver's own SQL, one
+    statement for many rows: SQLAlchemy's processing of every parameter, then SQLite's of every statement, cost
+    more than the inserts themselves (and none of these columns' types needs processing: the drivers take str,
+    int, float and bytes as they are)."""
+    names = [f"{column}_{i}" for i in range(count) for column in _REQUEST_COLUMNS]
+    statement = _upsert(dialect, requests).values(
+        [{column: bindparam(f"{column}_{i}") for column in _REQUEST_COLUMNS} for i in range(count)])
+    compiled = statement.on_conflict_do_nothing(index_elements=["id", "role"]).compile(dialect=dialect)
+    if not compiled.positional:
+        return str(compiled), names
+    if list(compiled.positiontup) != names:  # the order the values are given in
+        raise RuntimeError(f"the insert's parameters came out of order: {compiled.positiontup[:len(names)]}")
+    return str(compiled), None
 
 
 def prediction_ids(key: str, count: int) -> list[str]:
@@ -193,7 +224,7 @@ def split_prediction_id(prediction_id: str) -> tuple[str, int | None]:
 
 def store_feedback(engine: Engine, labels: Mapping[str, str]) -> None:
     """Store true labels (JSON text) by prediction id; sent again, the last one wins."""
-    statement = _upsert(engine, feedback)
+    statement = _upsert(engine.dialect, feedback)
     statement = statement.on_conflict_do_update(
         index_elements=["prediction_id"],
         set_={"label": statement.excluded.label, "received_at": statement.excluded.received_at})
@@ -346,6 +377,5 @@ def prune(engine: Engine, older_than: float) -> int:
         return int(removed) + connection.execute(delete(predictions).where(predictions.c.created_at < older_than)).rowcount
 
 
-def _upsert(engine: Engine, table: Table) -> Any:
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _upsert(dialect: Dialect, table: Table) -> Any:
+    return (postgresql if dialect.name == "postgresql" else sqlite).insert(table)

@@ -269,6 +269,21 @@ class Registry:
     def traffic(self, name: str) -> TrafficPolicy:
         return TrafficPolicy.from_tag(self.model(name).tags.get(TAG_TRAFFIC))
 
+    def rollout_pairs(self) -> list[tuple[str, str]]:
+        """(model, alias) for every model whose traffic policy sends requests to a second version (canary,
+        shadow): what a model server loads as it starts, with each such model's served version."""
+        pairs, token = [], None
+        while True:
+            page = self.client.search_registered_models(filter_string=f"tags.{TAG_TRAFFIC} LIKE '%alias%'",
+                                                        max_results=100, page_token=token)
+            for model in page:
+                policy = TrafficPolicy.from_tag(model.tags.get(TAG_TRAFFIC))
+                if policy.mode != "single" and policy.alias:
+                    pairs.append((model.name, policy.alias))
+            token = page.token
+            if not token:
+                return pairs
+
     def set_traffic(self, name: str, policy: TrafficPolicy) -> None:
         self.client.set_registered_model_tag(name, TAG_TRAFFIC, policy.to_tag())
 

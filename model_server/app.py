@@ -82,8 +82,8 @@ class ModelServer:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.model_server_timeout, connect=2.0))
         self.socket_dir = Path(tempfile.mkdtemp(prefix="model-server-"))
         self.children = ChildProcesses(settings.stack_dir / "run" / f"backends-{settings.model_server_port}.pids")
-        launcher = Launcher(settings, self.children, self.socket_dir, self.http)
-        self.pool = ModelPool(launcher.start, settings.model_server_max_loaded, settings.drain_seconds,
+        self.launcher = Launcher(settings, self.children, self.socket_dir, self.http)
+        self.pool = ModelPool(self.launcher.start, settings.model_server_max_loaded, settings.drain_seconds,
                               settings.model_server_timeout)
         self.registry = Registry(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri),
                                  settings.serve_alias)
@@ -108,10 +108,25 @@ class ModelServer:
             await asyncio.to_thread(self.children.reap_orphans)
         except Exception as err:  # noqa: BLE001 (a leftover backend costs memory, not service)
             log.warning("could not stop the backends a previous model server left: %s", first_line(err, 300))
+        self.launcher.keep_spare()
+        self.pool.background(self.follow_rollouts())  # beside the follower: an unreachable registry holds up neither
         await self.supervisor.task(FOLLOWER_LOOP, self.follower.run)
+
+    async def follow_rollouts(self) -> None:
+        """The versions in a rollout are targets too: followed from the start, so loaded before their first
+        request (the follower's next round loads them)."""
+        try:
+            pairs = await asyncio.to_thread(self.registry.rollout_pairs)
+        except Exception as err:  # noqa: BLE001 (they load at their first request, as any other)
+            log.warning("could not list the models in a rollout: %s", first_line(err, 300))
+            return
+        for name, alias in pairs:
+            self.follower.follow((name, None))
+            self.follower.follow((name, alias))
 
     async def close(self) -> None:
         await self.pool.close()
+        await asyncio.to_thread(self.launcher.close_spare)
         await self.http.aclose()
         with contextlib.suppress(OSError):
             self.socket_dir.rmdir()
@@ -125,6 +140,7 @@ class ModelServer:
             "mode": self.settings.model_server_mode,
             "models": [f.describe() for f in self.follower.pairs.values()],
             "loaded": [{"name": name, **backend.describe()} for (name, _), backend in self.pool.loaded.items()],
+            "spare": self.launcher.spare.pid if self.launcher.spare and self.launcher.spare.poll() is None else None,
             "background": self.supervisor.report(),  # the follower loop: state, restarts, last error
         }
 

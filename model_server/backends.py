@@ -27,6 +27,7 @@ import httpx
 
 from contract.settings import PROJECT_DIR, Settings
 from model_server import protocol, wire
+from model_server.worker import Assignment
 from runtime.processes import VENV_BIN, free_port, identified, process_identity, stop_process_group, tool_env
 
 log = logging.getLogger("model_server")
@@ -229,7 +230,11 @@ class ChildProcesses:
 
 
 class Launcher:
-    """Starts a backend for a version, in the mode the settings say, and waits until it answers."""
+    """Starts a backend for a version, in the mode the settings say, and waits until it answers.
+
+    In mode ``fast`` it keeps one spare worker started ahead (:func:`model_server.worker.warm_up`): a version
+    becoming a target is handed to it, so its load skips the imports and set-up every cold worker pays.
+    """
 
     def __init__(self, settings: Settings, children: ChildProcesses, socket_dir: Path, http: httpx.AsyncClient):
         self.settings = settings
@@ -237,39 +242,73 @@ class Launcher:
         self.socket_dir = socket_dir
         self.http = http
         self._count = 0
+        self.spare: subprocess.Popen | None = None
 
     def _log_path(self, name: str, version: str) -> Path:
         return self.settings.logs_dir / f"{self.settings.model_server_mode}-{name}-v{version}.log"
 
-    def _spawn(self, command: list[str], name: str, version: str) -> tuple[subprocess.Popen, Path]:
-        log_path = self._log_path(name, version)
+    def _spawn(self, command: list[str], log_path: Path, stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the model's code
         env = tool_env(base, MLFLOW_TRACKING_URI=self.settings.tracking_uri)
         with open(log_path, "ab") as out:
             process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=stdin, start_new_session=True)
         self.children.add(process.pid)
-        return process, log_path
+        return process
+
+    def _new_worker(self) -> subprocess.Popen:
+        """A worker process that warms up, then waits on its stdin for the version to load."""
+        return self._spawn([str(VENV_BIN / "python"), "-m", "model_server.worker", "--spare",
+                            "--log-level", self.settings.log_level, "--parent-pid", str(os.getpid()),
+                            "--processes", str(self.settings.model_server_workers)],
+                           self.settings.logs_dir / "fast-spare.log", stdin=subprocess.PIPE)
+
+    def keep_spare(self) -> None:
+        """Start the spare worker if there is none (mode ``fast``): at start, and after each one is taken."""
+        if self.settings.model_server_mode != "fast" or (self.spare is not None and self.spare.poll() is None):
+            return
+        if self.spare is not None:
+            log.warning("the spare worker exited with status %s; starting another", self.spare.returncode)
+            self.children.forget(self.spare.pid)
+        self.spare = self._new_worker()
+
+    def _take_spare(self) -> subprocess.Popen:
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.poll() is None:
+            return spare
+        if spare is not None:
+            self.children.forget(spare.pid)
+        return self._new_worker()  # none ready: a cold start, as fast as a spare that is still warming
+
+    def close_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            if spare.poll() is None:
+                stop_process_group(spare.pid, timeout=10)
+            self.children.forget(spare.pid)
 
     def _backend(self, name: str, version: str) -> Backend:
         uri = f"models:/{name}/{version}"
         self._count += 1
+        log_path = self._log_path(name, version)
         if self.settings.model_server_mode == "fast":
             # a short path: a Unix socket's path has room for about 100 bytes
             socket_path = self.socket_dir / f"w{self._count}.sock"
-            process, log_path = self._spawn(
-                [str(VENV_BIN / "python"), "-m", "model_server.worker", "--model-uri", uri,
-                 "--socket", str(socket_path), "--log-level", self.settings.log_level,
-                 "--parent-pid", str(os.getpid()), "--processes", str(self.settings.model_server_workers)],
-                name, version)
+            process = self._take_spare()
+            assert process.stdin is not None
+            try:
+                process.stdin.write(Assignment(uri, socket_path, log_path).line())
+                process.stdin.close()
+            except OSError as err:  # it died just now: _start sees it exit and says why
+                log.warning("the worker for %s version %s did not take its assignment: %s", name, version, err)
             return WorkerBackend(name, version, process, log_path, self.children.forget, socket_path=socket_path,
                                  processes=self.settings.model_server_workers)
         host = "127.0.0.1"  # reached only by this model server
         port = free_port(host)
-        process, log_path = self._spawn(
+        process = self._spawn(
             [str(VENV_BIN / "mlflow"), "models", "serve", "-m", uri, "-h", host, "-p", str(port),
-             "--env-manager", "local", "-w", str(self.settings.model_server_workers)], name, version)
+             "--env-manager", "local", "-w", str(self.settings.model_server_workers)], log_path)
         return ScoringServerBackend(name, version, process, log_path, self.children.forget,
                                     url=f"http://{host}:{port}", http=self.http)
 
@@ -296,6 +335,7 @@ class Launcher:
                 raise RuntimeError(f"the backend of version {version} exited with status {backend.process.returncode}:"
                                    f" {last_line(backend.log_path)}")
             if await backend.ready():
+                self.keep_spare()  # the next one warms once this load no longer needs the cores
                 return backend
             await asyncio.sleep(0.1)
         await backend.close()

@@ -1,6 +1,7 @@
 """A worker: one model version, loaded with the code logged with it, answering over a Unix socket.
 
-``python -m model_server.worker --model-uri models:/<name>/<version> --socket <path>``
+``python -m model_server.worker --model-uri models:/<name>/<version> --socket <path>``, or, started as a
+spare (``--spare``), warm: it imports what a model needs, then reads which version to load from its stdin.
 
 MLflow loads a model's logged code by putting its folder first on ``sys.path``;
 a module of the same name that a process has already imported wins over it.
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,64 @@ def isolate_from_project(project_dir: Path = PROJECT_DIR) -> None:
                              f"{getattr(sys.modules[MODEL_PACKAGE], '__file__', '?')}")
     here = project_dir.resolve()
     sys.path[:] = [entry for entry in sys.path if Path(entry or os.getcwd()).resolve() != here]
+
+
+# What loading this project's model imports and sets up, done by a spare before it knows which version it will
+# load: most of a cold worker's start (see docs/performance.md). Third-party only: the model's own package must
+# come from its version's code. A module missing here only loses its head start.
+WARM_MODULES = ("numpy", "pandas", "orjson", "msgspec", "mlflow.pyfunc", "sklearn.pipeline", "sklearn.compose",
+                "sklearn.ensemble", "sklearn.impute", "sklearn.preprocessing", "skops.io", "numba")
+
+
+def warm_up() -> None:
+    """Import :data:`WARM_MODULES`, set up numba's compiler, and build MLflow's map of installed packages (each
+    load checks the model's requirements against it): everything a load pays for once a process."""
+    import importlib
+
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            log.info("not warmed: %s (%s)", name, err)
+    if "numba" in sys.modules:
+        sys.modules["numba"].njit(lambda x: x + 1)(1)  # the compiler's registries, set up on a first compile
+    with contextlib.suppress(ImportError):
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+        _init_packages_to_modules_map()
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The version a worker loads, where it answers, and the log it writes to."""
+
+    model_uri: str
+    socket: Path
+    log: Path | None = None
+
+    def line(self) -> bytes:
+        """As a spare reads it from its stdin."""
+        return json.dumps({"model_uri": self.model_uri, "socket": str(self.socket),
+                           "log": str(self.log) if self.log else None}).encode() + b"\n"
+
+    @classmethod
+    def read(cls, stream: Any) -> Assignment | None:
+        """The assignment on ``stream``; None when it closed first (the model server no longer needs this spare)."""
+        line = stream.readline()
+        if not line.strip():
+            return None
+        fields = json.loads(line)
+        return cls(fields["model_uri"], Path(fields["socket"]), Path(fields["log"]) if fields.get("log") else None)
+
+
+def write_to(log_path: Path) -> None:
+    """Send this process's output (fds 1 and 2) to ``log_path``: a spare's output goes to its version's log."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 class LoadedModel:
@@ -193,8 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     from runtime.processes import settle_heap
 
     parser = argparse.ArgumentParser(prog="python -m model_server.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", required=True)
-    parser.add_argument("--socket", required=True, type=Path)
+    parser.add_argument("--model-uri")
+    parser.add_argument("--socket", type=Path)
+    parser.add_argument("--spare", action="store_true",
+                        help="warm up, then read the version to load from stdin (a JSON line: model_uri, socket, log)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--parent-pid", type=int, help="stop when this process (the model server) dies")
     parser.add_argument("--processes", type=int, default=1, help="processes answering for this version")
@@ -204,13 +268,27 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level)
     apply_mlflow_client_defaults()
     isolate_from_project()
-    model = LoadedModel(args.model_uri)
+    if args.spare:
+        started = time.perf_counter()
+        warm_up()
+        warmed = time.perf_counter() - started
+        assignment = Assignment.read(sys.stdin)
+        if assignment is None:
+            return
+        if assignment.log:
+            write_to(assignment.log)
+        log.info("a spare warmed in %.1fs (pid %d) loads %s", warmed, os.getpid(), assignment.model_uri)
+    elif args.model_uri and args.socket:
+        assignment = Assignment(args.model_uri, args.socket)
+    else:
+        parser.error("give --model-uri and --socket, or --spare")
+    model = LoadedModel(assignment.model_uri)
     settle_heap()  # the model's objects live as long as the process: kept out of the collector's passes
     # One socket a process (wire.process_sockets), so the model server chooses which process gets a
     # request: on one shared socket, its few kept connections could all be accepted by one process while
     # the other idled. Created once the model is loaded, the first process's last: the model server
     # waits for it, and then finds them all.
-    paths = wire.process_sockets(args.socket, max(1, args.processes))
+    paths = wire.process_sockets(assignment.socket, max(1, args.processes))
     listeners = [listen(path) for path in reversed(paths)][::-1]
     index = fork_processes(len(paths))
     for other, listener in enumerate(listeners):

@@ -157,6 +157,22 @@ def test_shadow_answers_only_from_the_served_version_and_logs_both(api, stack):
     assert 0 < difference  # two different forests: the comparison has something to measure
 
 
+def test_a_restarted_model_server_loads_the_version_in_a_rollout_before_any_request(api, stack):
+    traffic(api, mode="shadow", alias="challenger")
+    stack.stop("model-server")
+    stack.start_model_server()
+
+    def serving() -> dict[tuple[str, str | None], str]:
+        status = httpx.get(f"{stack.settings.model_server}/status", timeout=10).json()
+        return {(m["name"], m["alias"]): m["version"] for m in status["models"] if m["status"] == "serving"}
+
+    # no request names the challenger: the model server found it in the model's traffic policy as it started
+    found = wait_for(lambda: (pairs := serving()).get((MODEL, "challenger")) and pairs, 120, "the shadow loaded")
+    assert found[MODEL, "challenger"] == "2" and found[MODEL, None] == "1"
+    states = api.get(f"/models/{MODEL}/traffic").json()["figures"]
+    assert states["shadow"]["state"] == states["served"]["state"] == "serving", states
+
+
 def rolled_back(api: httpx.Client) -> dict:
     return api.get(f"/models/{MODEL}/traffic").json()
 

@@ -67,7 +67,9 @@ def test_predictions_are_kept_in_memory_then_written_with_what_the_answer_said(t
         log = InferenceLog(settings(uri), Metrics())
         ids = record(log, 3, city=" Oslo ")
         assert log.pending_rows == 3 and len(log.pending) == 1  # nothing written on the request path
+        assert sample(log.metrics, "gateway_inference_log_pending_rows") == 3
         assert await log.flush() and not log.pending
+        assert sample(log.metrics, "gateway_inference_log_pending_rows") == 0
         return ids
 
     ids = asyncio.run(scenario())
@@ -132,6 +134,34 @@ def test_the_writer_task_writes_without_being_asked(tmp_path):
     assert len(logged_rows(open_log(uri), "m")) == 2
     assert json.loads(unpack(open_log(uri).connect().exec_driver_sql(
         "SELECT inputs FROM inference_requests").scalar())) == [{"age": 0}, {"age": 1}]
+
+
+def test_a_batch_of_many_requests_is_stored_whole_each_row_with_its_own_request(tmp_path):
+    """The writer inserts many requests a statement (contract.inference_log.ROWS_PER_INSERT), their values given by
+    position: every request of a batch that does not fill the last statement is stored, each with its own inputs
+    and answer, and a request logged again (same key and role) is left as it was."""
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+    count = 2 * store.ROWS_PER_INSERT + 7
+
+    async def scenario() -> list[str]:
+        log = InferenceLog(settings(uri), Metrics())
+        keys = [unique_id() for _ in range(count)]
+        for i, key in enumerate(keys):
+            log.record(key, f"req-{i}", "m", str(i % 3 + 1), store.JSON_ROWS, [{"n": i}],
+                       [{**PREDICTION, "label": f"l{i}"}], float(i))
+        log.record(keys[5], "again", "m", "9", store.JSON_ROWS, [{"n": -1}], [PREDICTION], 0.0)
+        assert await log.flush() and not log.pending
+        return keys
+
+    keys = asyncio.run(scenario())
+    rows = {r.id: r for r in logged_rows(open_log(uri), "m")}
+    assert len(rows) == count
+    for i, key in enumerate(keys):
+        row = rows[f"{key}-0"]
+        assert (row.inputs, row.label, row.model_version) == ({"n": i}, f"l{i}", str(i % 3 + 1))
+    stored = open_log(uri).connect().exec_driver_sql(
+        "SELECT request_id, latency_ms FROM inference_requests WHERE id = ?", (keys[9],)).one()
+    assert tuple(stored) == ("req-9", 9.0)
 
 
 def test_a_body_is_stored_as_sent_once_per_request_and_read_back_as_one_row_per_prediction(tmp_path):
@@ -251,9 +281,10 @@ def test_excluded_columns_of_any_name_are_dropped_from_records_and_csv_bodies(na
     log.record(unique_id(), None, "m", "1", store.JSON_ROWS, rows, [PREDICTION], 1.0)
     log.record(unique_id(), None, "m", "1", store.CSV_ROWS, body.getvalue().encode(), [PREDICTION], 1.0)
     kept = {name: value for name, value in rows[0].items() if name not in excluded}
-    for entry in log.pending:
-        stored = orjson.loads(unpack(log.stored(entry)["inputs"]))
-        assert [{k.strip(): v for k, v in row.items()} for row in stored] == [kept]
+    stored, unreadable = log.stored(list(log.pending))
+    assert len(stored) == 2 and not unreadable
+    for row in stored:
+        assert [{k.strip(): v for k, v in record.items()} for record in orjson.loads(unpack(row["inputs"]))] == [kept]
 
 
 def test_an_entry_that_cannot_be_stored_is_set_aside_once_counted_and_the_rest_written(tmp_path, caplog):

@@ -7,10 +7,14 @@ value plus the contributions must give back the predicted probability (local acc
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 import shap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.explain import TreeExplainer, quadrature
@@ -176,3 +180,47 @@ def test_gradient_boosting_matches_shap_in_log_odds_and_adds_up_to_them(labels):
     np.testing.assert_allclose(ours.base + ours.contributions.sum(axis=1), raw, rtol=0, atol=TOLERANCE)
     np.testing.assert_array_equal(ours.proba, compiled.predict_proba(rows))
     assert np.abs(ours.contributions).max() > 0.05  # not a vacuous comparison of zeros
+
+
+def deep_forest() -> tuple[CompiledTrees, np.ndarray]:
+    """Unlimited-depth trees on 5 features: every path splits on each feature again and again, so rows that
+    follow, leave and had left a feature meet at the same nodes. Also its thresholds, to draw rows on them."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] + np.sin(3 * X[:, 2]) + 0.3 * rng.normal(size=400) > 0).astype(int)
+    forest = RandomForestClassifier(n_estimators=4, random_state=0).fit(X, y)
+    compiled = CompiledTrees.from_estimators(forest.estimators_)
+    internal = compiled.nodes["right"] >= 0
+    return compiled, np.unique(compiled.nodes["threshold"][internal])
+
+
+DEEP_FOREST = deep_forest()
+cell = st.one_of(st.sampled_from(DEEP_FOREST[1].tolist()), st.floats(-3, 3, width=32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(cell, min_size=5, max_size=5), min_size=1, max_size=40))
+def test_a_row_explained_alone_equals_it_in_any_batch_and_adds_up(rows):
+    """The kernel works out each edge's factors only for the kinds of edge the rows of a batch take there (a row
+    alone takes one): whichever rows share a batch, each row's explanation is the one it has alone."""
+    compiled, _ = DEEP_FOREST
+    X = np.asarray(rows, dtype=np.float32)
+    base, together = compiled.explain(X)
+    for i in range(len(X)):
+        np.testing.assert_allclose(compiled.explain(X[i:i + 1])[1][0], together[i], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(base + together.sum(axis=1), compiled.predict_proba(X), rtol=0, atol=1e-9)
+
+
+def test_the_points_padding_the_quadrature_add_nothing():
+    """Each tree's quadrature is padded to a multiple of 4 points (the kernel's vectors) with points of weight 0:
+    the contributions are those of the exact quadrature alone."""
+    compiled, _ = DEEP_FOREST
+    padded = compiled.explainer
+    exact = (padded.t_weights > 0).sum(axis=1)
+    assert np.all(padded.points % 4 == 0) and np.any(exact < padded.points)  # some tree is padded
+    unpadded = replace(padded, points=exact, t_nodes=padded.t_nodes[:, :exact.max()].copy(),
+                       t_weights=padded.t_weights[:, :exact.max()].copy())
+    X = np.random.default_rng(5).normal(size=(30, 5)).astype(np.float32)
+    np.testing.assert_allclose(padded.contributions(X), unpadded.contributions(X), rtol=0, atol=1e-12)
