@@ -168,7 +168,13 @@ def start_baseline(model_dir: Path, root: Path, env: dict[str, str]) -> tuple[su
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(http_ok(f"{url}/ping"), 180, "baseline mlflow models serve", process, root / f"{model_dir.name}.log")
+    try:
+        wait_until(http_ok(f"{url}/ping"), 180, "baseline mlflow models serve", process, root / f"{model_dir.name}.log")
+    except BaseException:
+        stop_process_group(process.pid, timeout=30)
+        raise
+    finally:
+        log.close()
     return process, url
 
 
@@ -381,14 +387,19 @@ def run(duration: int, out: Path, soak_seconds: int = 60) -> dict[str, Any]:
         results["model_size_mb"] = {"a": folder_mb(root / f"baseline-model-{MODEL}"), "b": folder_mb(local[41])}
         results["targets"] = evaluate_targets(results)
     finally:
-        for thing in reversed(started):
-            if isinstance(thing, subprocess.Popen):
-                stop_process_group(thing.pid, timeout=30)
-                thing.wait(timeout=30)
-            else:
-                thing.stop()
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            for thing in reversed(started):
+                try:
+                    if isinstance(thing, subprocess.Popen):
+                        stop_process_group(thing.pid, timeout=30)
+                        thing.wait(timeout=30)
+                    else:
+                        thing.stop()
+                except Exception as err:  # noqa: BLE001 (the others are stopped all the same)
+                    print(f"warning: could not stop {thing}: {type(err).__name__}: {err}", flush=True)
+        finally:
+            stack.down()
+            shutil.rmtree(root, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     return results
@@ -547,15 +558,17 @@ def rollout_costs(stack: LocalStack, client: mlflow.MlflowClient, body: Path, du
                                   headers={"Content-Type": "application/json"}, timeout=60).status_code == 200,
                120, "the challenger loaded")
     table = []
-    for round_ in range(2):
-        for mode, policy in POLICIES.items():
-            httpx.put(f"{gateway}/models/{MODEL}/traffic", json=policy, timeout=30).raise_for_status()
-            print(f"  gateway /predict, traffic {mode}: 1 row, c=16, round {round_ + 1} ...", flush=True)
-            measured = wrk(f"{gateway}/predict", body, 16, duration)
-            table.append({"scenario": f"traffic {mode} {round_ + 1}, 1 row, c=16", "rows": 1, "connections": 16,
-                          "target": f"traffic {mode}", "name": f"gateway /predict (traffic {mode})",
-                          "rows_per_s": measured["rps"], **measured})
-    httpx.put(f"{gateway}/models/{MODEL}/traffic", json=POLICIES["single"], timeout=30).raise_for_status()
+    try:
+        for round_ in range(2):
+            for mode, policy in POLICIES.items():
+                httpx.put(f"{gateway}/models/{MODEL}/traffic", json=policy, timeout=30).raise_for_status()
+                print(f"  gateway /predict, traffic {mode}: 1 row, c=16, round {round_ + 1} ...", flush=True)
+                measured = wrk(f"{gateway}/predict", body, 16, duration)
+                table.append({"scenario": f"traffic {mode} {round_ + 1}, 1 row, c=16", "rows": 1, "connections": 16,
+                              "target": f"traffic {mode}", "name": f"gateway /predict (traffic {mode})",
+                              "rows_per_s": measured["rps"], **measured})
+    finally:  # what follows is measured under the single policy, whatever happened here
+        httpx.put(f"{gateway}/models/{MODEL}/traffic", json=POLICIES["single"], timeout=30).raise_for_status()
     return table
 
 
@@ -567,8 +580,9 @@ FIRST_ANSWER_LIMIT_S = 2.0
 LOG_COST_LIMIT = 0.05
 
 
-def check(target: str, value: float, met: bool) -> dict[str, Any]:
-    return {"target": target, "value": value, "met": bool(met)}
+def check(target: str, value: float, met: bool | None) -> dict[str, Any]:
+    """A target's figure and verdict; ``met`` None: a figure reported beside the targets, with none of its own."""
+    return {"target": target, "value": value, "met": None if met is None else bool(met)}
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -593,8 +607,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                             row["p99_ms"] < P99_LIMIT_MS))
         limit = GATEWAY_CPU_MS_AT_41 if width == 41 else None
         checks.append(check(f"{width} columns: gateway CPU ms a request (1 row, c=64)"
-                            + (f" <= {limit}" if limit else ", reported"), row["cpu_ms_per_request"],
-                            row["cpu_ms_per_request"] <= limit if limit else True))
+                            + (f" <= {limit}" if limit else ""), row["cpu_ms_per_request"],
+                            row["cpu_ms_per_request"] <= limit if limit else None))
     one, plain_one = cell["c", "1 row, c=1"], cell["a", "1 row, c=1"]
     checks.append(check("c=1: gateway p50 <= 1/3 of plain p50", one["p50_ms"] / plain_one["p50_ms"],
                         one["p50_ms"] <= plain_one["p50_ms"] / 3))
@@ -622,14 +636,17 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(check(f"{mode}: gateway >= 20x plain throughput (1 row, c=16)", rps[mode] / plain16,
                                 rps[mode] >= 20 * plain16))
             checks.append(check(f"{mode}: gateway p99 < 50 ms (1 row, c=16)", p99[mode], p99[mode] < P99_LIMIT_MS))
+    else:
+        checks.append(check("canary and shadow: measured (see the warning above)", 0, False))
     served = results["servers"]
-    checks.append(check("ceiling: gateway single rows / do-nothing endpoint, uvicorn (c=64), reported",
-                        served["gateway_to_ceiling"], True))
+    checks.append(check("ceiling: gateway single rows / do-nothing endpoint, uvicorn (c=64)",
+                        served["gateway_to_ceiling"], None))
     checks.append(check("granian / uvicorn, gateway single rows (c=64): switch only at >= 1.25",
                         served["granian_to_uvicorn_gateway"], not served["switch_warranted"]))
     first = results["first_answer"]
-    checks.append(check(f"a version's first answer <= {FIRST_ANSWER_LIMIT_S:.0f} s after it becomes a target (s, "
-                        f"slowest of {len(first['seconds'])})", first["max_s"], first["max_s"] <= FIRST_ANSWER_LIMIT_S))
+    checks.append(check(f"a version's first answer <= {FIRST_ANSWER_LIMIT_S:.0f} s after it becomes a target: the "
+                        f"challenger alias moved (s, slowest of {len(first['seconds'])})", first["max_s"],
+                        first["max_s"] <= FIRST_ANSWER_LIMIT_S))
     fast = results["in_process_p50_ms"]["1 row(s)"]["python model, records"], \
         results["in_process_p50_ms"]["64 row(s)"]["python model, records"]
     checks.append(check("in process: 1 row p50 <= 0.5 ms (records path)", fast[0], fast[0] <= 0.5))
@@ -705,7 +722,8 @@ def report(results: dict[str, Any]) -> str:
                      f" {e['throughput_speedup']:.0f}x throughput; max |ours - shap| {e['max_abs_diff_vs_shap']:.1e}")
     lines.append("")
     for check in results["targets"]:
-        lines.append(f"[{'met' if check['met'] else 'NOT met':7}] {check['target']}: {check['value']:.2f}")
+        verdict = "report" if check["met"] is None else "met" if check["met"] else "NOT met"
+        lines.append(f"[{verdict:7}] {check['target']}: {check['value']:.2f}")
     return "\n".join(lines)
 
 

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # Processes answering for each loaded version: forked from the loaded worker in mode fast (the
     # model's memory is shared), uvicorn workers of `mlflow models serve` in mode mlflow.
     model_server_workers: int = Field(2, ge=1, le=64, validation_alias="MODEL_SERVER_WORKERS")
+    # Mode fast: one worker process kept warm for the next version to load (about 200 MB while it waits).
+    model_server_spare: bool = Field(True, validation_alias="MODEL_SERVER_SPARE_WORKER")
     # Gateway -> model server: a bounded wait, so a dead server means a quick 503.
     model_server_timeout: float = Field(30.0, gt=0, validation_alias="MODEL_SERVER_TIMEOUT")
     model_server_connect_timeout: float = Field(2.0, gt=0, validation_alias="MODEL_SERVER_CONNECT_TIMEOUT")

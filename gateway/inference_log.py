@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 
 from contract import inference_log as store
 from contract.errors import first_line
-from contract.packing import pack_many, unpack
+from contract.packing import pack, pack_many, unpack
 from contract.settings import Settings
 from contract.tables import column_name
 from gateway.observability import Metrics
@@ -111,14 +111,31 @@ class InferenceLog:
                 encoded.append((entry, *self._encoded(entry)))
             except Exception as err:  # noqa: BLE001 (this entry is poison: set aside, the rest stored)
                 unreadable.append((entry, err))
-        packed_inputs = iter(pack_many([inputs for _, _, inputs, packed, _ in encoded if not packed]))
-        answers = pack_many([answer for *_, answer in encoded])
-        rows = [{"id": entry.key, "role": entry.role, "request_id": entry.request_id, "created_at": entry.created_at,
-                 "model_name": entry.model, "model_version": entry.version, "rows": entry.rows,
-                 "inputs_format": inputs_format, "inputs": inputs if packed else next(packed_inputs),
-                 "outputs": answer, "latency_ms": entry.latency_ms}
+        try:
+            packed_inputs = iter(pack_many([inputs for _, _, inputs, packed, _ in encoded if not packed]))
+            answers = pack_many([answer for *_, answer in encoded])
+        except Exception:  # noqa: BLE001 (one entry zstd refuses: packed one by one, that one set aside alone)
+            return self._stored_one_by_one(encoded, unreadable)
+        rows = [self._row(entry, inputs_format, inputs if packed else next(packed_inputs), answer)
                 for (entry, inputs_format, inputs, packed, _), answer in zip(encoded, answers, strict=True)]
         return rows, unreadable
+
+    def _stored_one_by_one(self, encoded: list[tuple[Entry, str, bytes, bool, bytes]],
+                           unreadable: list[tuple[Entry, Exception]],
+                           ) -> tuple[list[dict[str, Any]], list[tuple[Entry, Exception]]]:
+        rows = []
+        for entry, inputs_format, inputs, packed, answer in encoded:
+            try:
+                rows.append(self._row(entry, inputs_format, inputs if packed else pack(inputs), pack(answer)))
+            except Exception as err:  # noqa: BLE001 (this entry is poison: set aside, the rest stored)
+                unreadable.append((entry, err))
+        return rows, unreadable
+
+    @staticmethod
+    def _row(entry: Entry, inputs_format: str, inputs: bytes, answer: bytes) -> dict[str, Any]:
+        return {"id": entry.key, "role": entry.role, "request_id": entry.request_id, "created_at": entry.created_at,
+                "model_name": entry.model, "model_version": entry.version, "rows": entry.rows,
+                "inputs_format": inputs_format, "inputs": inputs, "outputs": answer, "latency_ms": entry.latency_ms}
 
     def _encoded(self, entry: Entry) -> tuple[str, bytes, bool, bytes]:
         """An entry's inputs as stored: their format, their bytes and whether these are packed already; and its

@@ -113,20 +113,25 @@ class ModelServer:
         await self.supervisor.task(FOLLOWER_LOOP, self.follower.run)
 
     async def follow_rollouts(self) -> None:
-        """The versions in a rollout are targets too: followed from the start, so loaded before their first
-        request (the follower's next round loads them)."""
-        try:
-            pairs = await asyncio.to_thread(self.registry.rollout_pairs)
-        except Exception as err:  # noqa: BLE001 (they load at their first request, as any other)
-            log.warning("could not list the models in a rollout: %s", first_line(err, 300))
-            return
+        """The versions in a rollout are targets too: followed and loaded from the start, before their first
+        request. Asked again each poll until the registry answers (meanwhile they load at their first request)."""
+        while True:
+            try:
+                pairs = await asyncio.to_thread(self.registry.rollout_pairs)
+                break
+            except Exception as err:  # noqa: BLE001 (tried again next poll)
+                log.warning("could not list the models in a rollout: %s", first_line(err, 300))
+                await asyncio.sleep(self.settings.registry_poll_seconds)
         for name, alias in pairs:
-            self.follower.follow((name, None))
-            self.follower.follow((name, alias))
+            for pair in ((name, None), (name, alias)):
+                self.follower.follow(pair)
+                self.pool.background(self.follower.reconcile(pair))
 
     async def close(self) -> None:
-        await self.pool.close()
-        await asyncio.to_thread(self.launcher.close_spare)
+        try:
+            await self.pool.close()
+        finally:
+            await asyncio.to_thread(self.launcher.close_spare)
         await self.http.aclose()
         with contextlib.suppress(OSError):
             self.socket_dir.rmdir()
@@ -140,7 +145,7 @@ class ModelServer:
             "mode": self.settings.model_server_mode,
             "models": [f.describe() for f in self.follower.pairs.values()],
             "loaded": [{"name": name, **backend.describe()} for (name, _), backend in self.pool.loaded.items()],
-            "spare": self.launcher.spare.pid if self.launcher.spare and self.launcher.spare.poll() is None else None,
+            "spare": self.launcher.spare_pid(),
             "background": self.supervisor.report(),  # the follower loop: state, restarts, last error
         }
 

@@ -262,11 +262,21 @@ class Launcher:
         return self._spawn([str(VENV_BIN / "python"), "-m", "model_server.worker", "--spare",
                             "--log-level", self.settings.log_level, "--parent-pid", str(os.getpid()),
                             "--processes", str(self.settings.model_server_workers)],
-                           self.settings.logs_dir / "fast-spare.log", stdin=subprocess.PIPE)
+                           self.spare_log, stdin=subprocess.PIPE)
+
+    @property
+    def spare_log(self) -> Path:
+        return self.settings.logs_dir / "fast-spare.log"
+
+    def spare_pid(self) -> int | None:
+        """The spare worker's pid while it runs (read from any thread: one read of ``spare``)."""
+        spare = self.spare
+        return spare.pid if spare is not None and spare.poll() is None else None
 
     def keep_spare(self) -> None:
         """Start the spare worker if there is none (mode ``fast``): at start, and after each one is taken."""
-        if self.settings.model_server_mode != "fast" or (self.spare is not None and self.spare.poll() is None):
+        if (self.settings.model_server_mode != "fast" or not self.settings.model_server_spare
+                or (self.spare is not None and self.spare.poll() is None)):
             return
         if self.spare is not None:
             log.warning("the spare worker exited with status %s; starting another", self.spare.returncode)
@@ -295,7 +305,7 @@ class Launcher:
         if self.settings.model_server_mode == "fast":
             # a short path: a Unix socket's path has room for about 100 bytes
             socket_path = self.socket_dir / f"w{self._count}.sock"
-            process = self._take_spare()
+            process = self._take_spare() if self.settings.model_server_spare else self._new_worker()
             assert process.stdin is not None
             try:
                 process.stdin.write(Assignment(uri, socket_path, log_path).line())
@@ -328,19 +338,27 @@ class Launcher:
 
     async def _start(self, name: str, version: str) -> Backend:
         backend = self._backend(name, version)
-        deadline = time.monotonic() + self.settings.model_server_start_timeout
-        while time.monotonic() < deadline:
-            if not backend.alive:
+        try:
+            deadline = time.monotonic() + self.settings.model_server_start_timeout
+            while time.monotonic() < deadline:
+                if not backend.alive:
+                    await backend.close()
+                    # a worker that died before it took its version said why in the spare's log
+                    reason = last_line(backend.log_path) if backend.log_path.exists() else last_line(self.spare_log)
+                    raise RuntimeError(f"the backend of version {version} exited with status "
+                                       f"{backend.process.returncode}: {reason}")
+                if await backend.ready():
+                    return backend
+                await asyncio.sleep(0.1)
+            await backend.close()
+            raise RuntimeError(f"the backend of version {version} did not answer within "
+                               f"{self.settings.model_server_start_timeout:.0f}s; see {backend.log_path}")
+        except BaseException:
+            if backend.alive:  # cancelled mid-wait (the pool closing): not left running
                 await backend.close()
-                raise RuntimeError(f"the backend of version {version} exited with status {backend.process.returncode}:"
-                                   f" {last_line(backend.log_path)}")
-            if await backend.ready():
-                self.keep_spare()  # the next one warms once this load no longer needs the cores
-                return backend
-            await asyncio.sleep(0.1)
-        await backend.close()
-        raise RuntimeError(f"the backend of version {version} did not answer within "
-                           f"{self.settings.model_server_start_timeout:.0f}s; see {backend.log_path}")
+            raise
+        finally:
+            self.keep_spare()  # the next one warms once this load, done or failed, no longer needs the cores
 
 
 def port_taken(path: Path, start: int) -> bool:

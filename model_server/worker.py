@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -78,17 +77,20 @@ def warm_up() -> None:
     load checks the model's requirements against it): everything a load pays for once a process."""
     import importlib
 
-    for name in WARM_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            log.info("not warmed: %s (%s)", name, err)
-    if "numba" in sys.modules:
-        sys.modules["numba"].njit(lambda x: x + 1)(1)  # the compiler's registries, set up on a first compile
-    with contextlib.suppress(ImportError):
+    def compile_once() -> None:  # the compiler's registries, set up on a first compile
+        sys.modules["numba"].njit(lambda x: x + 1)(1)
+
+    def map_packages() -> None:  # MLflow's own (private) helper: if it moves, only the head start is lost
         from mlflow.utils.requirements_utils import _init_packages_to_modules_map
 
         _init_packages_to_modules_map()
+
+    steps = [(name, lambda name=name: importlib.import_module(name)) for name in WARM_MODULES]
+    for what, step in [*steps, ("numba's compiler", compile_once), ("MLflow's package map", map_packages)]:
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 (a warm-up step only saves time: the load does it anyway)
+            log.warning("not warmed: %s (%s: %s)", what, type(err).__name__, err)
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.spare:
         started = time.perf_counter()
         warm_up()
+        isolate_from_project()  # again: nothing warm_up imported may have brought the model package in
         warmed = time.perf_counter() - started
         assignment = Assignment.read(sys.stdin)
         if assignment is None:

@@ -34,7 +34,8 @@ def row(results: dict[str, Any], target: str, scenario: str) -> dict[str, Any]:
 
 def test_every_target_has_a_figure_and_a_verdict():
     checks = evaluate_targets(copy.deepcopy(RUN))
-    assert all(isinstance(c["value"], int | float) and isinstance(c["met"], bool) for c in checks)
+    assert all(isinstance(c["value"], int | float) and c["met"] in (True, False, None) for c in checks)
+    assert sum(c["met"] is None for c in checks) == 3  # the CPU at 14 and 200 columns, the ceiling: figures only
     assert len({c["target"] for c in checks}) == len(checks)
 
 
@@ -62,7 +63,7 @@ def test_the_inference_log_may_cost_five_percent_and_no_more():
 
 def test_the_slowest_first_answer_counts():
     results = copy.deepcopy(RUN)
-    name = "a version's first answer <= 2 s after it becomes a target (s, slowest of 3)"
+    name = "a version's first answer <= 2 s after it becomes a target"
     results["first_answer"].update(seconds=[0.9, 1.9, 1.0], max_s=1.9)
     assert verdicts(results)[name]
     results["first_answer"].update(seconds=[0.9, 2.1, 1.0], max_s=2.1)
@@ -96,3 +97,11 @@ def test_the_gateways_server_changes_only_for_a_quarter_more():
     name = "granian / uvicorn, gateway single rows (c=64)"
     results["servers"]["switch_warranted"] = True
     assert not verdicts(results)[name]
+    results["servers"]["switch_warranted"] = False
+    assert verdicts(results)[name]
+
+
+def test_missing_rollout_figures_are_a_target_missed():
+    results = copy.deepcopy(RUN)
+    results["load"] = [r for r in results["load"] if not r["target"].startswith("traffic")]
+    assert not verdicts(results)["canary and shadow: measured"]

@@ -314,3 +314,36 @@ def test_an_entry_that_cannot_be_stored_is_set_aside_once_counted_and_the_rest_w
     assert sample(metrics, "gateway_inference_log_written_rows_total") == 8
     told = [r for r in caplog.records if "req-2" in r.getMessage()]
     assert len(told) == 1 and told[0].levelname == "WARNING" and told[0].exc_info  # logged once, with why
+
+
+def test_an_entry_the_packer_refuses_is_set_aside_alone_when_the_batch_cannot_be_packed_at_once(tmp_path,
+                                                                                               monkeypatch):
+    """The batch is packed in one call; should that call fail, each entry is packed alone and only the one the
+    packer refuses is set aside (the batch does not stay queued for good)."""
+    import gateway.inference_log as writer
+
+    def refuses(items: list[bytes]) -> list[bytes]:
+        raise MemoryError("zstd")
+
+    def packs(data: bytes) -> bytes:
+        if b"poison" in data:
+            raise MemoryError("zstd")
+        return pack(data)
+
+    monkeypatch.setattr(writer, "pack_many", refuses)
+    monkeypatch.setattr(writer, "pack", packs)
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+    metrics = Metrics()
+
+    async def scenario() -> list[str]:
+        log = InferenceLog(settings(uri), metrics)
+        kept = record(log, 2)
+        record(log, 1, note="poison")  # refused by the packer: set aside
+        kept += record(log, 3)
+        assert await log.flush() and not log.pending and log.pending_rows == 0
+        return kept
+
+    ids = asyncio.run(scenario())
+    assert {r.id for r in logged_rows(open_log(uri), "m")} == set(ids)
+    assert sample(metrics, "gateway_inference_log_dropped_rows_total", reason="unreadable") == 1
+    assert sample(metrics, "gateway_inference_log_written_rows_total") == 5

@@ -71,10 +71,15 @@ def test_a_follower_loop_that_dies_is_restarted_and_shown_on_status(tmp_path):
             raise RuntimeError("the follower tripped")
         await asyncio.sleep(3600)
 
+    async def no_rollouts() -> None:
+        pass
+
     async def scenario() -> dict:
         server = ModelServer(settings)
         server.supervisor.first_backoff = 0.01
         server.follower.run = dies_once  # the loop, not the registry, fails
+        server.launcher.keep_spare = lambda: None  # neither a spare process nor the rollouts' registry lookup:
+        server.follow_rollouts = no_rollouts  # beside the loop, and with no registry here they only wait
         task = asyncio.create_task(server.run())
         try:
             for _ in range(500):
