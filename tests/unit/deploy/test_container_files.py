@@ -42,10 +42,14 @@ def test_dockerfiles_pass_hadolint_with_no_ignored_rule():
         assert "hadolint ignore" not in dockerfile.read_text()
 
 
-def test_only_the_gateway_and_the_mlflow_ui_are_published(compose):
+def test_only_the_gateway_the_mlflow_ui_and_grafana_are_published(compose):
     published = {name: s.get("ports", []) for name, s in compose["services"].items() if s.get("ports")}
-    assert set(published) == {"gateway", "mlflow"}
+    assert set(published) == {"gateway", "mlflow", "grafana"}
     assert all(p.startswith("127.0.0.1:") for p in published["mlflow"])  # the UI only on the host's loopback
+    assert all(p.startswith("${GRAFANA_BIND:-127.0.0.1}:") for p in published["grafana"])
+    grafana = compose["services"]["grafana"]["environment"]  # read-only, whoever reaches it
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert grafana["GF_AUTH_DISABLE_LOGIN_FORM"] == "true" and grafana["GF_AUTH_BASIC_ENABLED"] == "false"
     assert compose["networks"]["backend"]["internal"] is True
     for name in ("postgres", "model-server"):
         assert compose["services"][name]["networks"] == ["backend"]
@@ -53,7 +57,10 @@ def test_only_the_gateway_and_the_mlflow_ui_are_published(compose):
 
 def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "mlflow", "model-server", "gateway"}
+    assert set(services) == {"postgres", "mlflow", "model-server", "gateway", "prometheus", "grafana"}
+    # the observability services only when asked for: `docker compose up` starts the stack alone
+    assert {name for name, s in services.items() if s.get("profiles")} == {"prometheus", "grafana"}
+    assert all(services[name]["profiles"] == ["observability"] for name in ("prometheus", "grafana"))
     for name, service in services.items():
         assert service["healthcheck"]["test"], name
         for condition in service.get("depends_on", {}).values():

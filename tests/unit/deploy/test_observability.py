@@ -92,3 +92,21 @@ def test_the_dashboard_shows_what_every_alert_watches_each_panel_in_its_own_plac
     shown = {name for query in queries() for name in METRIC.findall(query)}
     watched = {name for rule in alerts() for name in METRIC.findall(rule["expr"])}
     assert watched <= shown, watched - shown
+
+
+def test_the_compose_prometheus_scrapes_the_gateway_with_these_rules_and_grafana_loads_this_dashboard():
+    checked = promtool("check", "config", "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = yaml.safe_load((RULES / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    assert [t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]] \
+        == ["gateway:8000"]
+    services = yaml.safe_load((PROJECT_DIR / "docker-compose.yaml").read_text())["services"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    mounted = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["grafana"]["volumes"] if v.startswith("./"))
+    provisioning = PROJECT_DIR / "deploy" / "grafana" / "provisioning"
+    assert mounted["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "tabular-classifier.yml").read_text())["providers"]
+    assert Path(mounted["./deploy/grafana/gateway-dashboard.json"]).parent == Path(provider["options"]["path"])
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and source["isDefault"]
