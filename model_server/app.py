@@ -124,8 +124,7 @@ class ModelServer:
                 await asyncio.sleep(self.settings.registry_poll_seconds)
         for name, alias in pairs:
             for pair in ((name, None), (name, alias)):
-                self.follower.follow(pair)
-                self.pool.background(self.follower.reconcile(pair))
+                self.follow(pair)
 
     async def close(self) -> None:
         try:
