@@ -60,7 +60,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from contract.model_output import PROBA_PREFIX
+from contract.model_output import CONFIDENCE_COLUMN, PREDICTION_SET_COLUMN, PROBA_PREFIX
 from contract.packing import unpack
 from contract.tables import csv_records
 
@@ -271,6 +271,9 @@ class LoggedRow:
     label: Any
     probabilities: dict[str, float]
     true_label: Any  # from POST /feedback; None without feedback
+    # the classes of the set the answer carried (as text) and the confidence asked for it; None without one
+    prediction_set: tuple[str, ...] | None = None
+    confidence: float | None = None
 
 
 def body_records(inputs_format: str, body: bytes) -> list[dict[str, Any]]:
@@ -339,10 +342,20 @@ def _request_rows(connection: Any, model_name: str, version: str | None, since: 
                                        output.get("label"),
                                        {k.removeprefix(PROBA_PREFIX): v for k, v in output.items()
                                         if k.startswith(PROBA_PREFIX)},
-                                       None if true_label is None else json.loads(true_label)))
+                                       None if true_label is None else json.loads(true_label),
+                                       *_prediction_set(output)))
                 if len(found) >= limit:
                     return found
     return found
+
+
+def _prediction_set(output: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, float | None]:
+    """(the set, the confidence) an answered row carries, or (None, None): an answer without a set, or whose
+    set is not a list of classes and a level."""
+    members, level = output.get(PREDICTION_SET_COLUMN), output.get(CONFIDENCE_COLUMN)
+    if not isinstance(members, list) or isinstance(level, bool) or not isinstance(level, (int, float)):
+        return None, None
+    return tuple(str(m) for m in members), float(level)
 
 
 def _feedback_for(connection: Any, keys: Sequence[str]) -> dict[str, str]:

@@ -18,3 +18,11 @@ EXPLANATIONS_COLUMN = "explanations"  # with "all": {class: {"base_value": b, "c
 # what base_value + the contributions add up to: "probability" (forests) or "log_odds" (gradient boosting);
 # versions from before it explained probabilities
 EXPLAINS_COLUMN = "explains"
+# predict(..., params={CONFIDENCE_PARAM: 0.9}): each row adds PREDICTION_SET_COLUMN, the classes that together
+# hold that coverage (split conformal), and CONFIDENCE_COLUMN, the level asked; SET_COVERAGE_PARAM "per_class"
+# holds it for each true class (Mondrian) instead of on average. 0: no sets.
+CONFIDENCE_PARAM = "confidence"
+SET_COVERAGE_PARAM = "set_coverage"
+SET_COVERAGES = ("marginal", "per_class")
+PREDICTION_SET_COLUMN = "prediction_set"
+CONFIDENCE_COLUMN = "confidence"

@@ -28,6 +28,11 @@ TAG_TRAIN_RUN_ID = "train_run_id"
 TAG_PREPROCESS_RUN_ID = "preprocess_run_id"
 TAG_TARGET = "target"
 TAG_DECISION_THRESHOLD = "decision_threshold"  # a version's cut-off, or "argmax" (multiclass)
+# Set by training on a version: how its probabilities were calibrated (isotonic, sigmoid, temperature or none)
+# and two of its test-split figures, which monitoring and the alert rules compare live figures with.
+TAG_CALIBRATION = "calibration"
+TAG_TEST_ACCURACY = "test_accuracy"
+TAG_TEST_CALIBRATION_ERROR = "test_calibration_error"
 TAG_TUNING_RUN_ID = "tuning_run_id"
 TAG_TUNED_PARAMS = "tuned_params"
 TAG_JOB_ID = "job_id"
@@ -41,6 +46,20 @@ TAG_MONITORING_RUN_ID = "monitoring_run_id"
 TAG_MONITORING_DRIFT_SHARE = "monitoring_drift_share"
 TAG_MONITORING_LIVE_ACCURACY = "monitoring_live_accuracy"
 TAG_MONITORING_AT = "monitoring_at"
+# performance estimated from the calibrated probabilities alone (no labels needed)
+TAG_MONITORING_ESTIMATED_ACCURACY = "monitoring_estimated_accuracy"
+# from feedback: the share of true labels inside the prediction sets served, the level those sets were asked
+# for (the most common one in the window) and how many labelled rows had a set
+TAG_MONITORING_REALISED_COVERAGE = "monitoring_realised_coverage"
+TAG_MONITORING_COVERAGE_TARGET = "monitoring_coverage_target"
+TAG_MONITORING_COVERAGE_ROWS = "monitoring_coverage_rows"
+TAG_MONITORING_LIVE_CALIBRATION_ERROR = "monitoring_live_calibration_error"
+# the rows with a true label behind the live figures (live accuracy, live calibration error): an alert rule
+# needs it, as a few rows alone give a calibration error well above 0
+TAG_MONITORING_FEEDBACK_ROWS = "monitoring_feedback_rows"
+# fairness from feedback, over the version's sensitive columns
+TAG_MONITORING_DEMOGRAPHIC_PARITY = "monitoring_demographic_parity_difference"
+TAG_MONITORING_EQUALIZED_ODDS = "monitoring_equalized_odds_difference"
 # Set on a version by a promotion or a rollback, and on the model by an automatic rollback.
 TAG_PROMOTED_AT = "promoted_at"
 TAG_PROMOTED_BY = "promoted_by"

@@ -23,7 +23,12 @@ from contract.names import DEFAULT_DATA_PATH, DEFAULT_MODEL_NAME, DEFAULT_TARGET
 from contract.tables import line_of_names, names_of_line
 
 METRICS = ("f1", "roc_auc", "accuracy", "precision", "recall")
+# Differences between the groups of the sensitive columns (steps/fairness.py): lower is better, so they may guard a
+# promotion but not be the metric it maximises
+FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
+GUARD_METRICS = METRICS + FAIRNESS_METRICS
 PROMOTE = ("never", "if_better", "canary")
+CALIBRATIONS = ("auto", "isotonic", "sigmoid", "temperature", "none")
 # The tree ensembles a model can be (pyfunc/pipeline.py: ESTIMATORS builds each): the seed's random forest,
 # extremely randomised trees (random cut points, no bootstrap: faster to fit, often as good) and scikit-learn's
 # histogram gradient boosting (small trees added one after another: usually the best ranking on tabular data).
@@ -240,9 +245,9 @@ def non_negative_number(raw: str) -> float:
 
 def metric_list(raw: str) -> tuple[str, ...]:
     names = column_list(raw)
-    unknown = [n for n in names if n not in METRICS]
+    unknown = [n for n in names if n not in GUARD_METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; expected some of {', '.join(METRICS)}")
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; expected some of {', '.join(GUARD_METRICS)}")
     return names
 
 
@@ -355,13 +360,27 @@ class ModelParams:
     min_delta: float = param(0.005, non_negative_number, "the least gain in metric that counts as beating the "
                              "served version", Api(float, {"ge": 0, "le": 1}))
     guard_metrics: tuple[str, ...] = param(("accuracy", "roc_auc"), metric_list, "comma-separated metrics that "
-                                           "must not drop by more than guard_tolerance", TEXT)
+                                           "must not drop by more than guard_tolerance (the fairness differences "
+                                           "must not rise by more)", TEXT)
     guard_tolerance: float = param(0.01, non_negative_number, "how much a guard metric may drop",
                                    Api(float, {"ge": 0, "le": 1}))
     threshold: str | float = param(
         "auto", threshold, "binary targets: positive_class is the label from this probability of it on; auto = the "
         "cut-off that maximises metric (f1 for roc_auc) on out-of-fold predictions of the training split",
         Api(Literal["auto"] | float))
+    calibration: str = param(
+        "auto", choice(CALIBRATIONS), "how the probabilities are calibrated on out-of-fold predictions of the "
+        "training split; auto = isotonic from 1,000 rows (sigmoid below) for binary targets, temperature for "
+        "multiclass ones; none = the model's own", Api(Literal[CALIBRATIONS]))
+    sensitive_columns: tuple[str, ...] = param(
+        (), column_list, "comma-separated input columns whose groups fairness is reported by (binary targets: "
+        "selection rate, accuracy, true and false positive rates a group); empty = no fairness report", TEXT)
+
+    def __post_init__(self) -> None:
+        fairness = [m for m in self.guard_metrics if m in FAIRNESS_METRICS]
+        if fairness and not self.sensitive_columns:
+            raise ParameterError("guard_metrics", line_of_names(self.guard_metrics),
+                                 f"{', '.join(fairness)} needs sensitive_columns (the groups it compares)")
 
 
 @dataclass(frozen=True)
@@ -406,6 +425,13 @@ class MonitorParams:
     max_rows: int = param(100_000, positive_int, "the newest logged rows read at most", None)
 
 
+def set_confidence(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("expected a number from 0 (no prediction sets) to below 1, such as 0.9")
+    return value
+
+
 # Spark master URLs: local, local[N], local[*], local[N,F], spark://, yarn, k8s://, mesos://
 _SPARK_MASTER = re.compile(r"local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?|yarn|(spark|k8s|mesos)://\S+")
 
@@ -430,6 +456,8 @@ class ScoreParams:
     spark_master: str = param("local[*]", spark_master, "Spark master URL", TEXT)
     explain: bool = param(False, boolean, "true: add base_value and contrib_<column> (exact TreeSHAP of the "
                           "predicted class) to every row", None)
+    confidence: float = param(0.0, set_confidence, "above 0: add prediction_set, the classes that together hold "
+                              "the true one with this probability (conformal), and confidence", None)
 
 
 # Names people reach for first, and the parameter they mean (what a string distance does not find)

@@ -2,7 +2,8 @@
 
 One input tensor per column (shape ``[n]`` or ``[n, 1]``): ``BYTES`` for raw text
 cells, numbers (``FP64``, ``INT64``, ...) accepted too; the outputs are
-``label``, ``probability`` and one ``proba_<class>`` per class. Tensor data comes
+``label``, ``probability`` and one ``proba_<class>`` per class (with the request parameter ``confidence``,
+also ``prediction_set``, each row's set as JSON text, and ``confidence``). Tensor data comes
 as JSON or, with Triton's binary tensor data extension (what ``tritonclient``
 sends by default), as raw bytes after the JSON header, whose length is in the
 ``Inference-Header-Content-Length`` header. Answers are JSON. Pure functions,
@@ -18,10 +19,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.model_output import CONFIDENCE_COLUMN, CONFIDENCE_PARAM, PREDICTION_SET_COLUMN, SET_COVERAGE_PARAM
+
 NUMERIC = {"BOOL": "<?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
            "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 DATATYPES = ("BYTES", *NUMERIC)
 LABEL_DATATYPES = {"string": "BYTES", "long": "INT64", "double": "FP64"}
+MODEL_PARAMETERS = (CONFIDENCE_PARAM, SET_COVERAGE_PARAM)  # request parameters passed to the model
+SET_OUTPUTS = [(PREDICTION_SET_COLUMN, "string"), (CONFIDENCE_COLUMN, "double")]  # with a confidence
 
 
 class ProtocolError(ValueError):
@@ -37,6 +42,7 @@ class InferRequest:
     records: list[dict[str, Any]]
     id: str | None
     outputs: list[str] | None  # the outputs asked for; None: all
+    params: dict[str, Any] | None = None  # the model's, from the request's parameters (prediction sets)
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -77,9 +83,14 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
         raise ProtocolError("'outputs' must be a list of objects with a 'name'")
     request_id = request.get("id")
+    parameters = request.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+    # the model checks the values and names the one it refuses; other parameters are the protocol's
+    params = {key: parameters[key] for key in MODEL_PARAMETERS if key in parameters}
     return InferRequest([{name: values[r] for name, values in columns.items()} for r in range(rows)],
                         None if request_id is None else str(request_id),
-                        None if outputs is None else [o["name"] for o in outputs])
+                        None if outputs is None else [o["name"] for o in outputs], params or None)
 
 
 def input_tensor(tensor: Any, index: int, binary: bytes, offset: int) -> tuple[str, list[Any], int]:
@@ -143,11 +154,16 @@ def infer_response(model_name: str, version: str, request: InferRequest, predict
         raise ProtocolError(f"unknown output(s) {', '.join(map(repr, unknown))}; the model gives "
                             + ", ".join(name for name, _ in outputs), 400)
     tensors = [{"name": name, "datatype": LABEL_DATATYPES.get(types[name], "FP64"), "shape": [len(predictions)],
-                "data": [row.get(name) for row in predictions]} for name in wanted]
+                "data": [cell(row.get(name)) for row in predictions]} for name in wanted]
     response: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": tensors}
     if request.id is not None:
         response["id"] = request.id
     return orjson.dumps(response)
+
+
+def cell(value: Any) -> Any:
+    """A value of a flat tensor: a list (a prediction set) as its JSON text."""
+    return orjson.dumps(value).decode() if isinstance(value, list) else value
 
 
 def metadata(name: str, versions: list[str], columns: list[tuple[str, str]], outputs: list[tuple[str, str]]

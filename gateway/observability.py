@@ -19,6 +19,7 @@ import collections
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -36,6 +37,20 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from contract.names import (
+    TAG_MONITORING_COVERAGE_ROWS,
+    TAG_MONITORING_COVERAGE_TARGET,
+    TAG_MONITORING_DEMOGRAPHIC_PARITY,
+    TAG_MONITORING_DRIFT_SHARE,
+    TAG_MONITORING_EQUALIZED_ODDS,
+    TAG_MONITORING_ESTIMATED_ACCURACY,
+    TAG_MONITORING_FEEDBACK_ROWS,
+    TAG_MONITORING_LIVE_ACCURACY,
+    TAG_MONITORING_LIVE_CALIBRATION_ERROR,
+    TAG_MONITORING_REALISED_COVERAGE,
+    TAG_TEST_ACCURACY,
+    TAG_TEST_CALIBRATION_ERROR,
+)
 from gateway.errors import error_body
 from runtime.logs import request_id_var
 
@@ -68,6 +83,48 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000)
+
+# The figures training and the monitor step leave on a version as tags, each a gauge by model and version of the
+# served versions (read by gateway/routes/health.py: monitoring_gauges); the alert rules compare them.
+VERSION_FIGURES: dict[str, tuple[str, str]] = {
+    TAG_MONITORING_DRIFT_SHARE: (
+        "gateway_model_drift_share", "Share of input columns the latest monitoring run found drifted"),
+    TAG_MONITORING_LIVE_ACCURACY: (
+        "gateway_model_live_accuracy", "Accuracy on the rows with a true label, from the latest monitoring run"),
+    TAG_MONITORING_ESTIMATED_ACCURACY: (
+        "gateway_model_estimated_accuracy",
+        "Accuracy estimated from the calibrated probabilities alone (CBPE), from the latest monitoring run"),
+    TAG_TEST_ACCURACY: ("gateway_model_test_accuracy", "Accuracy on the version's test split, from training"),
+    TAG_TEST_CALIBRATION_ERROR: (
+        "gateway_model_test_calibration_error", "Expected calibration error on the test split, from training"),
+    TAG_MONITORING_REALISED_COVERAGE: (
+        "gateway_model_realised_coverage",
+        "Share of the true labels inside the prediction sets served, from the latest monitoring run"),
+    TAG_MONITORING_COVERAGE_TARGET: (
+        "gateway_model_coverage_target", "The confidence the prediction sets of that coverage were asked for"),
+    TAG_MONITORING_COVERAGE_ROWS: (
+        "gateway_model_coverage_rows", "Rows with a true label and a prediction set, behind that coverage"),
+    TAG_MONITORING_LIVE_CALIBRATION_ERROR: (
+        "gateway_model_live_calibration_error",
+        "Expected calibration error on the rows with a true label, from the latest monitoring run"),
+    TAG_MONITORING_FEEDBACK_ROWS: (
+        "gateway_model_feedback_rows", "Rows with a true label behind the live accuracy and calibration error"),
+    TAG_MONITORING_DEMOGRAPHIC_PARITY: (
+        "gateway_model_demographic_parity_difference",
+        "Largest difference between sensitive groups in the share predicted positive, latest monitoring run"),
+    TAG_MONITORING_EQUALIZED_ODDS: (
+        "gateway_model_equalized_odds_difference",
+        "Largest difference between sensitive groups in true or false positive rate, latest monitoring run"),
+}
+
+
+def tag_figure(value: str) -> float | None:
+    """A version tag's figure, or None when the tag holds no finite number (anyone with EDIT can set a tag)."""
+    try:
+        figure = float(value)
+    except (TypeError, ValueError):
+        return None
+    return figure if math.isfinite(figure) else None
 
 
 class Kept:
@@ -128,11 +185,8 @@ class Metrics:
                                              "and predicted label", ["model", "version", "label"], registry=r))
         self.rollbacks = Counter("gateway_rollouts_rolled_back", "Canaries rolled back automatically, by model",
                                  ["model"], registry=r)
-        self.drift_share = Gauge("gateway_model_drift_share", "Share of input columns the latest monitoring run "
-                                 "found drifted, by served model and version", ["model", "version"], registry=r)
-        self.live_accuracy = Gauge("gateway_model_live_accuracy", "Accuracy on the rows with a true label, from the "
-                                   "latest monitoring run, by served model and version", ["model", "version"],
-                                   registry=r)
+        self.version_figures = {tag: Gauge(name, f"{doc}, by served model and version", ["model", "version"],
+                                           registry=r) for tag, (name, doc) in VERSION_FIGURES.items()}
         self.log_written = Counter("gateway_inference_log_written_rows", "Predictions written to the inference log",
                                    registry=r)
         self.log_dropped = Counter("gateway_inference_log_dropped_rows", "Predictions the inference log could not "
@@ -155,6 +209,24 @@ class Metrics:
             for label, count in collections.Counter(map(str, labels)).items():
                 # a model's classes; a model with hundreds of them counts the rest as "other"
                 self.predicted_labels.labels(model, version, self.labels.value(model, label)).inc(count)
+
+    def set_version_figures(self, tags_by_version: Iterable[tuple[str, str, dict[str, str]]]) -> None:
+        """The gauges of :data:`VERSION_FIGURES` from each served version's tags, and none of other versions; a
+        tag that holds no number is logged and skipped, its version's other gauges set."""
+        for gauge in self.version_figures.values():
+            gauge.clear()
+        for name, version, tags in tags_by_version:
+            model, version_label = self.labels(name, version)
+            for tag, gauge in self.version_figures.items():
+                if tag not in tags:
+                    continue
+                figure = tag_figure(tags[tag])
+                if figure is None:
+                    logging.getLogger("gateway.metrics").warning(
+                        "tag %s of %s version %s is not a number (%.80r): no %s", tag, name, version, tags[tag],
+                        VERSION_FIGURES[tag][0])
+                    continue
+                gauge.labels(model, version_label).set(figure)
 
     def set_loaded(self, loaded: Iterable[tuple[str, str]]) -> None:
         self.loaded_models.clear()

@@ -11,7 +11,13 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from contract import inference_log as log_tables
-from contract.model_output import BASE_VALUE_COLUMN, EXPLAIN_CLASSES, EXPLAIN_CLASSES_PARAM, EXPLAIN_PARAM
+from contract.model_output import (
+    BASE_VALUE_COLUMN,
+    EXPLAIN_CLASSES,
+    EXPLAIN_CLASSES_PARAM,
+    EXPLAIN_PARAM,
+    PREDICTION_SET_COLUMN,
+)
 from contract.predict_body import BodyRefused
 from contract.settings import Settings
 from contract.traffic import TrafficPolicy, to_canary
@@ -61,6 +67,12 @@ def as_http_error(refused: BodyRefused) -> HTTPException:
     return unprocessable(list(refused.loc), refused.message, refused.kind)
 
 
+def too_old(target: Target, answer: Answer, what: str) -> HTTPException:
+    """A 409 for a version whose model code predates a feature the caller asked for."""
+    return HTTPException(status.HTTP_409_CONFLICT, detail=f"version {answer.version} of '{target.name}' was trained "
+                                                          f"before models {what}; train a new version")
+
+
 class Predictor:
     def __init__(self, settings: Settings, model: ModelServerClient, metrics: Metrics,
                  inference_log: InferenceLog | None, rollouts: Rollouts):
@@ -70,8 +82,9 @@ class Predictor:
         self.inference_log = inference_log
         self.rollouts = rollouts
 
-    async def predict(self, rows: Rows, target: Target) -> Predicted:
-        """Predictions for ``rows``, each with its id and logged; the errors as HTTP errors."""
+    async def predict(self, rows: Rows, target: Target, params: dict[str, Any] | None = None) -> Predicted:
+        """Predictions for ``rows``, each with its id and logged; the errors as HTTP errors. ``params``: the
+        model's, asking for prediction sets (the canary answers with them too; a shadow without)."""
         started = time.perf_counter()
         served = target.alias is None and target.version is None  # the served version, under the policy
         policy = self.rollouts.policy(target.name) if served else TrafficPolicy()
@@ -79,12 +92,15 @@ class Predictor:
         if policy.mode == "canary":
             records = rows.parsed() if policy.sticky_key else []  # routed by a column's value, or the request id
             if to_canary(policy, request_key(policy, records, request_id_var.get())):
-                tried = await self._call(rows, Target(target.name, alias=policy.alias))
+                tried = await self._call(rows, Target(target.name, alias=policy.alias), params)
                 if tried is not None and (tried.status == 200 or the_callers_fault(tried)):
                     answer = tried  # else the served version answers below: the caller sees no canary failure
         if answer is None:
-            answer = await self._call(rows, target)
-        predicted = self._answered(rows, target, self._checked(self._read_as_sent(rows, answer)), started)
+            answer = await self._call(rows, target, params)
+        answer = self._checked(self._read_as_sent(rows, answer))
+        if params and answer.body["predictions"] and PREDICTION_SET_COLUMN not in answer.body["predictions"][0]:
+            raise too_old(target, answer, "gave prediction sets")  # MLflow drops params a signature lacks
+        predicted = self._answered(rows, target, answer, started)
         if policy.mode == "shadow" and policy.alias:
             self.rollouts.run_later(self._shadow(rows, Target(target.name, alias=policy.alias), predicted))
         return predicted
@@ -111,9 +127,7 @@ class Predictor:
         answer = self._checked(await self._call(rows, target, params))
         predictions = answer.body["predictions"]
         if predictions and BASE_VALUE_COLUMN not in predictions[0]:  # MLflow drops params a version's signature lacks
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                detail=f"version {answer.version} of '{target.name}' was trained before models "
-                                       "could explain their predictions; train a new version")
+            raise too_old(target, answer, "could explain their predictions")
         return self._answered(rows, target, answer, started)
 
     def _answered(self, rows: Rows, target: Target, answer: Answer, started: float,

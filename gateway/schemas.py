@@ -12,7 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import Stage
-from contract.params import DataParams, ForestParams, ModelParams, TuneParams, moment, unknown_names_error
+from contract.errors import ParameterError
+from contract.params import (
+    DataParams,
+    ForestParams,
+    ModelParams,
+    TuneParams,
+    moment,
+    parse_params,
+    unknown_names_error,
+)
 
 
 def unprocessable(loc: list[Any], message: str, kind: str = "value_error") -> HTTPException:
@@ -31,6 +40,11 @@ VersionQuery = Annotated[str | None, Query(pattern=VERSION_PATTERN, description=
                                            "the served one")]
 ExplainClassesQuery = Annotated[Literal["predicted", "all"], Query(
     description="explain the predicted class's probability, or every class's as well (by_class)")]
+ConfidenceQuery = Annotated[float | None, Query(
+    gt=0, lt=1, description="also give each row's prediction_set: the classes that together hold the true one with "
+    "this probability (split conformal prediction, calibrated on held-out training rows)")]
+SetCoverageQuery = Annotated[Literal["marginal", "per_class"], Query(
+    description="with confidence: hold it over all rows (marginal) or for each true class (per_class, Mondrian)")]
 AliasQuery = Annotated[str | None, Query(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
                                          description="the version holding this alias instead of the served one")]
 
@@ -70,6 +84,10 @@ class Prediction(BaseModel):
     label: str | int | float
     probability: float
     probabilities: dict[str, float]
+    prediction_set: list[str | int | float] | None = Field(
+        None, description="with ?confidence=c: the classes that together hold the true one with probability c; "
+                          "may be empty (no class is likely enough) or hold every class")
+    confidence: float | None = Field(None, description="the confidence the prediction set was asked for")
 
 
 class PredictResponse(BaseModel):
@@ -89,10 +107,12 @@ class ClassExplanation(BaseModel):
 class Explanation(Prediction, ClassExplanation):
     """A prediction and the exact TreeSHAP explanation of its label's probability or log-odds."""
 
-    explains: Literal["probability", "log_odds"] = Field(
+    explains: Literal["probability", "log_odds", "uncalibrated_probability", "uncalibrated_log_odds"] = Field(
         description="what base_value + contributions add up to: the probability (random forest, extra trees) or "
                     "the log-odds (gradient boosting, whose trees add up before the logistic function; with more "
-                    "than two classes, the class's softmax score)")
+                    "than two classes, the class's softmax score) of the answer; uncalibrated_...: of the model's "
+                    "own score before calibration, where the calibration map does not keep sums over trees "
+                    "(isotonic, or any map of a forest's probability)")
 
     by_class: dict[str, ClassExplanation] | None = Field(
         None, description="with ?classes=all: the explanation of every class's probability")
@@ -168,6 +188,18 @@ class _TrainBase(BaseModel):
     def _feedback_needs_the_switch(self) -> _TrainBase:
         if "feedback_from" in self.model_fields_set and not self.include_feedback:
             raise ValueError('feedback_from: only with "include_feedback": true')
+        return self
+
+    @model_validator(mode="after")
+    def _parameters_agree(self) -> _TrainBase:
+        """Rules between parameters (a fairness guard needs sensitive_columns, ...): each group's own check, a 422
+        instead of a job that fails."""
+        given = self.mlproject_parameters()
+        for group in TRAIN_GROUPS:
+            try:
+                parse_params(group, {f.name: given[f.name] for f in fields(group) if f.name in given})
+            except ParameterError as err:
+                raise ValueError(str(err)) from None
         return self
 
     @field_validator("*", mode="before")
@@ -249,6 +281,11 @@ class MonitorRequest(BaseModel):
         return value
 
 
+class SetCoverage(BaseModel):
+    coverage: float
+    rows: int
+
+
 class MonitorSummary(BaseModel):
     status: Literal["ok", "drift", "insufficient_data"]
     rows: int
@@ -257,8 +294,26 @@ class MonitorSummary(BaseModel):
     live_metrics: dict[str, float] = Field(description="accuracy, precision, recall, f1, roc_auc of the rows "
                                            "with a true label (empty until there are enough)")
     feedback_rows: int = 0
+    fairness: dict[str, Any] = Field(default_factory=dict, description="by the version's sensitive_columns, of "
+                                     "the rows with a true label: sensitive_columns, groups, by_group (the largest "
+                                     "100), demographic_parity_difference, equalized_odds_difference (binary "
+                                     "targets); empty until there are enough")
     version: str | None = None
     reason: str | None = None
+    estimated_metrics: dict[str, float] = Field(default_factory=dict, description="accuracy, precision, recall, "
+                                                "f1, roc_auc estimated from the served probabilities alone (CBPE), "
+                                                "every row of the window, labelled or not")
+    estimated_uncertainty: dict[str, float] = Field(default_factory=dict, description="the standard deviation of "
+                                                    "each estimate: how far the labels may still move it")
+    estimated_rows: int = 0
+    estimation_missing: dict[str, str] = Field(default_factory=dict, description="why a metric is not estimated")
+    probabilities_calibrated: bool | None = Field(None, description="false: the version's probabilities are not "
+                                                  "calibrated, and the estimates rest on them anyway")
+    realised_coverage: dict[str, SetCoverage] = Field(default_factory=dict, description="by confidence asked "
+                                                      "(\"0.9\"): the share of true labels inside the prediction "
+                                                      "sets served, of the labelled rows with a set")
+    live_calibration_error: float | None = Field(None, description="expected calibration error of the served "
+                                                 "probabilities on the rows with a true label")
 
 
 class MonitorJobOut(JobRecord):

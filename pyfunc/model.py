@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from pyfunc.calibration import Calibration, ConformalScores
 from pyfunc.cleaning import FeatureSchema, InvalidInputError
 from pyfunc.fast import CompiledPipeline, Explanation
 from pyfunc.pipeline import load_pipeline
@@ -23,6 +24,12 @@ PIPELINE_ARTIFACT = "pipeline"
 SCHEMA_ARTIFACT = "feature_schema"
 DECISION_ARTIFACT = "decision"  # the label's rule (DecisionRule); a version without it: argmax
 DECISION_FILE = "decision.json"
+# The calibration of the probabilities and the conformal scores (pyfunc/calibration.py); a version without them
+# serves its model's own probabilities and gives no prediction sets.
+CALIBRATION_ARTIFACT = "calibration"
+CALIBRATION_FILE = "calibration.json"
+CONFORMAL_ARTIFACT = "conformal"
+CONFORMAL_FILE = "conformal.npz"
 # The file behind SCHEMA_ARTIFACT, in the model's artifacts/ folder: the input columns and their kinds.
 FEATURE_SCHEMA_FILE = "feature_schema.json"
 # predict(..., params={"on_invalid": "report"}): rows that cannot be scored get their reason in
@@ -39,7 +46,19 @@ EXPLAIN_CLASSES = ("predicted", "all")
 BASE_VALUE_COLUMN = "base_value"
 CONTRIB_PREFIX = "contrib_"
 EXPLANATIONS_COLUMN = "explanations"
-EXPLAINS_COLUMN = "explains"  # what base_value + the contributions add up to: "probability" or "log_odds"
+# what base_value + the contributions add up to: "probability" or "log_odds" of the served answer, or, where the
+# calibration does not keep sums over trees (isotonic, or any map of a forest's probability), those of the model's
+# own uncalibrated score, "uncalibrated_probability" or "uncalibrated_log_odds"
+EXPLAINS_COLUMN = "explains"
+UNCALIBRATED = "uncalibrated_"
+# predict(..., params={CONFIDENCE_PARAM: 0.9}): each row adds PREDICTION_SET_COLUMN, the classes that together
+# hold that coverage (split conformal), and CONFIDENCE_COLUMN, the level asked; SET_COVERAGE_PARAM "per_class"
+# holds it for each true class (Mondrian) instead of on average. 0: no sets.
+CONFIDENCE_PARAM = "confidence"
+SET_COVERAGE_PARAM = "set_coverage"
+SET_COVERAGES = ("marginal", "per_class")
+PREDICTION_SET_COLUMN = "prediction_set"
+CONFIDENCE_COLUMN = "confidence"
 
 
 def proba_column(label: Any) -> str:
@@ -89,8 +108,8 @@ def prediction_columns(classes: np.ndarray, proba: np.ndarray, rule: DecisionRul
 def answer_columns(classes: Sequence[Any], columns: Sequence[str]) -> list[str]:
     """Every column an answer may add beside a row's raw ``columns`` (the score step writes them side by side):
     what :func:`prediction_columns`, the explanations and ``on_invalid="report"`` name."""
-    return ["label", "probability", *map(proba_column, classes), ERROR_COLUMN, EXPLAINS_COLUMN, BASE_VALUE_COLUMN,
-            EXPLANATIONS_COLUMN, *map(contrib_column, columns)]
+    return ["label", "probability", *map(proba_column, classes), PREDICTION_SET_COLUMN, CONFIDENCE_COLUMN,
+            ERROR_COLUMN, EXPLAINS_COLUMN, BASE_VALUE_COLUMN, EXPLANATIONS_COLUMN, *map(contrib_column, columns)]
 
 
 def format_predictions(classes: np.ndarray, proba: np.ndarray, index: pd.Index,
@@ -120,6 +139,32 @@ def add_explanations(scored: pd.DataFrame, explanation: Explanation, columns: li
     return pd.concat([scored, pd.DataFrame(extra, index=scored.index)], axis=1)
 
 
+def set_columns(classes: np.ndarray, in_set: np.ndarray, confidence: float) -> dict[str, list]:
+    """``prediction_set`` (a list of classes a row, typed as ``label``) and ``confidence`` (the level asked)."""
+    labels = classes.tolist()
+    return {PREDICTION_SET_COLUMN: [[labels[k] for k in np.flatnonzero(row)] for row in in_set],
+            CONFIDENCE_COLUMN: [confidence] * len(in_set)}
+
+
+def set_request(params: dict[str, Any]) -> tuple[float, bool]:
+    """(confidence, per class) a call asks for; confidence 0 when it asks for no sets. An InvalidInputError
+    naming the parameter for a value out of range."""
+    raw = params.get(CONFIDENCE_PARAM) or 0.0
+    try:
+        confidence = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{CONFIDENCE_PARAM} must be a number between 0 and 1, not {raw!r}",
+                                [CONFIDENCE_PARAM]) from None
+    if not 0.0 <= confidence < 1.0:
+        raise InvalidInputError(f"{CONFIDENCE_PARAM} must be at least 0 (no sets) and below 1, not {raw!r}",
+                                [CONFIDENCE_PARAM])
+    coverage = params.get(SET_COVERAGE_PARAM) or SET_COVERAGES[0]
+    if coverage not in SET_COVERAGES:
+        raise InvalidInputError(f"{SET_COVERAGE_PARAM} must be one of {', '.join(SET_COVERAGES)}, not {coverage!r}",
+                                [SET_COVERAGE_PARAM])
+    return confidence, coverage == SET_COVERAGES[1]
+
+
 def prediction_records(classes: np.ndarray, proba: np.ndarray, rule: DecisionRule = ARGMAX) -> list[dict[str, Any]]:
     """:func:`prediction_columns` as one JSON-ready dict a row (what the scoring server returns)."""
     named = prediction_columns(classes, proba, rule)
@@ -136,11 +181,14 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     """
 
     def __init__(self, pipeline: Pipeline | None = None, schema: FeatureSchema | None = None,
-                 rule: DecisionRule = ARGMAX):
+                 rule: DecisionRule = ARGMAX, calibration: Calibration = Calibration(),
+                 conformal: ConformalScores | None = None):
         # Direct construction serves tests and in-process use; MLflow fills them in load_context.
         self._pipeline = pipeline
         self._schema = schema
         self._rule = rule
+        self._calibration = calibration
+        self._conformal = conformal
         self._compiled = (
             CompiledPipeline.from_pipeline(pipeline, schema) if pipeline is not None and schema else None
         )
@@ -159,6 +207,10 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         decision = context.artifacts.get(DECISION_ARTIFACT)
         self._rule = (DecisionRule.from_json(Path(decision).read_text(encoding="utf-8"), self._compiled.classes)
                       if decision else ARGMAX)
+        calibration, conformal = context.artifacts.get(CALIBRATION_ARTIFACT), context.artifacts.get(CONFORMAL_ARTIFACT)
+        self._calibration = (Calibration.from_json(Path(calibration).read_text(encoding="utf-8")) if calibration
+                             else Calibration())
+        self._conformal = ConformalScores.from_bytes(Path(conformal).read_bytes()) if conformal else None
 
     def predict(
         self,
@@ -175,32 +227,61 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         if every_class not in EXPLAIN_CLASSES:
             raise InvalidInputError(f"{EXPLAIN_CLASSES_PARAM} must be one of {', '.join(EXPLAIN_CLASSES)}, not "
                                     f"{every_class!r}", [EXPLAIN_CLASSES_PARAM])
+        sets = set_request(params)
+        if sets[0] and self._conformal is None:
+            raise InvalidInputError(f"this version has no conformal scores, so no prediction sets: ask without "
+                                    f"{CONFIDENCE_PARAM}, or train a new version", [CONFIDENCE_PARAM])
         if params.get(ON_INVALID_PARAM, "raise") == "report":
-            return self._predict_reporting_errors(frame, explain, every_class == "all")
-        return self._scored(frame, explain, every_class == "all")
+            return self._predict_reporting_errors(frame, explain, every_class == "all", sets)
+        return self._scored(frame, explain, every_class == "all", sets)
 
-    def _scored(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
+    def _scored(self, frame: pd.DataFrame, explain: bool, every_class: bool,
+                sets: tuple[float, bool] = (0.0, False)) -> pd.DataFrame:
         classes = self._compiled.classes
         if not explain:
-            return format_predictions(classes, self._compiled.predict_proba(frame), frame.index, self._rule)
-        explanation = self._compiled.explain(frame)
-        scored = format_predictions(classes, explanation.proba, frame.index, self._rule)
-        return add_explanations(scored, explanation, self._schema.columns, classes, every_class, self._rule)
+            scored = format_predictions(classes, self._proba(self._compiled.predict_proba(frame)), frame.index,
+                                        self._rule)
+        else:
+            explanation = self.calibrated(self._compiled.explain(frame))
+            scored = format_predictions(classes, explanation.proba, frame.index, self._rule)
+            scored = add_explanations(scored, explanation, self._schema.columns, classes, every_class, self._rule)
+        confidence, per_class = sets
+        if confidence:
+            proba = scored[[proba_column(c) for c in classes]].to_numpy(dtype=float)
+            for name, values in set_columns(classes, self._conformal.sets(proba, confidence, per_class),
+                                            confidence).items():
+                scored[name] = pd.Series(values, index=scored.index, dtype=object)
+        return scored
 
-    def _predict_reporting_errors(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
+    def _proba(self, raw: np.ndarray) -> np.ndarray:
+        """The probabilities served: the model's own, calibrated."""
+        return self._calibration.apply(raw)
+
+    def calibrated(self, explanation: Explanation) -> Explanation:
+        """An explanation of the model's own score as one of the served answer: its probabilities calibrated,
+        and its sums too where the calibration keeps them (else it says it explains the uncalibrated score)."""
+        proba = self._proba(explanation.proba)
+        if not self._calibration.keeps_additivity(explanation.explains):
+            return replace(explanation, proba=proba, explains=UNCALIBRATED + explanation.explains)
+        base, contributions = self._calibration.scale_explanation(explanation.base, explanation.contributions)
+        return replace(explanation, proba=proba, base=base, contributions=contributions)
+
+    def _predict_reporting_errors(self, frame: pd.DataFrame, explain: bool, every_class: bool,
+                                  sets: tuple[float, bool]) -> pd.DataFrame:
         """:meth:`predict` plus an ``error`` column: a row that cannot be scored gets its reason
         there and empty predictions, instead of failing the rows around it (batch scoring)."""
         try:
-            scored = self._scored(frame, explain, every_class)
+            scored = self._scored(frame, explain, every_class, sets)
         except InvalidInputError:
             if any(column not in frame.columns for column in self._schema.columns):
                 raise  # a missing column fails every row alike: the caller's whole input is wrong
-            return self._score_rows_one_by_one(frame, explain, every_class)
+            return self._score_rows_one_by_one(frame, explain, every_class, sets)
         # a None per row: pandas 3 turns pd.Series(None, dtype=object) into NaN, a bare NaN in JSON
         scored[ERROR_COLUMN] = pd.Series([None] * len(scored), index=scored.index, dtype=object)
         return scored
 
-    def _score_rows_one_by_one(self, frame: pd.DataFrame, explain: bool, every_class: bool) -> pd.DataFrame:
+    def _score_rows_one_by_one(self, frame: pd.DataFrame, explain: bool, every_class: bool,
+                               sets: tuple[float, bool]) -> pd.DataFrame:
         """Each row checked on its own, then the valid ones scored together."""
         errors: list[str | None] = []
         for record in frame[self._schema.columns].to_dict(orient="records"):
@@ -210,7 +291,7 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
             except InvalidInputError as err:
                 errors.append(err.message.replace(" row 0:", ":"))
         valid = np.flatnonzero([e is None for e in errors])
-        scored = self._scored(frame.iloc[valid].reset_index(drop=True), explain, every_class)
+        scored = self._scored(frame.iloc[valid].reset_index(drop=True), explain, every_class, sets)
         scored = scored.set_axis(valid).reindex(np.arange(len(frame)))  # missing, in each column's own type
         scored.index = frame.index
         scored[ERROR_COLUMN] = pd.Series(errors, index=scored.index, dtype=object)
@@ -223,7 +304,8 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         """
         if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
-        return prediction_records(self._compiled.classes, self._compiled.predict_proba_records(records), self._rule)
+        return prediction_records(self._compiled.classes, self._proba(self._compiled.predict_proba_records(records)),
+                                  self._rule)
 
     @property
     def input_columns(self) -> list[str]:
@@ -238,5 +320,5 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         (CSV, MLflow's ``dataframe_split``, column-wise ``inputs``)."""
         if self._compiled is None:
             raise RuntimeError("TabularClassifier has no pipeline: load it with mlflow.pyfunc")
-        return prediction_records(self._compiled.classes, self._compiled.predict_proba_table(names, columns),
-                                  self._rule)
+        return prediction_records(self._compiled.classes,
+                                  self._proba(self._compiled.predict_proba_table(names, columns)), self._rule)

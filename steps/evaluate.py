@@ -58,11 +58,20 @@ def resampled_scores(metric: str, y_true: np.ndarray, proba: np.ndarray, classes
     cells = (k + 1) ** 2
     pairs = (true * (k + 1) + pred)[rows] + np.arange(len(rows))[:, None] * cells
     counts = np.bincount(pairs.ravel(), minlength=len(rows) * cells).reshape(len(rows), k + 1, k + 1)
+    return confusion_scores(metric, counts, _codes([positive], classes)[0] if positive is not None else None)
+
+
+def confusion_scores(metric: str, counts: np.ndarray, positive: int | None) -> np.ndarray:
+    """``metric`` (any but roc_auc) of confusion counts, one matrix a resample: ``counts[r, t, p]``, the rows of
+    resample r with true class t that were returned class p, the last index of each axis for a label that is no
+    class. The counts may be expected ones, fractions (steps/estimate.py). ``positive``: the index of the class
+    binary metrics score; None for macro averages."""
+    k = counts.shape[1] - 1
     hits = np.diagonal(counts, axis1=1, axis2=2)[:, :k]
     if metric == "accuracy":
-        return hits.sum(axis=1) / rows.shape[1]
+        return hits.sum(axis=1) / counts.sum(axis=(1, 2))
     by_class = _rate(metric, hits, returned=counts[:, :, :k].sum(axis=1), actual=counts[:, :k, :].sum(axis=2))
-    return by_class[:, _codes([positive], classes)[0]] if positive is not None else by_class.mean(axis=1)
+    return by_class[:, positive] if positive is not None else by_class.mean(axis=1)
 
 
 def _rate(metric: str, hits: np.ndarray, returned: np.ndarray, actual: np.ndarray) -> np.ndarray:
@@ -103,6 +112,73 @@ def classification_metrics(
 ) -> dict[str, float]:
     """accuracy, roc_auc, precision, recall, f1 (see :func:`score`)."""
     return {metric: score(metric, y_true, proba, classes, positive, y_pred) for metric in METRICS}
+
+
+CALIBRATION_BINS = 15  # equal-width bins of the reliability diagram and the ECE (Guo et al., 2017)
+
+
+def calibration_target(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray,
+                       positive: object | None) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, whether it came true) a row, as the reliability diagram and the ECE read them: the positive
+    class's probability for a binary target, the returned (most probable) class's for a multiclass one."""
+    proba = np.asarray(proba, dtype=float)
+    true = _codes(y_true, np.asarray(classes))
+    if positive is not None:
+        column = _codes([positive], np.asarray(classes))[0]
+        return proba[:, column], true == column
+    top = proba.argmax(axis=1)
+    return proba[np.arange(len(top)), top], true == top
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
+                               bins: int = CALIBRATION_BINS) -> float:
+    """The rows' mean gap between a probability and how often it came true, bin by bin (equal-width bins of
+    :func:`calibration_target`'s probability, each weighted by its rows); NaN without rows."""
+    predicted, happened = calibration_target(y_true, proba, classes, positive)
+    if not len(predicted):
+        return float("nan")
+    which = np.minimum((predicted * bins).astype(int), bins - 1)
+    rows = np.bincount(which, minlength=bins)
+    gaps = np.abs(np.bincount(which, predicted, bins) - np.bincount(which, happened.astype(float), bins))
+    return float(gaps.sum() / rows.sum())
+
+
+def brier_score(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
+    """Mean squared distance between the probabilities and the one-hot truth; halved for two classes, so that a
+    binary target's equals the usual (the positive class's) Brier score, as scikit-learn's ``scale_by_half``."""
+    proba = np.asarray(proba, dtype=float)
+    truth = np.zeros_like(proba)
+    true = _codes(y_true, np.asarray(classes))
+    known = true < proba.shape[1]
+    truth[np.flatnonzero(known), true[known]] = 1.0
+    total = np.mean(np.sum((proba - truth) ** 2, axis=1))
+    return float(total / 2 if proba.shape[1] == 2 else total)
+
+
+def plot_reliability(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, classes: np.ndarray,
+                     positive: object | None, path: Path) -> None:
+    """How often each predicted probability came true on the test split, before and after calibration."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="lightgrey", linestyle="--", label="perfectly calibrated")
+    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+    for name, proba in (("uncalibrated", before), ("calibrated (served)", after)):
+        predicted, happened = calibration_target(y_true, proba, classes, positive)
+        which = np.minimum((predicted * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+        rows = np.bincount(which, minlength=CALIBRATION_BINS)
+        kept = rows > 0
+        mean_p = np.bincount(which, predicted, CALIBRATION_BINS)[kept] / rows[kept]
+        rate = np.bincount(which, happened.astype(float), CALIBRATION_BINS)[kept] / rows[kept]
+        ece = expected_calibration_error(y_true, proba, classes, positive)
+        ax.plot(mean_p, rate, marker="o", label=f"{name}: ECE {ece:.4f}")
+    ax.set_xticks(edges[::3])
+    what = f"P({positive})" if positive is not None else "probability of the returned class"
+    ax.set_xlabel(f"predicted {what}")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("Reliability diagram (test split)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # The cut-offs tried: a grid (as scikit-learn's TunedThresholdClassifierCV) fine enough for a forest's

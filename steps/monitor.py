@@ -40,10 +40,12 @@ from contract.inference_log import LoggedRow, logged_rows, open_log
 from contract.names import (
     MONITORING_COLUMNS_ARTIFACT,
     MONITORING_SUMMARY_ARTIFACT,
+    TAG_CALIBRATION,
     TAG_MODEL_NAME,
     TAG_MODEL_VERSION,
     TAG_MONITORING_AT,
     TAG_MONITORING_DRIFT_SHARE,
+    TAG_MONITORING_FEEDBACK_ROWS,
     TAG_MONITORING_LIVE_ACCURACY,
     TAG_MONITORING_RUN_ID,
     TAG_MONITORING_STATUS,
@@ -52,7 +54,7 @@ from contract.names import (
 from contract.params import MonitorParams, parse_cli
 from contract.settings import get_settings
 from pyfunc.cleaning import MISSING, FeatureSchema, clean_raw_frame, column_key
-from steps import evaluate, report
+from steps import estimate, evaluate, fairness, report
 from steps.drift import ColumnDrift, Rules, categorical_drift, numeric_drift
 from steps.runs import log_params_once, step_run
 from steps.versions import Version, predict_with_own_code, read_version
@@ -116,10 +118,9 @@ def live_quality(rows: Sequence[LoggedRow], version: Version, minimum: int) -> t
     labelled = [r for r in rows if r.true_label is not None]
     if len(labelled) < minimum or len(version.classes) < 2:
         return len(labelled), {}
-    by_text = {str(c): c for c in version.classes}
-    y_true = np.array([by_text.get(str(r.true_label), r.true_label) for r in labelled])
-    proba = np.array([[float(r.probabilities.get(str(c), 0.0)) for c in version.classes] for r in labelled])
-    y_pred = np.array([by_text.get(str(r.label), r.label) for r in labelled])  # what the version answered
+    y_true = estimate.as_classes([r.true_label for r in labelled], version.classes)
+    proba = estimate.probabilities(labelled, version.classes)
+    y_pred = estimate.as_classes([r.label for r in labelled], version.classes)  # what the version answered
     metrics = evaluate.classification_metrics(y_true, proba, np.array(version.classes), version.positive, y_pred)
     return len(labelled), metrics
 
@@ -157,7 +158,7 @@ def monitor(params: MonitorParams, out_dir: Path) -> tuple[dict[str, Any], dict[
     except Exception as err:  # noqa: BLE001
         raise ParameterError("inference_log", uri, f"cannot read the inference log: {first_line(err, 300)}") from None
     summary: dict[str, Any] = {"model_name": params.model_name, "rows": len(rows), "drift_share": 0.0,
-                               "drifted_features": [], "live_metrics": {}, "feedback_rows": 0,
+                               "drifted_features": [], "live_metrics": {}, "feedback_rows": 0, "fairness": {},
                                "since": params.since, "until": params.until or time.time()}
     if not rows:
         served = params.version or newest_version(client, params.model_name)
@@ -173,6 +174,9 @@ def monitor(params: MonitorParams, out_dir: Path) -> tuple[dict[str, Any], dict[
     drifts, absent = column_drift(version.schema, reference, current, rules)
     predicted = prediction_drift(version, reference_raw, rows, rules)
     feedback_rows, live = live_quality(rows, version, params.min_feedback)
+    calibration = mlflow.MlflowClient().get_model_version(version.name, version.version).tags.get(TAG_CALIBRATION)
+    summary.update(estimate.window_figures(rows, version.classes, version.positive, calibration, params.min_feedback))
+    summary["fairness"] = live_fairness(rows, version, reference_raw, params.min_feedback, out_dir)
     drifted = [d.column for d in drifts if d.drifted]
     share = len(drifted) / len(drifts) if drifts else 0.0
     summary.update({
@@ -188,6 +192,16 @@ def monitor(params: MonitorParams, out_dir: Path) -> tuple[dict[str, Any], dict[
 def newest_version(client: mlflow.MlflowClient, name: str) -> str:
     versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
     return str(max((int(v.version) for v in versions), default=0)) or ""
+
+
+def live_fairness(rows: Sequence[LoggedRow], version: Version, reference: pd.DataFrame, minimum: int,
+                  out_dir: Path) -> dict[str, Any]:
+    """Fairness by the version's sensitive columns of the rows with a true label: the labels served against the
+    true ones (steps/fairness.py); empty without sensitive columns or with fewer than ``minimum`` such rows."""
+    labelled = [r for r in rows if r.true_label is not None]
+    return fairness.window_report(current_frame(labelled, version.schema.columns), [r.true_label for r in labelled],
+                                  [r.label for r in labelled], version.positive, version.sensitive_columns,
+                                  version.schema, reference, minimum, out_dir)
 
 
 def write_artifacts(out_dir: Path, summary: dict[str, Any], drifts: list[ColumnDrift], predicted: ColumnDrift | None,
@@ -209,7 +223,7 @@ def write_artifacts(out_dir: Path, summary: dict[str, Any], drifts: list[ColumnD
         figures[drift.column] = png
         (out_dir / FIGURES_DIR).mkdir(exist_ok=True)
         (out_dir / figure_path(drift.column)).write_bytes(png)
-    test = {k: v for k, v in version.test_metrics.items() if k in live}
+    test = {k: v for k, v in version.test_metrics.items() if k in live or k in summary.get("estimated_metrics", {})}
     (out_dir / "report.html").write_text(report.html_report(summary, drifts, predicted, live, test, figures),
                                          encoding="utf-8")
 
@@ -227,7 +241,8 @@ def record(summary: dict[str, Any], column_metrics: dict[str, float], run_id: st
     itself is the artifact ``summary.json``: a tag holds 8,000 characters)."""
     metrics = {"rows": summary["rows"], "drift_share": summary["drift_share"],
                "drifted_columns": len(summary["drifted_features"]), "feedback_rows": summary["feedback_rows"],
-               **{f"live_{k}": v for k, v in summary["live_metrics"].items()}, **column_metrics}
+               **{f"live_{k}": v for k, v in summary["live_metrics"].items()}, **column_metrics,
+               **estimate.run_metrics(summary), **fairness.run_metrics(summary)}
     mlflow.log_metrics(metrics)
     mlflow.set_tags({TAG_MODEL_NAME: summary["model_name"], TAG_MODEL_VERSION: summary.get("version") or "",
                      TAG_MONITORING_STATUS: summary["status"],
@@ -239,6 +254,9 @@ def record(summary: dict[str, Any], column_metrics: dict[str, float], run_id: st
                 TAG_MONITORING_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if "accuracy" in summary["live_metrics"]:
             tags[TAG_MONITORING_LIVE_ACCURACY] = f"{summary['live_metrics']['accuracy']:.6f}"
+            tags[TAG_MONITORING_FEEDBACK_ROWS] = f"{summary['feedback_rows']:.6f}"
+        tags.update(estimate.version_tags(summary))
+        tags.update(fairness.version_tags(summary))
         for key, value in tags.items():
             client.set_model_version_tag(summary["model_name"], summary["version"], key, value)
 

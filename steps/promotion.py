@@ -11,7 +11,9 @@ wins only when all three hold:
    for both models, seeded with ``random_state``) gives a 95% interval whose
    lower end is above 0;
 3. no guard metric (``guard_metrics``, accuracy and ROC-AUC by default) drops by
-   more than ``guard_tolerance``.
+   more than ``guard_tolerance``; a fairness difference (``steps/fairness.py``:
+   lower is better, both versions' on the same rows and groups) must not rise
+   by more.
 
 :func:`decide` is the rule as a pure function. The decision, both scores, the
 difference with its interval and the condition that decided are tags on the
@@ -33,14 +35,14 @@ import pandas as pd
 
 from contract.errors import ProjectError
 from contract.names import PROMOTION_TAG_PREFIX
-from contract.params import ModelParams
+from contract.params import FAIRNESS_METRICS, ModelParams
 from contract.registry import Registry
 from contract.settings import get_settings
 from contract.traffic import TrafficPolicy
 from pyfunc.model import proba_column
-from steps import evaluate
+from steps import evaluate, fairness
 from steps.splits import Labels
-from steps.versions import predict_with_own_code
+from steps.versions import predict_with_own_code, read_version
 
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -98,7 +100,8 @@ def decide(rule: Rule, new_score: float, champion_version: str | None, scores: S
         return Decision(False, metric, new_score, champion_version, None, unscored_reason, "unscored")
     old = scores.champion[metric]
     difference = scores.new[metric] - old
-    guards = {g: {"new": scores.new[g], "champion": scores.champion[g]} for g in rule.guards}
+    guards = {g: {"new": scores.new[g], "champion": scores.champion[g]} for g in rule.guards
+              if g in scores.new and g in scores.champion}
     common = {"difference": difference, "interval": scores.interval, "guards": guards}
     if not difference > 0 or difference < rule.min_delta:
         return Decision(False, metric, new_score, champion_version, old,
@@ -109,12 +112,18 @@ def decide(rule: Rule, new_score: float, champion_version: str | None, scores: S
         return Decision(False, metric, new_score, champion_version, old,
                         f"{metric} gain {difference:+.4f} is not significant: its {CONFIDENCE:.0%} bootstrap "
                         f"interval [{low:+.4f}, {high:+.4f}] does not exclude 0", "significance", **common)
+    unscored = [g for g in rule.guards if g not in guards]
+    if unscored:  # a fairness difference of a multiclass target: a guard asked for is never skipped
+        return Decision(False, metric, new_score, champion_version, old, f"guard {unscored[0]} has no figure for "
+                        "both versions (fairness guards need a binary target)", f"guard:{unscored[0]}", **common)
     for guard, values in guards.items():
-        drop = values["champion"] - values["new"]
-        if drop > rule.guard_tolerance:
+        lower_is_better = guard in FAIRNESS_METRICS
+        loss = values["new"] - values["champion"] if lower_is_better else values["champion"] - values["new"]
+        if loss > rule.guard_tolerance:
             return Decision(False, metric, new_score, champion_version, old,
-                            f"guard {guard} drops by {drop:.4f} ({values['champion']:.4f} -> {values['new']:.4f}), "
-                            f"more than guard_tolerance {rule.guard_tolerance}", f"guard:{guard}", **common)
+                            f"guard {guard} {'rises' if lower_is_better else 'drops'} by {loss:.4f} "
+                            f"({values['champion']:.4f} -> {values['new']:.4f}), more than guard_tolerance "
+                            f"{rule.guard_tolerance}", f"guard:{guard}", **common)
     return Decision(True, metric, new_score, champion_version, old,
                     f"{metric} {scores.new[metric]:.4f} > champion's {old:.4f} by {difference:+.4f} "
                     f"({CONFIDENCE:.0%} interval [{low:+.4f}, {high:+.4f}]), no guard dropped", "every_condition",
@@ -173,6 +182,20 @@ def champion_answers(model_name: str, serving_alias: str, test: pd.DataFrame,
     return version, Answers(predicted[columns].to_numpy(dtype=float), returned), ""
 
 
+def fairness_guards(model: ModelParams, version: str, test: pd.DataFrame, labels: Labels, new: Answers, old: Answers,
+                    new_metrics: dict[str, float], old_metrics: dict[str, float]
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """Both versions' fairness differences on the test rows, in the groups of the new version's sensitive
+    columns (cut where its training rows are): the same groups for both, whatever the champion was trained with."""
+    registered = read_version(model.model_name, version)
+    grouping = fairness.Grouping.of(model.sensitive_columns, registered.schema, registered.training_split())
+
+    def differences(answers: Answers) -> dict[str, float]:
+        return fairness.report(test, labels.test, answers.labels, labels.positive, grouping).differences
+
+    return {**new_metrics, **differences(new)}, {**old_metrics, **differences(old)}
+
+
 def promote_if_better(model: ModelParams, version: str, new_metrics: dict[str, float], new: Answers,
                       test: pd.DataFrame, labels: Labels, seed: int) -> Decision:
     registry = Registry(mlflow.MlflowClient(), get_settings().serve_alias)
@@ -183,6 +206,9 @@ def promote_if_better(model: ModelParams, version: str, new_metrics: dict[str, f
         old_metrics = evaluate.classification_metrics(labels.test, old.proba, labels.classes, labels.positive,
                                                       old.labels)
         interval = paired_bootstrap(model.metric, labels, new, old, seed)
+        if any(guard in FAIRNESS_METRICS for guard in rule.guards):
+            new_metrics, old_metrics = fairness_guards(model, version, test, labels, new, old, new_metrics,
+                                                       old_metrics)
         scores = Scores(new_metrics, old_metrics, interval)
     decision = decide(rule, new_metrics[model.metric], champion, scores, why)
     if decision.promoted and model.promote == "canary" and champion is not None:

@@ -86,9 +86,14 @@ def html_report(summary: dict[str, Any], columns: list[ColumnDrift], prediction:
         ["", "method", "score", "threshold", "drifted"],
         [["predicted labels", prediction.method, prediction.score, prediction.threshold,
           "yes" if prediction.drifted else ""]])
-    quality = (_table(["metric", "live (feedback)", "test split (training run)"],
-                      [[k, v, test.get(k, float("nan"))] for k, v in live.items()])
-               if live else "<p>Not enough true labels yet (POST /feedback).</p>")
+    estimated, spread = summary.get("estimated_metrics", {}), summary.get("estimated_uncertainty", {})
+    quality = _table(["metric", "estimated (no labels)", "± (std)", "live (feedback)", "test split (training run)"],
+                     [[k, estimated.get(k, float("nan")), spread.get(k, float("nan")), live.get(k, float("nan")),
+                       test.get(k, float("nan"))] for k in dict.fromkeys([*estimated, *live])])
+    if not live:
+        quality += "<p>Not enough true labels yet (POST /feedback).</p>"
+    if summary.get("probabilities_calibrated") is False:
+        quality += "<p>The version's probabilities are not calibrated: the estimates may be off.</p>"
     images = "".join(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>"
                      for name, png in figures.items())

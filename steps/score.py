@@ -32,10 +32,14 @@ from contract.settings import get_settings
 from pyfunc.cleaning import FeatureSchema, column_key
 from pyfunc.model import (
     BASE_VALUE_COLUMN,
+    CONFIDENCE_COLUMN,
+    CONFIDENCE_PARAM,
     ERROR_COLUMN,
     EXPLAIN_PARAM,
+    EXPLAINS_COLUMN,
     FEATURE_SCHEMA_FILE,
     ON_INVALID_PARAM,
+    PREDICTION_SET_COLUMN,
     contrib_column,
 )
 from steps.runs import log_params_once, step_run
@@ -99,12 +103,16 @@ def fetch_model(uri: str) -> ScoredModel:
                        [spec.name for spec in params.params] if params else [])
 
 
-def output_columns(model: ScoredModel, explain: bool) -> list[tuple[str, str]]:
-    """(name, Spark type) of what the model adds to a row: its signature's outputs, the explanation's
-    columns when asked for, then ``error``."""
+def output_columns(model: ScoredModel, explain: bool, confidence: float = 0.0) -> list[tuple[str, str]]:
+    """(name, Spark type) of what the model adds to a row: its signature's outputs, the prediction sets and the
+    explanation's columns when asked for, then ``error``."""
     columns = [(spec.name, SPARK_TYPES.get(spec.type.name, "string")) for spec in model.outputs.inputs]
+    if confidence:
+        columns += [(PREDICTION_SET_COLUMN, f"array<{dict(columns)['label']}>"), (CONFIDENCE_COLUMN, "double")]
     if explain:
-        columns += [(BASE_VALUE_COLUMN, "double"), *((contrib_column(c), "double") for c in model.columns)]
+        # explains: what base_value and the contributions add up to (the served or the uncalibrated score)
+        columns += [(EXPLAINS_COLUMN, "string"), (BASE_VALUE_COLUMN, "double"),
+                    *((contrib_column(c), "double") for c in model.columns)]
     return [*columns, (ERROR_COLUMN, "string")]
 
 
@@ -169,7 +177,10 @@ def run_score(params: ScoreParams) -> dict[str, float]:
     if params.explain and EXPLAIN_PARAM not in model.params:
         raise ParameterError("explain", "true", "the model was trained before models could explain their "
                              "predictions; train a new version")
-    columns = output_columns(model, params.explain)
+    if params.confidence and CONFIDENCE_PARAM not in model.params:
+        raise ParameterError("confidence", str(params.confidence), "the model was trained before models gave "
+                             "prediction sets; train a new version")
+    columns = output_columns(model, params.explain, params.confidence)
     outputs = result_type(columns)
     output_names = [name for name, _ in columns]
 
@@ -192,7 +203,8 @@ def run_score(params: ScoreParams) -> dict[str, float]:
             raise ParameterError("input_path", params.input_path,
                                  f"has column(s) named like the output: {', '.join(map(repr, clashing))}; rename them")
         udf = mlflow.pyfunc.spark_udf(spark, str(model.path), result_type=outputs, env_manager="local",
-                                      params={ON_INVALID_PARAM: "report", EXPLAIN_PARAM: params.explain})
+                                      params={ON_INVALID_PARAM: "report", EXPLAIN_PARAM: params.explain,
+                                              **({CONFIDENCE_PARAM: params.confidence} if params.confidence else {})})
         # Columns reach the model by name only inside a struct; its own column named unlike any input's.
         answer = "_prediction"
         while answer in frame.columns:
@@ -225,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         (params,) = parse_cli(argv, ScoreParams)
         log_params_once({"model_uri": model_uri_of(params), "input_path": params.input_path,
                          "output_path": params.output_path, "spark_master": params.spark_master,
-                         "explain": params.explain})
+                         "explain": params.explain, "confidence": params.confidence})
         figures = run_score(params)
         mlflow.log_metrics(figures)
         mlflow.set_tag("output_path", params.output_path)

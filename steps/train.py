@@ -20,12 +20,27 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
 from contract.errors import DataError, ParameterError, ProjectError
-from contract.names import TAG_DECISION_THRESHOLD, TAG_MODEL_NAME, TAG_MODEL_VERSION, TAG_TARGET, TAG_TRAIN_RUN_ID
-from contract.params import ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
+from contract.names import (
+    TAG_CALIBRATION,
+    TAG_DECISION_THRESHOLD,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    TAG_TARGET,
+    TAG_TEST_ACCURACY,
+    TAG_TEST_CALIBRATION_ERROR,
+    TAG_TRAIN_RUN_ID,
+)
+from contract.params import FORESTS, ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
+from pyfunc.calibration import Calibration, ConformalScores, choose_method, fit_calibration
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
 from pyfunc.model import (
     ARGMAX,
+    CALIBRATION_ARTIFACT,
+    CALIBRATION_FILE,
+    CONFORMAL_ARTIFACT,
+    CONFIDENCE_PARAM,
+    CONFORMAL_FILE,
     DECISION_ARTIFACT,
     DECISION_FILE,
     EXPLAIN_CLASSES,
@@ -35,11 +50,13 @@ from pyfunc.model import (
     ON_INVALID_PARAM,
     PIPELINE_ARTIFACT,
     SCHEMA_ARTIFACT,
+    SET_COVERAGE_PARAM,
+    SET_COVERAGES,
     DecisionRule,
     proba_column,
 )
 from pyfunc.pipeline import build_pipeline, fits_dense, input_column_importance, save_pipeline
-from steps import evaluate
+from steps import evaluate, fairness
 from steps.preprocess import log_datasets
 from steps.promotion import Answers, promote_if_better
 from steps.runs import PROJECT_DIR, log_params_once, step_run
@@ -71,7 +88,10 @@ def model_signature(classes: np.ndarray) -> ModelSignature:
         # "report": rows that cannot be scored get an `error` column instead of failing the batch;
         # explain: the exact TreeSHAP contributions of each input column (pyfunc/model.py)
         params=ParamSchema([ParamSpec(ON_INVALID_PARAM, "string", "raise"), ParamSpec(EXPLAIN_PARAM, "boolean", False),
-                            ParamSpec(EXPLAIN_CLASSES_PARAM, "string", EXPLAIN_CLASSES[0])]),
+                            ParamSpec(EXPLAIN_CLASSES_PARAM, "string", EXPLAIN_CLASSES[0]),
+                            # confidence: each row's conformal prediction set at that coverage (0: none)
+                            ParamSpec(CONFIDENCE_PARAM, "double", 0.0),
+                            ParamSpec(SET_COVERAGE_PARAM, "string", SET_COVERAGES[0])]),
     )
 
 
@@ -91,6 +111,8 @@ class Fitted:
     rule: DecisionRule  # how the model picks its label (a binary target's threshold)
     metrics: dict[str, float]
     answers: Answers  # on the test split: probabilities and the labels the model returns
+    calibration: Calibration
+    conformal: ConformalScores
 
 
 def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: ModelParams,
@@ -105,6 +127,7 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
     if positive is None and model.threshold != "auto":
         raise ParameterError("threshold", str(model.threshold),
                              f"a threshold applies to binary targets; this one has {len(classes)} classes")
+    fairness.check_params(model, schema.columns, positive)
     mlflow.log_params(
         {
             "n_numeric_columns": len(schema.numeric),
@@ -119,20 +142,32 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
                      "classes": [str(c) for c in classes]}, FEATURE_COLUMNS_ARTIFACT)
 
     kwargs = forest.sklearn_kwargs()
-    if positive is not None and model.threshold == "auto" and forest.model_type == "random_forest":
+    if forest.model_type == "random_forest" and forest.n_estimators >= OOB_MIN_TREES:
         # out-of-bag probabilities: out-of-fold predictions of the training rows, no refit (extra trees do
-        # not bootstrap, so they have none: decision_rule cross-validates them)
+        # not bootstrap, so they have none: out_of_fold_proba cross-validates them)
         kwargs["oob_score"] = True
     train = clean_raw_frame(splits.train, schema)
     pipeline = build_pipeline(schema, kwargs, forest.model_type, dense=fits_dense(train, schema))
     started = time.perf_counter()
     pipeline.fit(train, labels.train)
     fit_seconds = time.perf_counter() - started
-    rule = decision_rule(pipeline, train, labels, model, forest.random_state)
+    held_out = HeldOut.of(out_of_fold_proba(pipeline, train, labels, forest.random_state), labels)
+    calibration = fit_calibration(
+        choose_method(model.calibration, len(held_out.true_index), len(classes),
+                      "probability" if forest.model_type in FORESTS else "log_odds"),
+        held_out.proba, held_out.true_index, held_out.positive_index)
+    calibrated = calibration.apply(held_out.proba)
+    rule = decision_rule(labels, model, calibrated, held_out)
+    conformal = ConformalScores.fit(calibrated, held_out.true_index)
 
-    proba = reference_proba(pipeline, schema, splits.test)
+    uncalibrated = reference_proba(pipeline, schema, splits.test)
+    proba = calibration.apply(uncalibrated)
     y_pred = classes[rule.best(proba)]
     metrics = evaluate.classification_metrics(y_test, proba, pipeline.classes_, positive, y_pred)
+    metrics.update(fairness.training_report(splits.test, y_test, y_pred, classes, positive, model.sensitive_columns,
+                                            out_dir, schema=schema, reference=splits.train))
+    metrics.update(calibration_metrics(y_test, uncalibrated, proba, classes, positive, conformal))
+    evaluate.plot_reliability(y_test, uncalibrated, proba, classes, positive, out_dir / "reliability_diagram.png")
     if rule.threshold is not None:
         at_half = classes[DecisionRule(rule.positive_index, 0.5).best(proba)]
         metrics.update({f"{name}_at_0.5": value for name, value in evaluate.classification_metrics(
@@ -141,7 +176,7 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
         evaluate.plot_threshold(y_test == positive, proba[:, rule.positive_index], rule.threshold,
                                 out_dir / "threshold.png")
     metrics["training_time_seconds"] = fit_seconds
-    metrics["fast_path_max_abs_diff"] = check_fast_path(pipeline, schema, splits.test, proba)
+    metrics["fast_path_max_abs_diff"] = check_fast_path(pipeline, schema, splits.test, uncalibrated)
 
     evaluate.plot_confusion_matrix(y_test, y_pred, pipeline.classes_, out_dir / "confusion_matrix.png")
     evaluate.plot_roc(y_test, proba, pipeline.classes_, positive, out_dir / "roc_curve.png")
@@ -154,7 +189,7 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
     importance = pd.Series(importance, name="importance")
     importance.rename_axis("column").to_csv(out_dir / "feature_importance.csv")
     evaluate.plot_importance(importance, out_dir / "feature_importance.png", measure)
-    return Fitted(pipeline, schema, rule, metrics, Answers(proba, y_pred))
+    return Fitted(pipeline, schema, rule, metrics, Answers(proba, y_pred), calibration, conformal)
 
 
 def permutation_column_importance(pipeline: Pipeline, schema: FeatureSchema, test: pd.DataFrame, y_test: np.ndarray,
@@ -167,22 +202,73 @@ def permutation_column_importance(pipeline: Pipeline, schema: FeatureSchema, tes
                        key=lambda item: item[1], reverse=True))
 
 
-def decision_rule(pipeline: Pipeline, train: pd.DataFrame, labels: Labels, model: ModelParams,
-                  seed: int) -> DecisionRule:
-    """Argmax for a multiclass target; for a binary one, the given threshold or (auto) the one that maximises
-    ``metric`` on out-of-fold probabilities of the training rows. The test split is not looked at: the
-    metrics it gives stay an honest estimate."""
-    if labels.positive is None:
-        return ARGMAX
-    positive = list(labels.classes).index(labels.positive)
-    if model.threshold != "auto":
-        return DecisionRule(positive, float(model.threshold))
+# A row is out of bag for about 37% of a forest's trees: with fewer than this many trees its out-of-bag probability
+# averages a handful of them, much coarser than the whole forest's, and a calibration fitted on it misleads
+OOB_MIN_TREES = 50
+
+
+def out_of_fold_proba(pipeline: Pipeline, train: pd.DataFrame, labels: Labels, seed: int) -> np.ndarray:
+    """Probabilities of the training rows from trees that did not see them: a forest's out-of-bag ones (NaN for
+    a row in every tree's sample) from ``OOB_MIN_TREES`` trees on, else 3-fold cross-validated predictions."""
     out_of_fold = getattr(pipeline.named_steps["forest"], "oob_decision_function_", None)
-    if out_of_fold is None:  # a model without out-of-bag rows: cross-validated on the training split
+    if out_of_fold is None:
         out_of_fold = cross_val_predict(clone(pipeline), train, labels.train, method="predict_proba",
                                         cv=StratifiedKFold(3, shuffle=True, random_state=seed))
-    return DecisionRule(positive, evaluate.best_threshold(labels.train == labels.positive, out_of_fold[:, positive],
+    return np.asarray(out_of_fold, dtype=float)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The training rows that have out-of-fold probabilities: what the calibration, the threshold and the
+    conformal scores are fitted on."""
+
+    proba: np.ndarray
+    true_index: np.ndarray  # each row's true class, as its column in ``labels.classes``
+    positive_index: int | None
+
+    @classmethod
+    def of(cls, out_of_fold: np.ndarray, labels: Labels) -> HeldOut:
+        known = ~np.isnan(out_of_fold).any(axis=1)
+        classes = list(labels.classes)
+        true_index = pd.Index(classes).get_indexer(pd.Index(labels.train[known]))
+        positive = None if labels.positive is None else classes.index(labels.positive)
+        return cls(out_of_fold[known], true_index, positive)
+
+
+def decision_rule(labels: Labels, model: ModelParams, calibrated: np.ndarray, held_out: HeldOut) -> DecisionRule:
+    """Argmax for a multiclass target; for a binary one, the given threshold or (auto) the one that maximises
+    ``metric`` on the calibrated out-of-fold probabilities of the training rows (the served ones). The test split
+    is not looked at: the metrics it gives stay an honest estimate."""
+    if labels.positive is None:
+        return ARGMAX
+    positive = held_out.positive_index
+    if model.threshold != "auto":
+        return DecisionRule(positive, float(model.threshold))
+    return DecisionRule(positive, evaluate.best_threshold(held_out.true_index == positive, calibrated[:, positive],
                                                           model.metric))
+
+
+SET_CONFIDENCES = (0.8, 0.9, 0.95)  # the prediction sets' coverage and size on the test split, logged at these
+
+
+def calibration_metrics(y_test: np.ndarray, uncalibrated: np.ndarray, proba: np.ndarray, classes: np.ndarray,
+                        positive: object | None, conformal: ConformalScores) -> dict[str, float]:
+    """The calibration error and Brier score before and after calibration, and the prediction sets' coverage
+    (share of test rows whose set holds the true class) and mean size, on the test split."""
+    metrics = {"calibration_error_before": evaluate.expected_calibration_error(y_test, uncalibrated, classes, positive),
+               "calibration_error": evaluate.expected_calibration_error(y_test, proba, classes, positive),
+               "brier_score_before": evaluate.brier_score(y_test, uncalibrated, classes),
+               "brier_score": evaluate.brier_score(y_test, proba, classes)}
+    true_index = pd.Index(list(classes)).get_indexer(pd.Index(y_test))
+    known = true_index >= 0  # a class the training split did not hold is in no set
+    for confidence in SET_CONFIDENCES:
+        for per_class, suffix in ((False, ""), (True, "_per_class")):
+            sets = conformal.sets(proba, confidence, per_class)
+            covered = np.zeros(len(sets), dtype=bool)
+            covered[known] = sets[np.flatnonzero(known), true_index[known]]
+            metrics[f"set_coverage{suffix}_{confidence:g}"] = float(covered.mean())
+            metrics[f"set_size{suffix}_{confidence:g}"] = float(sets.sum(axis=1).mean())
+    return metrics
 
 
 PARITY_TOLERANCE = 1e-6
@@ -227,11 +313,15 @@ def log_model(fitted: Fitted, splits: Splits, labels: Labels, model_name: str,
     save_pipeline(pipeline, pipeline_path)
     schema_path.write_text(schema.to_json(), encoding="utf-8")
     decision_path.write_text(DecisionRule.to_json(labels.positive, fitted.rule.threshold), encoding="utf-8")
+    calibration_path, conformal_path = out_dir / CALIBRATION_FILE, out_dir / CONFORMAL_FILE
+    calibration_path.write_text(fitted.calibration.to_json(), encoding="utf-8")
+    conformal_path.write_bytes(fitted.conformal.to_bytes())
     return mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_PATH,
         python_model=str(PROJECT_DIR / "pyfunc" / "model_code.py"),
         artifacts={PIPELINE_ARTIFACT: str(pipeline_path), SCHEMA_ARTIFACT: str(schema_path),
-                   DECISION_ARTIFACT: str(decision_path)},
+                   DECISION_ARTIFACT: str(decision_path), CALIBRATION_ARTIFACT: str(calibration_path),
+                   CONFORMAL_ARTIFACT: str(conformal_path)},
         code_paths=[str(PROJECT_DIR / "pyfunc")],
         signature=model_signature(pipeline.classes_),
         input_example=splits.example[schema.columns],
@@ -268,6 +358,9 @@ def train_and_register(split_params: SplitParams, model: ModelParams, forest: Fo
     threshold = fitted.rule.threshold
     client.set_model_version_tag(model.model_name, version, TAG_DECISION_THRESHOLD,
                                  "argmax" if threshold is None else f"{threshold:g}")
+    for tag, value in ((TAG_CALIBRATION, fitted.calibration.method), (TAG_TEST_ACCURACY, f"{metrics['accuracy']:.6f}"),
+                       (TAG_TEST_CALIBRATION_ERROR, f"{metrics['calibration_error']:.6f}")):
+        client.set_model_version_tag(model.model_name, version, tag, value)
     if model.promote != "never":
         promote_if_better(model, version, metrics, fitted.answers, splits.test, labels, forest.random_state)
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

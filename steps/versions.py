@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from contract.errors import ParameterError, ProjectError, first_line
+from contract.params import column_list
 from pyfunc.cleaning import FeatureSchema
 from pyfunc.model import FEATURE_SCHEMA_FILE
 from steps.splits import TRAIN_FILE
@@ -52,6 +54,7 @@ class Version:
     classes: list[Any]  # typed as the labels (int, float or text)
     positive: Any  # the class binary metrics score; None for a multiclass target
     test_metrics: dict[str, float]
+    sensitive_columns: tuple[str, ...] = ()  # the groups its fairness is reported by (steps/fairness.py)
 
     @property
     def uri(self) -> str:
@@ -84,4 +87,17 @@ def read_version(name: str, version: str) -> Version:
     run = client.get_run(found.run_id)
     positive = run.data.params.get("positive_class_used", "")
     return Version(name, str(found.version), found.run_id, schema, classes,
-                   next((c for c in classes if str(c) == positive), None) if positive else None, run.data.metrics)
+                   next((c for c in classes if str(c) == positive), None) if positive else None, run.data.metrics,
+                   column_list(run_param(run.data.params, "sensitive_columns")))
+
+
+def run_param(params: dict[str, str], name: str) -> str:
+    """A parameter of a step's run as the step was given it: ``mlflow run`` logs its parameters shell-quoted
+    (``'a b'``), a step run by a driver (``run_child``) logs them as they are. Only a value that is exactly the
+    quoted form of another text is unquoted (a name that starts and ends with ``'`` is read as quoted)."""
+    raw = params.get(name, "")
+    try:
+        words = shlex.split(raw)
+    except ValueError:  # unbalanced quotes: not a quoted form
+        return raw
+    return words[0] if len(words) == 1 and words[0] != raw and shlex.quote(words[0]) == raw else raw

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contract.errors import first_line
-from contract.names import TAG_MONITORING_DRIFT_SHARE, TAG_MONITORING_LIVE_ACCURACY
 from contract.registry import Registry
 from gateway.deps import MetricsDep, ModelClientDep, RegistryDep, app_state
 from gateway.model_client import ModelServerClient, served
@@ -97,8 +96,8 @@ MONITORING_REFRESH_SECONDS = 30.0
 
 
 async def monitoring_gauges(metrics: Metrics, registry: Registry, served: list[tuple[str, str]]) -> None:
-    """The latest drift share and live accuracy of each served version, from the tags the monitor step set;
-    read from the registry at most every 30 s, whatever the scrape rate."""
+    """The figures of each served version (gateway/observability.py: VERSION_FIGURES), from the tags training
+    and the monitor step set; read from the registry at most every 30 s, whatever the scrape rate."""
     if served == _monitoring_cache["served"] and time.monotonic() - _monitoring_cache["at"] < MONITORING_REFRESH_SECONDS:
         return
     _monitoring_cache.update(at=time.monotonic(), served=served)
@@ -112,11 +111,4 @@ async def monitoring_gauges(metrics: Metrics, registry: Registry, served: list[t
                 log.debug("monitoring gauges of %s version %s not read: %s", name, version, first_line(err, 300))
         return found
 
-    metrics.drift_share.clear()
-    metrics.live_accuracy.clear()
-    for name, version, tags in await run_in_threadpool(read):
-        model, version_label = metrics.labels(name, version)
-        if TAG_MONITORING_DRIFT_SHARE in tags:
-            metrics.drift_share.labels(model, version_label).set(float(tags[TAG_MONITORING_DRIFT_SHARE]))
-        if TAG_MONITORING_LIVE_ACCURACY in tags:
-            metrics.live_accuracy.labels(model, version_label).set(float(tags[TAG_MONITORING_LIVE_ACCURACY]))
+    metrics.set_version_figures(await run_in_threadpool(read))

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from contract.model_output import CONFIDENCE_PARAM
 from contract.registry import NotFound
 from gateway.deps import (
     AdmissionDep,
@@ -28,6 +29,7 @@ from gateway.deps import (
 )
 from gateway.errors import protocol_error
 from gateway.inference_protocol import (
+    SET_OUTPUTS,
     ProtocolError,
     infer_response,
     metadata,
@@ -148,7 +150,7 @@ async def infer(request: Request, target: Target, settings: SettingsDep, predict
     async def answer() -> Response:
         parsed = parse_infer_request(await request.body(), request.headers.get("inference-header-content-length"))
         check_rows(parsed.records, settings.max_predict_rows, "GATEWAY_MAX_PREDICT_ROWS")
-        done = await predictor.predict(Rows(parsed.records), target)
+        done = await predictor.predict(Rows(parsed.records), target, parsed.params)
         version, predictions = done.version, [{**row, "prediction_id": i} for row, i in zip(done.rows, done.ids,
                                                                                         strict=True)]
         try:
@@ -156,6 +158,8 @@ async def infer(request: Request, target: Target, settings: SettingsDep, predict
         except NotOurModel:  # a model from elsewhere (mode mlflow): its columns as they come
             outputs = [(key, "double" if isinstance(value, float) else "string")
                        for key, value in (done.rows[0] if done.rows else {}).items()]
+        if parsed.params and parsed.params.get(CONFIDENCE_PARAM):
+            outputs = [*outputs, *SET_OUTPUTS]
         outputs = [*outputs, ("prediction_id", "string")]  # for POST /feedback
         return Response(infer_response(target.name, version, parsed, predictions, outputs),
                         media_type="application/json", headers={"X-Model-Version": version})

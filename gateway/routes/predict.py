@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from contract.model_output import PROBA_PREFIX
+from contract.model_output import (
+    CONFIDENCE_COLUMN,
+    CONFIDENCE_PARAM,
+    PREDICTION_SET_COLUMN,
+    PROBA_PREFIX,
+    SET_COVERAGE_PARAM,
+)
 from contract.predict_body import MAX_ROWS_SETTING, BodyRefused, check_fields, check_has_rows, check_row_count
 from contract.settings import Settings
 from contract.tables import csv_records
@@ -20,9 +26,11 @@ from gateway.observability import Admission
 from gateway.predictor import Predictor, as_http_error
 from gateway.schemas import (
     AliasQuery,
+    ConfidenceQuery,
     ModelName,
     PredictRequest,
     PredictResponse,
+    SetCoverageQuery,
     VersionQuery,
     checked_alias,
     unprocessable,
@@ -47,8 +55,18 @@ def to_predictions(rows: list[dict[str, Any]], ids: list[str]) -> list[dict[str,
     # ids are made one a row, and the getter raises for a row without a class's column).
     cells = itemgetter(*keys) if len(keys) > 1 else lambda row: tuple(row[key] for key in keys)
     probabilities = map(dict, map(zip, repeat(classes), map(cells, rows)))
-    return [{"id": prediction_id, "label": row["label"], "probability": row["probability"], "probabilities": these}
-            for prediction_id, row, these in zip(ids, rows, probabilities)]
+    predictions = [{"id": prediction_id, "label": row["label"], "probability": row["probability"],
+                    "probabilities": these} for prediction_id, row, these in zip(ids, rows, probabilities)]
+    if PREDICTION_SET_COLUMN in rows[0]:  # asked for with a confidence
+        for prediction, row in zip(predictions, rows, strict=True):
+            prediction[PREDICTION_SET_COLUMN], prediction[CONFIDENCE_COLUMN] = row[PREDICTION_SET_COLUMN], row[
+                CONFIDENCE_COLUMN]
+    return predictions
+
+
+def set_params(confidence: float | None, coverage: str) -> dict[str, Any] | None:
+    """The model's params asking for prediction sets; None when the caller asks for none."""
+    return None if confidence is None else {CONFIDENCE_PARAM: confidence, SET_COVERAGE_PARAM: coverage}
 
 
 def parse_predict_body(body: bytes, content_type: str, max_rows: int,
@@ -128,14 +146,14 @@ async def admitted(request: Request, model: str, admission: Admission, settings:
 
 
 async def answer_predict(request: Request, target: Target, settings: Settings, predictor: Predictor,
-                         admission: Admission) -> Response:
+                         admission: Admission, params: dict[str, Any] | None = None) -> Response:
     async def answer() -> Response:
         body, content_type = await request.body(), request.headers.get("content-type", "")
         rows = Rows(body=body, media=media_type(content_type),
                     parse=lambda: parse_predict_body(body, content_type, settings.max_predict_rows))
-        if len(body) <= PASS_ON_BYTES:
+        if len(body) <= PASS_ON_BYTES or params:  # params go with records, never with a body passed on
             rows.parsed()
-        done = await predictor.predict(rows, target)
+        done = await predictor.predict(rows, target, params)
         # Serialised here with orjson: the shape is PredictResponse's, without a
         # second validation pass over every prediction.
         answered = {"model": {"name": target.name, "version": done.version},
@@ -159,23 +177,26 @@ RESPONSES = {
 
 
 @router.post("/predict", response_model=PredictResponse, dependencies=[Reads], openapi_extra=BODY, responses=RESPONSES)
-async def predict(request: Request, settings: SettingsDep, predictor: PredictorDep,
-                  admission: AdmissionDep) -> Response:
+async def predict(request: Request, settings: SettingsDep, predictor: PredictorDep, admission: AdmissionDep,
+                  confidence: ConfidenceQuery = None, set_coverage: SetCoverageQuery = "marginal") -> Response:
     """Score raw rows with the served version of the default model (``MODEL_NAME``); predictions come back
-    in input order.
+    in input order. With ``?confidence=0.9`` each also carries its ``prediction_set``.
 
     Body: ``{"records": [{column: value, ...}, ...]}`` (see PredictRequest), or ``text/csv`` with a header row.
     """
-    return await answer_predict(request, Target(settings.model_name), settings, predictor, admission)
+    return await answer_predict(request, Target(settings.model_name), settings, predictor, admission,
+                                set_params(confidence, set_coverage))
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, dependencies=[Reads], openapi_extra=BODY, responses=RESPONSES)
 async def predict_model(name: ModelName, request: Request, settings: SettingsDep, predictor: PredictorDep,
-                        admission: AdmissionDep, version: VersionQuery = None, alias: AliasQuery = None) -> Response:
+                        admission: AdmissionDep, version: VersionQuery = None, alias: AliasQuery = None,
+                        confidence: ConfidenceQuery = None, set_coverage: SetCoverageQuery = "marginal") -> Response:
     """Score raw rows with any registered model: its served version (``SERVE_ALIAS``), or ``?version=N``,
     or ``?alias=A``. Loaded on its first request (503 with ``Retry-After`` meanwhile), then followed."""
     if version and alias:
         raise unprocessable(["query"], "give version or alias, not both")
     if alias:
         checked_alias(alias, "query")
-    return await answer_predict(request, Target(name, alias, version), settings, predictor, admission)
+    return await answer_predict(request, Target(name, alias, version), settings, predictor, admission,
+                                set_params(confidence, set_coverage))

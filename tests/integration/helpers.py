@@ -79,3 +79,17 @@ def assert_succeeded(result: subprocess.CompletedProcess) -> None:
 def answers(predictions: list[dict]) -> list[dict]:
     """Predictions without their ids (every answer has new ones)."""
     return [{k: v for k, v in p.items() if k != "id"} for p in predictions]
+
+
+def own_probabilities(tracking_uri: str, name: str, version: str, rows: list[dict]) -> list[dict[str, float]]:
+    """Each row's probabilities before calibration, from the version's model in this process: what a forest's
+    explanations add up to (``explains`` "uncalibrated_probability")."""
+    import mlflow
+    import pandas as pd
+
+    uri = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_download_uri(name, version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+    inner = mlflow.pyfunc.load_model(local).unwrap_python_model()
+    proba = inner._compiled.predict_proba(pd.DataFrame(rows, dtype=object))
+    classes = [str(c) for c in inner._compiled.classes]
+    return [dict(zip(classes, row.tolist(), strict=True)) for row in proba]

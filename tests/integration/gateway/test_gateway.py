@@ -115,6 +115,35 @@ def test_production_transition_reaches_serving_and_predicts_raw_rows_in_order(ap
         assert p["probability"] == p["probabilities"][p["label"]]  # the label's (its threshold picks it)
 
 
+def test_a_confidence_adds_the_versions_own_prediction_sets_in_json_csv_and_v2(api, stack):
+    client = mlflow.MlflowClient(stack.tracking_uri, registry_uri=stack.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(MODEL, "1"),
+                                                tracking_uri=stack.tracking_uri)
+    expected = mlflow.pyfunc.load_model(local).predict(RAW, params={"confidence": 0.9, "set_coverage": "per_class"})
+    as_json = api.post("/predict?confidence=0.9&set_coverage=per_class", json={"records": RECORDS})
+    assert as_json.status_code == 200, as_json.text
+    rows = as_json.json()["predictions"]
+    assert [p["prediction_set"] for p in rows] == expected["prediction_set"].tolist()
+    assert {p["confidence"] for p in rows} == {0.9}
+    as_csv = api.post(f"/models/{MODEL}/predict?confidence=0.9&set_coverage=per_class",
+                      content=RAW.to_csv(index=False), headers={"content-type": "text/csv"})
+    assert [p["prediction_set"] for p in as_csv.json()["predictions"]] == expected["prediction_set"].tolist()
+    tensors = [{"name": c, "datatype": "BYTES", "shape": [len(RAW)], "data": RAW[c].astype(str).tolist()}
+               for c in RAW.columns]
+    v2 = api.post(f"/v2/models/{MODEL}/infer", json={
+        "inputs": tensors, "parameters": {"confidence": 0.9, "set_coverage": "per_class"}})
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o for o in v2.json()["outputs"]}
+    assert [json.loads(s) for s in outputs["prediction_set"]["data"]] == expected["prediction_set"].tolist()
+    assert outputs["prediction_set"]["datatype"] == "BYTES" and outputs["confidence"]["data"][0] == 0.9
+    assert "prediction_set" not in api.post("/predict", json={"records": RECORDS}).json()["predictions"][0]
+    for query, named in (("confidence=1", "confidence"), ("confidence=0.9&set_coverage=rows", "set_coverage")):
+        refused = api.post(f"/predict?{query}", json={"records": RECORDS})
+        assert refused.status_code == 422 and named in refused.text, refused.text
+    refused = api.post(f"/v2/models/{MODEL}/infer", json={"inputs": tensors, "parameters": {"confidence": 2}})
+    assert refused.status_code == 422 and "confidence" in refused.json()["error"], refused.text
+
+
 def test_promoting_version_2_switches_serving_without_failed_requests(api, auth):
     job = finished_job(api, train(api, auth, n_estimators=10, max_depth=6)["job_id"])
     assert job["status"] == "succeeded" and job["model_version"] == "2", job

@@ -25,7 +25,7 @@ from runtime.processes import VENV_BIN, stop_process_group, tool_env
 from stack.local import LocalStack, http_ok, wait_until
 from tests.conftest import census_rows, listen_port, mixed_frame
 from tests.integration.conftest import TOKEN, running_stack
-from tests.integration.helpers import answers, finished_job, start_training, wait_for
+from tests.integration.helpers import answers, finished_job, own_probabilities, start_training, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -191,13 +191,16 @@ def test_explanations_agree_across_the_gateway_the_pyfunc_and_mlflow_models_serv
     plain = predicted(api, f"/models/{CENSUS}/predict", json={"records": RECORDS})["predictions"]
     assert [(r["label"], r["probabilities"]) for r in rows] == [(p["label"], p["probabilities"]) for p in plain]
     columns = [c["name"] for c in api.get(f"/models/{CENSUS}/schema").json()["columns"]]
-    for row in rows:
+    # a forest's explanation adds up to its own probability, before calibration, and says so
+    own = own_probabilities(stack.tracking_uri, CENSUS, "1", RECORDS)
+    for row, before in zip(rows, own, strict=True):
         values = list(row["contributions"].values())
         assert sorted(row["contributions"]) == sorted(columns) and values == sorted(values, key=abs, reverse=True)
-        assert row["base_value"] + sum(values) == pytest.approx(row["probability"], abs=1e-6)  # local accuracy
+        assert row["explains"] == "uncalibrated_probability"
+        assert row["base_value"] + sum(values) == pytest.approx(before[str(row["label"])], abs=1e-6)  # local accuracy
         for label, part in row["by_class"].items():
             total = part["base_value"] + sum(part["contributions"].values())
-            assert total == pytest.approx(row["probabilities"][label], abs=1e-6)
+            assert total == pytest.approx(before[label], abs=1e-6)
         assert row["by_class"][row["label"]]["contributions"] == row["contributions"]
     as_csv = api.post(f"/models/{CENSUS}/explain?classes=all", content=spaced_csv(RAW), headers={"content-type": "text/csv"})
     assert answers(as_csv.json()["explanations"]) == answers(rows)

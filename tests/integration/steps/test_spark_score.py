@@ -101,19 +101,27 @@ def test_a_parquet_folder_scores_the_same_and_explain_adds_the_models_own_explan
     half = len(raw) // 2
     raw.iloc[:half].to_parquet(folder / "part-0.parquet", index=False)
     raw.iloc[half:].to_parquet(folder / "part-1.parquet", index=False)
-    scored = score(tracking, folder, tmp_path / "out.parquet", "explain=true")
+    scored = score(tracking, folder, tmp_path / "out.parquet", "explain=true", "confidence=0.9")
     assert_matches_pyfunc(scored, raw)
-    # explain=true: base_value and contrib_<column>, the numbers the pyfunc gives for the same rows
+    # explain=true: base_value and contrib_<column>, the numbers the pyfunc gives for the same rows; confidence:
+    # the prediction sets it gives
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    expected = model.predict(raw.drop(index=list(BAD_ROWS)), params={"explain": True})
+    expected = model.predict(raw.drop(index=list(BAD_ROWS)), params={"explain": True, "confidence": 0.9})
+    got_sets = scored.drop(index=list(BAD_ROWS))["prediction_set"].map(list)
+    assert got_sets.tolist() == expected["prediction_set"].tolist() and (scored.loc[
+        list(BAD_ROWS), "prediction_set"].isna().all())
     contrib = [c for c in expected.columns if c.startswith("contrib_")]
     assert contrib == [f"contrib_{c}" for c in model.unwrap_python_model()._schema.columns]  # one an input column
     got = scored.drop(index=list(BAD_ROWS))
     for column in ["base_value", *contrib]:
         assert got[column].tolist() == expected[column].tolist(), column
     assert scored.loc[list(BAD_ROWS), "base_value"].isna().all()
-    # the explanations add up to the probability of the predicted class
-    np.testing.assert_allclose(got["base_value"] + got[contrib].sum(axis=1), got["probability"], atol=1e-9)
+    # a forest's explanations add up to its own (uncalibrated) probability of the predicted class
+    assert set(got["explains"]) == {"uncalibrated_probability"}
+    own = model.unwrap_python_model()._compiled.predict_proba(raw.drop(index=list(BAD_ROWS)))
+    classes = list(model.unwrap_python_model()._compiled.classes)
+    predicted = own[np.arange(len(own)), [classes.index(label) for label in got["label"]]]
+    np.testing.assert_allclose(got["base_value"] + got[contrib].sum(axis=1), predicted, atol=1e-9)
 
 
 @pytest.mark.parametrize(("args", "expected"), [

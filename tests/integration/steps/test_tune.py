@@ -62,6 +62,23 @@ def test_promotion_if_better_promotes_a_better_version_and_keeps_a_worse_one_out
     assert drivers[0].data.tags["promotion_decision"] == "kept"
 
 
+def test_a_fairness_guard_keeps_a_better_but_less_fair_version_out(tracking: Tracking, data):
+    name = "fair"
+    common = (f"data_path={data}", f"model_name={name}", "promote=if_better", "metric=f1", "sensitive_columns=sex",
+              "guard_metrics=demographic_parity_difference")
+    # a stump that never answers the positive class: the same selection rate, 0, in every group
+    assert_succeeded(mlflow_run(tracking, *common, *WEAK, "threshold=0.99"))
+    assert champion(name) == "1"
+    assert_succeeded(mlflow_run(tracking, *common, "n_estimators=30"))
+    tags = version_tags(name, "2")
+    assert tags["promotion_decision"] == "kept", tags
+    assert tags["promotion_decided_by"] == "guard:demographic_parity_difference", tags
+    assert float(tags["promotion_new_score"]) > float(tags["promotion_champion_score"])  # better, but less fair
+    parity = json.loads(tags["promotion_guards"])["demographic_parity_difference"]
+    assert parity["champion"] == 0 and parity["new"] > 0.01
+    assert champion(name) == "1"
+
+
 def test_tune_logs_trials_as_child_runs_and_registers_the_best_like_train(tracking: Tracking, data):
     name = "tuned"
     result = mlflow_run(tracking, f"data_path={data}", f"model_name={name}", "max_trials=3", "cv_folds=2",

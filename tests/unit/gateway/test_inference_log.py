@@ -80,6 +80,26 @@ def test_predictions_are_kept_in_memory_then_written_with_what_the_answer_said(t
     assert rows[0].model_version == "3" and rows[0].true_label is None
 
 
+def test_a_prediction_set_and_its_confidence_are_read_back_with_the_answer(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
+    answers = [{**PREDICTION, "prediction_set": ["yes", 1], "confidence": 0.9},
+               {**PREDICTION, "prediction_set": "yes", "confidence": 0.9},  # not a list: no set
+               {**PREDICTION, "prediction_set": ["no"], "confidence": True},  # not a level: no set
+               PREDICTION]
+
+    async def scenario() -> list[str]:
+        log = InferenceLog(settings(uri), Metrics())
+        key = unique_id()
+        log.record(key, "req-1", "m", "3", store.JSON_ROWS, [{"age": i} for i in range(4)], answers, 1.5)
+        await log.flush()
+        return store.prediction_ids(key, 4)
+
+    ids = asyncio.run(scenario())
+    rows = {r.id: r for r in logged_rows(open_log(uri), "m")}
+    assert (rows[ids[0]].prediction_set, rows[ids[0]].confidence) == (("yes", "1"), 0.9)
+    assert all((rows[i].prediction_set, rows[i].confidence) == (None, None) for i in ids[1:])
+
+
 def test_excluded_columns_are_never_stored_and_unsampled_requests_not_at_all(tmp_path):
     uri = f"sqlite:///{tmp_path / 'log.db'}"
 

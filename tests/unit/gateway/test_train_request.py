@@ -44,6 +44,17 @@ def test_a_parameter_of_the_other_mode_says_which_mode():
     assert TrainRequest.model_validate({**BASE, "mode": "tune", "max_trials": 5}).max_trials == 5
 
 
+def test_parameters_that_disagree_are_refused_naming_the_parameter():
+    # a fairness guard compares the groups of sensitive_columns: without them, a 422 rather than a failed job
+    assert "guard_metrics='demographic_parity_difference': demographic_parity_difference needs sensitive_columns" \
+        in message({"guard_metrics": "demographic_parity_difference"})
+    assert "class_weight='balanced_subsample': balanced_subsample is for forests" in message(
+        {"model_type": "hist_gradient_boosting", "class_weight": "balanced_subsample"})
+    body = TrainRequest.model_validate({**BASE, "guard_metrics": "accuracy,equalized_odds_difference",
+                                        "sensitive_columns": 'sex,"race, group"'})
+    assert body.mlproject_parameters()["sensitive_columns"] == 'sex,"race, group"'
+
+
 def test_a_path_error_names_the_data_roots_and_the_closest_file_in_them(tmp_path):
     root = tmp_path / "data"
     (root / "customers").mkdir(parents=True)

@@ -25,7 +25,7 @@ from tests.conftest import mixed_frame, temporary_tracking
 FEATURES = ["age", "hours", "colour", "city"]
 
 
-def train_in_process(frame: pd.DataFrame, tmp, name: str) -> str:
+def train_in_process(frame: pd.DataFrame, tmp, name: str, **forest) -> str:
     csv = tmp / f"{name}.csv"
     frame.to_csv(csv, index=False)
     with mlflow.start_run() as prepared:
@@ -34,7 +34,7 @@ def train_in_process(frame: pd.DataFrame, tmp, name: str) -> str:
         return train_and_register(
             SplitParams(splits_uri=f"{prepared.info.artifact_uri}/splits"),
             ModelParams(model_name=name),
-            ForestParams(n_estimators=25, n_jobs=1),
+            ForestParams(**{"n_estimators": 25, "n_jobs": 1, **forest}),
         )
 
 
@@ -88,8 +88,35 @@ def test_predictions_equal_the_pipeline_on_cleaned_input(models, tmp_path):
     frame = mixed_frame(seed=9)[FEATURES]
     out = model.predict(frame)
     schema, pipeline = artifacts._schema, artifacts._pipeline
-    expected = pipeline.predict_proba(clean_raw_frame(frame, schema))
+    assert artifacts._calibration.method != "none"  # served: the pipeline's probabilities, calibrated
+    expected = artifacts._calibration.apply(pipeline.predict_proba(clean_raw_frame(frame, schema)))
     np.testing.assert_array_equal(out[["proba_no", "proba_yes"]].to_numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multi"])
+@pytest.mark.parametrize("coverage", ["marginal", "per_class"])
+def test_a_confidence_adds_each_rows_conformal_set(models, kind, coverage):
+    model = models[kind]
+    inner = model.unwrap_python_model()
+    frame = mixed_frame(seed=11)[FEATURES]
+    plain = model.predict(frame)
+    out = model.predict(frame, params={"confidence": 0.8, "set_coverage": coverage})
+    pd.testing.assert_frame_equal(out.drop(columns=["prediction_set", "confidence"]), plain)
+    classes = inner._compiled.classes
+    proba = plain[[f"proba_{c}" for c in classes]].to_numpy()
+    scores = inner._conformal.by_class if coverage == "per_class" else [inner._conformal.overall] * len(classes)
+    for row, answer in zip(proba, out.to_dict(orient="records"), strict=True):
+        # a class is in the set exactly when 1 - its probability is within its quantile of held-out scores
+        expected = [c for k, c in enumerate(classes) if 1 - row[k] <= scores[k].quantile(0.8)]
+        assert answer["prediction_set"] == expected and answer["confidence"] == 0.8
+        assert all(type(c) is type(answer["label"]) for c in answer["prediction_set"])
+    assert not model.predict(frame, params={"confidence": 0.0}).columns.isin(["prediction_set"]).any()
+
+
+@pytest.mark.parametrize("params", [{"confidence": 1.0}, {"confidence": -0.1}, {"set_coverage": "rows"}])
+def test_a_confidence_out_of_range_is_named(models, params):
+    with pytest.raises(InvalidInputError, match=next(iter(params))):
+        models["binary"].predict(RAW_ROWS, params={"confidence": 0.9, **params})
 
 
 def test_extra_columns_are_ignored(models):
@@ -143,7 +170,9 @@ def test_the_logged_model_carries_signature_example_and_skops_pipeline(models):
     assert model.metadata.get_params_schema().to_dict() == [
         {"name": "on_invalid", "type": "string", "default": "raise", "shape": None},
         {"name": "explain", "type": "boolean", "default": False, "shape": None},
-        {"name": "explain_classes", "type": "string", "default": "predicted", "shape": None}]
+        {"name": "explain_classes", "type": "string", "default": "predicted", "shape": None},
+        {"name": "confidence", "type": "double", "default": 0.0, "shape": None},
+        {"name": "set_coverage", "type": "string", "default": "marginal", "shape": None}]
     example = json.loads((local / "input_example.json").read_text())
     assert example["columns"] == ["age", "hours", "colour", "city"]
     # the pipeline is stored with skops (no pickle) and loads with our trusted types only
@@ -213,20 +242,56 @@ def test_explain_param_adds_base_value_and_a_contribution_per_input_column(model
     pd.testing.assert_frame_equal(explained[plain.columns], plain)  # the predictions are unchanged
     contrib = [f"contrib_{c}" for c in FEATURES]
     assert list(explained.columns) == [*plain.columns, "explains", "base_value", *contrib]
-    assert set(explained["explains"]) == {"probability"}  # a forest: the contributions add up to probabilities
+    # a forest's probability is not additive in log-odds, so no calibration map keeps its sums: the explanation
+    # is of the forest's own (uncalibrated) probability, and says so
+    assert set(explained["explains"]) == {"uncalibrated_probability"}
+    inner = model.unwrap_python_model()
+    classes = inner._compiled.classes
+    own = pd.DataFrame(inner._compiled.predict_proba(RAW_ROWS), columns=[str(c) for c in classes])
+    predicted = own.to_numpy()[np.arange(len(own)), pd.Index(classes).get_indexer(plain["label"])]
     # local accuracy: the predicted class's probability, from the base value and the columns' shares
-    np.testing.assert_allclose(explained["base_value"] + explained[contrib].sum(axis=1), plain["probability"],
-                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(explained["base_value"] + explained[contrib].sum(axis=1), predicted, rtol=0, atol=1e-9)
     every = model.predict(RAW_ROWS, params={"explain": True, "explain_classes": "all"})
     for i, row in every.iterrows():
-        assert set(row["explanations"]) == {str(c) for c in model.unwrap_python_model()._compiled.classes}
+        assert set(row["explanations"]) == {str(c) for c in classes}
         for label, part in row["explanations"].items():
             assert list(part["contributions"]) == FEATURES
             total = part["base_value"] + sum(part["contributions"].values())
-            assert total == pytest.approx(plain.loc[i, f"proba_{label}"], abs=1e-9)
+            assert total == pytest.approx(own.loc[i, label], abs=1e-9)
         predicted = row["explanations"][str(row["label"])]
         assert predicted["base_value"] == row["base_value"]
         assert [predicted["contributions"][c] for c in FEATURES] == row[contrib].tolist()
+
+
+@pytest.fixture(scope="module")
+def boosted(tmp_path_factory):
+    """Gradient boosting, binary (calibrated by a sigmoid of its log-odds) and multiclass (by a temperature)."""
+    root = tmp_path_factory.mktemp("boosted")
+    with temporary_tracking(root):
+        made = {kind: train_in_process(mixed_frame(seed=3, **labels), root, f"boosted-{kind}",
+                                       model_type="hist_gradient_boosting", max_iter=30)
+                for kind, labels in (("binary", {}), ("multi", {"labels": (3, 7, 11)}))}
+        yield {kind: mlflow.pyfunc.load_model(f"models:/boosted-{kind}/{v}") for kind, v in made.items()}
+
+
+@pytest.mark.parametrize("kind,method", [("binary", "sigmoid"), ("multi", "temperature")])
+def test_calibrated_log_odds_explanations_add_up_to_the_served_probabilities(boosted, kind, method):
+    """An affine map of a sum over trees keeps it a sum: the explanation is of the served (calibrated) answer."""
+    model = boosted[kind]
+    inner = model.unwrap_python_model()
+    assert inner._calibration.method == method
+    frame = mixed_frame(seed=12)[FEATURES]
+    served = model.predict(frame)
+    every = model.predict(frame, params={"explain": True, "explain_classes": "all"})
+    assert set(every["explains"]) == {"log_odds"}
+    classes = [str(c) for c in inner._compiled.classes]
+    for i, row in every.iterrows():
+        scores = np.array([row["explanations"][c]["base_value"] + sum(row["explanations"][c]["contributions"].values())
+                           for c in classes])
+        # binary: each class's log-odds; multiclass: scores whose softmax is the probabilities
+        proba = 1 / (1 + np.exp(-scores)) if kind == "binary" else np.exp(scores) / np.exp(scores).sum()
+        np.testing.assert_allclose(proba, served.loc[i, [f"proba_{c}" for c in classes]].to_numpy(float), atol=1e-9)
+    assert not np.allclose(inner._compiled.predict_proba(frame), served.filter(like="proba_").to_numpy(float))
 
 
 def test_explain_composes_with_on_invalid_report_and_refuses_unknown_classes(models):
@@ -247,12 +312,13 @@ def test_labels_follow_the_stored_threshold_on_every_path(models):
     assert 0 < rule.threshold < 1 and rule.positive_index == 1  # "yes", the rarer class, chosen at training
     decision = json.loads((Path(models["local_binary"]) / "artifacts" / "decision.json").read_text())
     assert decision == {"positive_class": "yes", "threshold": rule.threshold}
-    rows = pd.concat([RAW_ROWS] * 3, ignore_index=True)
-    rows["age"] = [str(a) for a in range(18, 18 + 5 * len(rows), 5)]  # probabilities on both sides of the cut
+    rows = pd.concat([RAW_ROWS, mixed_frame(n=600, seed=21)[FEATURES]], ignore_index=True)  # on both sides
     framed = binary.predict(rows)
     expected = np.where(framed["proba_yes"] >= rule.threshold, "yes", "no")
     assert framed["label"].tolist() == expected.tolist()
-    assert set(expected) == {"yes", "no"} and ((framed["proba_yes"] < 0.5) & (framed["label"] == "yes")).any()
+    # rows where argmax would answer otherwise: between the threshold and 0.5
+    between = (framed["proba_yes"] - 0.5) * (framed["proba_yes"] - rule.threshold) < 0
+    assert set(expected) == {"yes", "no"} and between.any(), rule.threshold
     assert framed["probability"].tolist() == framed.apply(lambda r: r[f"proba_{r['label']}"], axis=1).tolist()
     records = binary.unwrap_python_model().predict_records(rows.to_dict(orient="records"))
     assert [r["label"] for r in records] == expected.tolist()
