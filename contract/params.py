@@ -370,8 +370,9 @@ class ModelParams:
         Api(Literal["auto"] | float))
     calibration: str = param(
         "auto", choice(CALIBRATIONS), "how the probabilities are calibrated on out-of-fold predictions of the "
-        "training split; auto = isotonic from 1,000 rows (sigmoid below) for binary targets, temperature for "
-        "multiclass ones; none = the model's own", Api(Literal[CALIBRATIONS]))
+        "training split (isotonic and sigmoid: binary targets); auto = of none, sigmoid, isotonic (forests, from "
+        "1,000 rows) or temperature (multiclass), the map with the lowest cross-fitted Brier score",
+        Api(Literal[CALIBRATIONS]))
     sensitive_columns: tuple[str, ...] = param(
         (), column_list, "comma-separated input columns whose groups fairness is reported by (binary targets: "
         "selection rate, accuracy, true and false positive rates a group); empty = no fairness report", TEXT)

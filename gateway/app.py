@@ -26,7 +26,7 @@ from gateway.inference_log import InferenceLog
 from gateway.jobs import STATUSES, JobStore, MonitorSchedule, TrainingJobRunner
 from gateway.model_client import ModelServerClient
 from gateway.model_info import ModelInfoCache
-from gateway.observability import Admission, JobsCollector, Metrics, RequestContext, SupervisionCollector
+from gateway.observability import Admission, JobsCollector, Metrics, RequestContext
 from gateway.predictor import Predictor
 from gateway.rollouts import Rollouts
 from gateway.routes import (
@@ -43,6 +43,7 @@ from gateway.routes.health import served_models
 from gateway.schemas import unprocessable
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
+from runtime.metrics import SupervisionCollector
 from runtime.processes import settle_heap
 from runtime.supervision import Supervisor
 from runtime.tasks import cancel

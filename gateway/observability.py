@@ -34,7 +34,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from contract.names import (
@@ -296,28 +296,6 @@ class JobsCollector(Collector):
         for status in self._statuses:
             family.add_metric([status], counts.get(status, 0))
         yield family
-
-
-class SupervisionCollector(Collector):
-    """The gateway's background loops (runtime/supervision.py), read at scrape time: restarts after a death,
-    items failed and set aside, and whether each runs now."""
-
-    def __init__(self, report: Callable[[], dict[str, dict[str, Any]]]):
-        self._report = report
-
-    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
-        restarts = CounterMetricFamily("gateway_background_loop_restarts", "Background loops that died (logged "
-                                       "with their traceback) and were restarted, by loop", labels=["loop"])
-        failed = CounterMetricFamily("gateway_background_items_failed", "Items a background loop failed or set "
-                                     "aside and went on (a job, a log entry, a rollout check), by loop",
-                                     labels=["loop"])
-        up = GaugeMetricFamily("gateway_background_loop_up", "1 while a background loop runs, 0 while it waits "
-                               "to be restarted or is stopped, by loop", labels=["loop"])
-        for loop, state in self._report().items():
-            restarts.add_metric([loop], state["restarts"])
-            failed.add_metric([loop], state["items_failed"])
-            up.add_metric([loop], 1 if state["state"] == "running" else 0)
-        yield from (restarts, failed, up)
 
 
 # --- admission -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fastapi import HTTPException, status
 from contract import inference_log as log_tables
 from contract.model_output import (
     BASE_VALUE_COLUMN,
+    CONFIDENCE_PARAM,
     EXPLAIN_CLASSES,
     EXPLAIN_CLASSES_PARAM,
     EXPLAIN_PARAM,
@@ -98,7 +99,8 @@ class Predictor:
         if answer is None:
             answer = await self._call(rows, target, params)
         answer = self._checked(self._read_as_sent(rows, answer))
-        if params and answer.body["predictions"] and PREDICTION_SET_COLUMN not in answer.body["predictions"][0]:
+        asked = params and params.get(CONFIDENCE_PARAM)  # 0: no sets, as the model reads it
+        if asked and answer.body["predictions"] and PREDICTION_SET_COLUMN not in answer.body["predictions"][0]:
             raise too_old(target, answer, "gave prediction sets")  # MLflow drops params a signature lacks
         predicted = self._answered(rows, target, answer, started)
         if policy.mode == "shadow" and policy.alias:

@@ -10,6 +10,7 @@ from fastapi import HTTPException, Query, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from contract.model_output import SET_COVERAGES
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
 from contract.registry import Stage
 from contract.errors import ParameterError
@@ -41,9 +42,9 @@ VersionQuery = Annotated[str | None, Query(pattern=VERSION_PATTERN, description=
 ExplainClassesQuery = Annotated[Literal["predicted", "all"], Query(
     description="explain the predicted class's probability, or every class's as well (by_class)")]
 ConfidenceQuery = Annotated[float | None, Query(
-    gt=0, lt=1, description="also give each row's prediction_set: the classes that together hold the true one with "
-    "this probability (split conformal prediction, calibrated on held-out training rows)")]
-SetCoverageQuery = Annotated[Literal["marginal", "per_class"], Query(
+    ge=0, lt=1, description="also give each row's prediction_set: the classes that together hold the true one with "
+    "this probability (split conformal prediction, on held-out training rows); 0: no sets")]
+SetCoverageQuery = Annotated[Literal[SET_COVERAGES], Query(
     description="with confidence: hold it over all rows (marginal) or for each true class (per_class, Mondrian)")]
 AliasQuery = Annotated[str | None, Query(min_length=1, max_length=255, json_schema_extra={"pattern": ALIAS_PATTERN},
                                          description="the version holding this alias instead of the served one")]

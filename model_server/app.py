@@ -11,7 +11,8 @@ as it is:
   first request on;
 - ``POST /models/{name}/versions/{version}/invocations``: a given version;
 - ``GET /ping`` (200 while ``MODEL_NAME`` is served), ``GET /health``, ``GET /version``;
-- ``GET /status``: what is served and loaded, or why nothing is.
+- ``GET /status``: what is served and loaded, or why nothing is;
+- ``GET /metrics``: the same for Prometheus (versions loaded, calls in flight, the spare worker, the follower).
 
 A version not loaded yet is loaded on its first request: 503 with
 ``Retry-After`` meanwhile, never a hang. Answers carry the version as
@@ -31,7 +32,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import mlflow
@@ -39,6 +40,7 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from mlflow import MlflowClient
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from contract.errors import first_line
 from contract.names import ALIAS_PATTERN, MODEL_NAME_PATTERN, VERSION_PATTERN, valid_alias
@@ -52,6 +54,7 @@ from model_server.pool import Failed, Loading, ModelPool
 from model_server.protocol import ProtocolError, check_encoding, contract_rows, error_body
 from runtime.docs import add_offline_docs
 from runtime.logs import run_service
+from runtime.metrics import LoadedVersionsCollector, SupervisionCollector
 from runtime.processes import settle_heap
 from runtime.supervision import Supervisor
 
@@ -135,6 +138,9 @@ class ModelServer:
         with contextlib.suppress(OSError):
             self.socket_dir.rmdir()
 
+    def loaded(self) -> list[dict[str, Any]]:
+        return [{"name": name, **backend.describe()} for (name, _), backend in list(self.pool.loaded.items())]
+
     def status(self) -> dict[str, object]:
         served = self.follower.follow(self.default)
         return {
@@ -143,7 +149,7 @@ class ModelServer:
             "follows": self.follows,
             "mode": self.settings.model_server_mode,
             "models": [f.describe() for f in self.follower.pairs.values()],
-            "loaded": [{"name": name, **backend.describe()} for (name, _), backend in self.pool.loaded.items()],
+            "loaded": self.loaded(),
             "spare": self.launcher.spare_pid(),
             "background": self.supervisor.report(),  # the follower loop: state, restarts, last error
         }
@@ -244,6 +250,15 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/status")
     def status() -> dict[str, object]:
         return server.status()
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SupervisionCollector(server.supervisor.report, prefix="model_server"))
+    registry.register(LoadedVersionsCollector(server.loaded, server.launcher.spare_pid))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics: the versions loaded, calls in flight, the spare worker, the follower loop."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/ping")
     def ping() -> Response:

@@ -11,8 +11,10 @@ trees (docs/training.md says why and what the test split then shows).
   map is kept as numbers and applied with numpy: the served model needs no scikit-learn estimator for it.
 - :class:`ConformalScores` holds the nonconformity scores ``1 - p(true class)`` of the calibrated out-of-fold
   probabilities (split conformal, the LAC score). For a confidence ``c``, the classes whose score is within the
-  ``ceil((n + 1) c)``-th smallest form the prediction set: on rows like the calibration rows it holds the true
-  class with probability at least ``c``. Per class (Mondrian), the quantile is taken over the rows of each true
+  ``ceil((n + 1) c)``-th smallest form the prediction set. Split conformal's guarantee (the true class in the
+  set with probability at least ``c``) is for scores of the served model itself; these come from the models
+  that scored each row out of fold, like it but not it, so the coverage is close to ``c``, not guaranteed: the
+  train step measures it on the test split. Per class (Mondrian), the quantile is taken over the rows of each true
   class, so the coverage holds for each class. A set may be empty (no class is likely enough: on an easy data
   set most rows' sets hold one class, and an empty set is how the coverage is not exceeded) or hold every class.
 """
@@ -26,12 +28,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NONE, ISOTONIC, SIGMOID, TEMPERATURE = "none", "isotonic", "sigmoid", "temperature"
+BINARY_MAPS = (ISOTONIC, SIGMOID)  # maps of one class's probability: two classes only
 ISOTONIC_MIN_ROWS = 1000  # below this many calibration rows isotonic overfits (scikit-learn's user guide)
-CLIP = 1e-12  # probabilities of exactly 0 or 1 have infinite log-odds
+# Probabilities of exactly 0 or 1 have infinite log-odds: the log maps read them from this floor. For a model
+# whose score is log-odds the floor only guards the arithmetic; a forest's votes of 0 or 1 are floored at half a
+# tree's vote (Calibration.floor, set by training), else a few confidently wrong rows at +-27 would rule the fit.
+CLIP = 1e-12
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, CLIP, 1 - CLIP)
+def _logit(p: np.ndarray, floor: float = CLIP) -> np.ndarray:
+    p = np.clip(p, floor, 1 - floor)
     return np.log(p) - np.log1p(-p)
 
 
@@ -49,12 +55,13 @@ class Calibration:
     slope: float = 1.0  # sigmoid: p' = expit(slope * logit(p) + intercept)
     intercept: float = 0.0
     temperature: float = 1.0  # temperature: p' = softmax(log(p) / temperature)
+    floor: float = CLIP  # the least probability the log maps read
 
     def apply(self, proba: np.ndarray) -> np.ndarray:
         if self.method == NONE:
             return proba
         if self.method == TEMPERATURE:
-            logp = np.log(np.clip(proba, CLIP, 1.0)) / self.temperature
+            logp = np.log(np.clip(proba, self.floor, 1.0)) / self.temperature
             logp -= logp.max(axis=1, keepdims=True)
             out = np.exp(logp)
             return out / out.sum(axis=1, keepdims=True)
@@ -62,7 +69,7 @@ class Calibration:
         if self.method == ISOTONIC:
             moved = np.interp(p, np.asarray(self.knots[0]), np.asarray(self.knots[1]))
         else:
-            moved = _expit(self.slope * _logit(p) + self.intercept)
+            moved = _expit(self.slope * _logit(p, self.floor) + self.intercept)
         out = np.empty_like(proba, dtype=float)
         out[:, self.positive_index] = moved
         out[:, 1 - self.positive_index] = 1.0 - moved
@@ -87,13 +94,13 @@ class Calibration:
     def to_json(self) -> str:
         return json.dumps({"method": self.method, "positive_index": self.positive_index,
                            "knots": [list(self.knots[0]), list(self.knots[1])], "slope": self.slope,
-                           "intercept": self.intercept, "temperature": self.temperature})
+                           "intercept": self.intercept, "temperature": self.temperature, "floor": self.floor})
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         return cls(data["method"], int(data["positive_index"]), (tuple(data["knots"][0]), tuple(data["knots"][1])),
-                   float(data["slope"]), float(data["intercept"]), float(data["temperature"]))
+                   float(data["slope"]), float(data["intercept"]), float(data["temperature"]), float(data["floor"]))
 
 
 def nonconformity(proba: np.ndarray) -> np.ndarray:
@@ -163,18 +170,23 @@ class ConformalScores:
                        tuple(_Sorted(arrays[f"class_{i}_values"], arrays[f"class_{i}_at_most"]) for i in range(k)))
 
 
-def choose_method(requested: str, n_rows: int, n_classes: int, explains: str) -> str:
-    """``auto``: temperature for several classes; for two, sigmoid where the model's score is log-odds (its
-    explanations then stay exact) or the rows are few, isotonic otherwise."""
+def candidates(requested: str, n_rows: int, n_classes: int, explains: str) -> tuple[str, ...]:
+    """The methods ``requested`` leaves to choose from, on held-out rows (training keeps the one with the lowest
+    cross-fitted Brier score: "none" when no map beats the model's own probabilities). ``auto``: temperature for
+    several classes; for two, sigmoid, and isotonic too from 1,000 rows, except where the model's score is
+    log-odds (gradient boosting), whose explanations stay exact under sigmoid only."""
     if requested != "auto":
-        return requested
+        return (requested,)
     if n_classes > 2:
-        return TEMPERATURE
-    return SIGMOID if explains == "log_odds" or n_rows < ISOTONIC_MIN_ROWS else ISOTONIC
+        return NONE, TEMPERATURE
+    if explains == "log_odds" or n_rows < ISOTONIC_MIN_ROWS:
+        return NONE, SIGMOID
+    return NONE, SIGMOID, ISOTONIC
 
 
-def fit_calibration(method: str, proba: np.ndarray, true_index: np.ndarray, positive_index: int | None) -> Calibration:
-    """The map of ``method`` (not ``auto``: see :func:`choose_method`) fitted on held-out probabilities and each
+def fit_calibration(method: str, proba: np.ndarray, true_index: np.ndarray, positive_index: int | None,
+                    floor: float = CLIP) -> Calibration:
+    """The map of ``method`` (one of :func:`candidates`) fitted on held-out probabilities and each
     row's true class (its column). Only training fits one: scikit-learn and scipy are imported here. Rows of one
     class only say nothing of how often the others come true: then the probabilities stay as they are."""
     if method == NONE or len(np.unique(true_index)) < 2:
@@ -182,7 +194,7 @@ def fit_calibration(method: str, proba: np.ndarray, true_index: np.ndarray, posi
     if method == TEMPERATURE:
         from scipy.optimize import minimize_scalar
 
-        logp = np.log(np.clip(proba, CLIP, 1.0))
+        logp = np.log(np.clip(proba, floor, 1.0))
         rows = np.arange(len(true_index))
 
         def loss(log_t: float) -> float:
@@ -191,7 +203,7 @@ def fit_calibration(method: str, proba: np.ndarray, true_index: np.ndarray, posi
             return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, true_index]))
 
         return Calibration(TEMPERATURE, temperature=float(np.exp(minimize_scalar(loss, bounds=(-4, 4),
-                                                                                   method="bounded").x)))
+                                                                                   method="bounded").x)), floor=floor)
     positive = 1 if positive_index is None else positive_index
     p, y = proba[:, positive], (true_index == positive).astype(float)
     if method == ISOTONIC:
@@ -202,8 +214,8 @@ def fit_calibration(method: str, proba: np.ndarray, true_index: np.ndarray, posi
                                                 tuple(map(float, fitted.y_thresholds_))))
     from sklearn.linear_model import LogisticRegression
 
-    fitted = LogisticRegression(C=1e6).fit(_logit(p)[:, None], y)
+    fitted = LogisticRegression(C=1e6).fit(_logit(p, floor)[:, None], y)
     slope = float(fitted.coef_[0, 0])
     if not slope > 0:  # a map that reverses the ranking (a few rows against it): not a calibration, kept as is
         return Calibration()
-    return Calibration(SIGMOID, positive, slope=slope, intercept=float(fitted.intercept_[0]))
+    return Calibration(SIGMOID, positive, slope=slope, intercept=float(fitted.intercept_[0]), floor=floor)

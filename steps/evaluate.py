@@ -133,8 +133,11 @@ def calibration_target(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarra
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
                                bins: int = CALIBRATION_BINS) -> float:
     """The rows' mean gap between a probability and how often it came true, bin by bin (equal-width bins of
-    :func:`calibration_target`'s probability, each weighted by its rows); NaN without rows."""
+    :func:`calibration_target`'s probability, each weighted by its rows); rows without a probability (a row the
+    model refused) left out; NaN without rows."""
     predicted, happened = calibration_target(y_true, proba, classes, positive)
+    known = np.isfinite(predicted)
+    predicted, happened = np.clip(predicted[known], 0.0, 1.0), happened[known]
     if not len(predicted):
         return float("nan")
     which = np.minimum((predicted * bins).astype(int), bins - 1)

@@ -181,9 +181,7 @@ def report(rows: pd.DataFrame, y_true: Sequence[Any], y_pred: Sequence[Any], pos
                                      "false_positive_rate": false_positive_rate, "rows": count,
                                      "positives": _positives},
                             y_true=is_positive, y_pred=said_positive, sensitive_features=features)
-        gaps = frame.difference(method="between_groups")
-        differences = {DEMOGRAPHIC_PARITY: float(gaps["selection_rate"]),
-                       EQUALIZED_ODDS: float(max(gaps["true_positive_rate"], gaps["false_positive_rate"]))}
+        differences = compared_differences(frame.by_group)
     by_group = []
     for code, figures in frame.by_group.iterrows():
         entry: dict[str, Any] = {"group": dict(zip(grouping.columns, groups[int(code)], strict=True))}
@@ -192,6 +190,27 @@ def report(rows: pd.DataFrame, y_true: Sequence[Any], y_pred: Sequence[Any], pos
         by_group.append(entry)
     by_group.sort(key=lambda g: -g["rows"])
     return Report(grouping.columns, by_group, differences)
+
+
+# A group smaller than this is listed with its figures but left out of the differences: one or two rows give
+# rates of 0 or 1 by chance, and the largest gap over every group would be theirs. A rate of a group without the
+# rows it divides by (a true positive rate without positives) is left out the same way.
+MIN_GROUP_ROWS = 20
+
+
+def compared_differences(by_group: pd.DataFrame) -> dict[str, float]:
+    """Demographic parity and equalized odds differences (fairlearn's: the largest gap between groups) over the
+    groups of at least ``MIN_GROUP_ROWS`` rows; none when fewer than two such groups have the rates."""
+    big = by_group[by_group["rows"] >= MIN_GROUP_ROWS]
+    with_positives, with_negatives = big[big["positives"] > 0], big[big["rows"] > big["positives"]]
+    if len(big) < 2:
+        return {}
+
+    def gap(groups: pd.DataFrame, rate: str) -> float:
+        return float(groups[rate].max() - groups[rate].min()) if len(groups) >= 2 else 0.0
+
+    return {DEMOGRAPHIC_PARITY: gap(big, "selection_rate"),
+            EQUALIZED_ODDS: max(gap(with_positives, "true_positive_rate"), gap(with_negatives, "false_positive_rate"))}
 
 
 def _positives(y_true: np.ndarray, y_pred: np.ndarray) -> int:

@@ -118,9 +118,13 @@ def live_quality(rows: Sequence[LoggedRow], version: Version, minimum: int) -> t
     labelled = [r for r in rows if r.true_label is not None]
     if len(labelled) < minimum or len(version.classes) < 2:
         return len(labelled), {}
-    y_true = estimate.as_classes([r.true_label for r in labelled], version.classes)
     proba = estimate.probabilities(labelled, version.classes)
-    y_pred = estimate.as_classes([r.label for r in labelled], version.classes)  # what the version answered
+    scored = np.isfinite(proba).all(axis=1)  # a labelled row the model refused has no probabilities
+    rows_scored, proba = [r for r, ok in zip(labelled, scored, strict=True) if ok], proba[scored]
+    if len(rows_scored) < minimum:
+        return len(labelled), {}
+    y_true = estimate.as_classes([r.true_label for r in rows_scored], version.classes)
+    y_pred = estimate.as_classes([r.label for r in rows_scored], version.classes)  # what the version answered
     metrics = evaluate.classification_metrics(y_true, proba, np.array(version.classes), version.positive, y_pred)
     return len(labelled), metrics
 

@@ -31,7 +31,7 @@ from contract.names import (
     TAG_TRAIN_RUN_ID,
 )
 from contract.params import FORESTS, ForestParams, ModelParams, SplitParams, parse_cli, to_arguments
-from pyfunc.calibration import Calibration, ConformalScores, choose_method, fit_calibration
+from pyfunc.calibration import BINARY_MAPS, CLIP, Calibration, ConformalScores, candidates, fit_calibration
 from pyfunc.cleaning import FeatureSchema, clean_raw_frame, infer_feature_schema
 from pyfunc.fast import CompiledPipeline
 from pyfunc.model import (
@@ -128,6 +128,9 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
         raise ParameterError("threshold", str(model.threshold),
                              f"a threshold applies to binary targets; this one has {len(classes)} classes")
     fairness.check_params(model, schema.columns, positive)
+    if positive is None and model.calibration in BINARY_MAPS:
+        raise ParameterError("calibration", model.calibration, f"{model.calibration} maps one class's probability: "
+                             f"for {len(classes)} classes use temperature, auto or none")
     mlflow.log_params(
         {
             "n_numeric_columns": len(schema.numeric),
@@ -152,10 +155,7 @@ def fit_and_report(splits: Splits, labels: Labels, forest: ForestParams, model: 
     pipeline.fit(train, labels.train)
     fit_seconds = time.perf_counter() - started
     held_out = HeldOut.of(out_of_fold_proba(pipeline, train, labels, forest.random_state), labels)
-    calibration = fit_calibration(
-        choose_method(model.calibration, len(held_out.true_index), len(classes),
-                      "probability" if forest.model_type in FORESTS else "log_odds"),
-        held_out.proba, held_out.true_index, held_out.positive_index)
+    calibration = calibrate(model.calibration, held_out, forest, forest.random_state)
     calibrated = calibration.apply(held_out.proba)
     rule = decision_rule(labels, model, calibrated, held_out)
     conformal = ConformalScores.fit(calibrated, held_out.true_index)
@@ -208,8 +208,8 @@ OOB_MIN_TREES = 50
 
 
 def out_of_fold_proba(pipeline: Pipeline, train: pd.DataFrame, labels: Labels, seed: int) -> np.ndarray:
-    """Probabilities of the training rows from trees that did not see them: a forest's out-of-bag ones (NaN for
-    a row in every tree's sample) from ``OOB_MIN_TREES`` trees on, else 3-fold cross-validated predictions."""
+    """Probabilities of the training rows from trees that did not see them: a forest's out-of-bag ones from
+    ``OOB_MIN_TREES`` trees on, else 3-fold cross-validated predictions."""
     out_of_fold = getattr(pipeline.named_steps["forest"], "oob_decision_function_", None)
     if out_of_fold is None:
         out_of_fold = cross_val_predict(clone(pipeline), train, labels.train, method="predict_proba",
@@ -228,7 +228,8 @@ class HeldOut:
 
     @classmethod
     def of(cls, out_of_fold: np.ndarray, labels: Labels) -> HeldOut:
-        known = ~np.isnan(out_of_fold).any(axis=1)
+        # scikit-learn gives a row in every tree's sample zeros (or NaN): no out-of-fold probability
+        known = np.isfinite(out_of_fold).all(axis=1) & (out_of_fold.sum(axis=1) > 0)
         classes = list(labels.classes)
         true_index = pd.Index(classes).get_indexer(pd.Index(labels.train[known]))
         positive = None if labels.positive is None else classes.index(labels.positive)
@@ -246,6 +247,28 @@ def decision_rule(labels: Labels, model: ModelParams, calibrated: np.ndarray, he
         return DecisionRule(positive, float(model.threshold))
     return DecisionRule(positive, evaluate.best_threshold(held_out.true_index == positive, calibrated[:, positive],
                                                           model.metric))
+
+
+def calibrate(requested: str, held_out: HeldOut, forest: ForestParams, seed: int) -> Calibration:
+    """The calibration map of the served probabilities, fitted on the held-out rows. Of the methods ``requested``
+    leaves (:func:`pyfunc.calibration.candidates`), the one whose map, fitted on one half of the rows, gives the
+    other half the lowest Brier score (both ways round, averaged): "none" when no map beats the model's own."""
+    forest_votes = forest.model_type in FORESTS
+    # a forest's probabilities move in steps of one tree's vote: its 0s and 1s are read as half a vote
+    floor = 0.5 / forest.n_estimators if forest_votes else CLIP
+    proba, true, positive = held_out.proba, held_out.true_index, held_out.positive_index
+    options = candidates(requested, len(true), proba.shape[1], "probability" if forest_votes else "log_odds")
+    if len(options) > 1:
+        halves = np.array_split(np.random.default_rng(seed).permutation(len(true)), 2)
+        classes = np.arange(proba.shape[1])
+
+        def held_out_brier(method: str) -> float:
+            return float(np.mean([evaluate.brier_score(true[b], fit_calibration(
+                method, proba[a], true[a], positive, floor).apply(proba[b]), classes)
+                for a, b in (halves, halves[::-1])]))
+
+        options = (min(options, key=held_out_brier),)  # of equal scores the first: none
+    return fit_calibration(options[0], proba, true, positive, floor)
 
 
 SET_CONFIDENCES = (0.8, 0.9, 0.95)  # the prediction sets' coverage and size on the test split, logged at these

@@ -63,7 +63,7 @@ class Version:
     def training_split(self) -> pd.DataFrame:
         """The rows the version was trained on, as the preprocess step kept them (text cells, NaN missing)."""
         client = mlflow.MlflowClient()
-        splits_uri = client.get_run(self.run_id).data.params.get("splits_uri", "").strip("'")
+        splits_uri = run_param(client.get_run(self.run_id).data.params, "splits_uri")
         if not splits_uri:
             raise ProjectError(f"the training run {self.run_id} of {self.uri} names no splits_uri")
         return pd.read_parquet(mlflow.artifacts.download_artifacts(artifact_uri=f"{splits_uri}/{TRAIN_FILE}"))

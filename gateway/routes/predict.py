@@ -66,7 +66,7 @@ def to_predictions(rows: list[dict[str, Any]], ids: list[str]) -> list[dict[str,
 
 def set_params(confidence: float | None, coverage: str) -> dict[str, Any] | None:
     """The model's params asking for prediction sets; None when the caller asks for none."""
-    return None if confidence is None else {CONFIDENCE_PARAM: confidence, SET_COVERAGE_PARAM: coverage}
+    return {CONFIDENCE_PARAM: confidence, SET_COVERAGE_PARAM: coverage} if confidence else None
 
 
 def parse_predict_body(body: bytes, content_type: str, max_rows: int,

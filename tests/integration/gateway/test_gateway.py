@@ -590,6 +590,14 @@ def test_metrics_count_requests_latency_errors_batches_jobs_and_the_served_versi
         assert after[("gateway_training_jobs", (("status", status),))] == jobs.count(status)
     # the previous test killed the model server under traffic: those calls are counted
     assert after[("gateway_model_server_errors_total", (("kind", "unreachable"),))] >= 1
+    # the model server's own: the versions it holds, its follower loop, its spare worker (fast mode)
+    scraped = httpx.get(f"{stack.settings.model_server}/metrics", timeout=30)
+    assert scraped.status_code == 200, scraped.text
+    mine = {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(scraped.text) for s in family.samples}
+    assert mine[("model_server_loaded_model_info", (("name", MODEL), ("version", version)))] == 1
+    assert mine[("model_server_background_loop_up", (("loop", "registry-follower"),))] == 1
+    assert ("model_server_spare_worker", ()) in mine
 
 
 def metric_samples(api: httpx.Client) -> dict[tuple[str, tuple], float]:

@@ -17,7 +17,8 @@ from prometheus_client.samples import Sample
 
 from contract.settings import PROJECT_DIR
 from gateway.jobs import STATUSES
-from gateway.observability import JobsCollector, Metrics, SupervisionCollector
+from gateway.observability import JobsCollector, Metrics
+from runtime.metrics import LoadedVersionsCollector, SupervisionCollector
 
 RULES = PROJECT_DIR / "deploy" / "prometheus"
 DASHBOARD = PROJECT_DIR / "deploy" / "grafana" / "gateway-dashboard.json"
@@ -51,11 +52,16 @@ def test_every_alert_is_tested_firing_and_quiet():
 
 
 def exported() -> set[str]:
-    """The names of every series the gateway's /metrics can hold (each family's samples, labelled ones too)."""
+    """The names of every series the gateway's and the model server's /metrics can hold (each family's samples,
+    labelled ones too)."""
     metrics = Metrics()
-    metrics.add_collector(SupervisionCollector(lambda: {"loop": {"restarts": 0, "items_failed": 0,
-                                                                 "state": "running"}}))
+    loops = {"loop": {"restarts": 0, "items_failed": 0, "state": "running"}}
+    metrics.add_collector(SupervisionCollector(lambda: loops))
     metrics.add_collector(JobsCollector(lambda: {}, STATUSES))
+    # the model server's collectors, as model_server/app.py registers them
+    metrics.add_collector(SupervisionCollector(lambda: loops, prefix="model_server"))
+    metrics.add_collector(LoadedVersionsCollector(lambda: [{"name": "m", "version": "1", "in_flight": 0}],
+                                                  lambda: None))
     names = set()
     for family in metrics.registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
@@ -94,13 +100,13 @@ def test_the_dashboard_shows_what_every_alert_watches_each_panel_in_its_own_plac
     assert watched <= shown, watched - shown
 
 
-def test_the_compose_prometheus_scrapes_the_gateway_with_these_rules_and_grafana_loads_this_dashboard():
+def test_the_compose_prometheus_scrapes_both_services_with_these_rules_and_grafana_loads_this_dashboard():
     checked = promtool("check", "config", "prometheus.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     config = yaml.safe_load((RULES / "prometheus.yml").read_text())
     assert config["rule_files"] == ["alerts.yml"]
     assert [t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]] \
-        == ["gateway:8000"]
+        == ["gateway:8000", "model-server:5001"]
     services = yaml.safe_load((PROJECT_DIR / "docker-compose.yaml").read_text())["services"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     mounted = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["grafana"]["volumes"] if v.startswith("./"))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyfunc.calibration import (
     ISOTONIC_MIN_ROWS,
     Calibration,
     ConformalScores,
-    choose_method,
+    candidates,
     fit_calibration,
 )
 from steps.evaluate import brier_score, expected_calibration_error
@@ -38,6 +38,7 @@ def held_out(draw, max_classes: int = 4):
     return proba, rng.integers(0, k, n)
 
 
+@settings(deadline=None)
 @given(held_out(), st.floats(0.01, 0.99), st.booleans())
 def test_the_sets_cover_at_least_the_confidence_of_the_rows_they_were_fitted_on(data, confidence, per_class):
     """The ceil((n+1)c)-th smallest score: at least that many of the n scores are within it (or every class)."""
@@ -79,6 +80,7 @@ def test_the_scores_survive_their_artifact(data):
         assert (again.sets(proba, confidence) == scores.sets(proba, confidence)).all()
 
 
+@settings(deadline=None)  # a fit takes tens of milliseconds, more on a busy machine
 @given(held_out(), st.sampled_from(["isotonic", "sigmoid", "temperature"]))
 def test_a_calibration_gives_probabilities_and_survives_its_artifact(data, method):
     proba, true = data
@@ -128,12 +130,12 @@ def test_a_sigmoid_scales_and_shifts_each_classs_log_odds_so_they_still_add_up(p
         np.testing.assert_allclose(1 / (1 + np.exp(-log_odds)), served[:, k], atol=1e-12)
 
 
-def test_auto_chooses_by_classes_score_and_rows():
-    assert choose_method("auto", 10**6, 3, "probability") == "temperature"
-    assert choose_method("auto", 10**6, 2, "log_odds") == "sigmoid"
-    assert choose_method("auto", ISOTONIC_MIN_ROWS - 1, 2, "probability") == "sigmoid"
-    assert choose_method("auto", ISOTONIC_MIN_ROWS, 2, "probability") == "isotonic"
-    assert choose_method("none", 10, 2, "probability") == "none"
+def test_auto_leaves_a_choice_by_classes_score_and_rows():
+    assert candidates("auto", 10**6, 3, "probability") == ("none", "temperature")
+    assert candidates("auto", 10**6, 2, "log_odds") == ("none", "sigmoid")
+    assert candidates("auto", ISOTONIC_MIN_ROWS - 1, 2, "probability") == ("none", "sigmoid")
+    assert candidates("auto", ISOTONIC_MIN_ROWS, 2, "probability") == ("none", "sigmoid", "isotonic")
+    assert candidates("isotonic", 10, 2, "probability") == ("isotonic",)
     assert Calibration().keeps_additivity("probability")
     assert not Calibration("isotonic").keeps_additivity("log_odds")
     assert not Calibration("sigmoid").keeps_additivity("probability")

@@ -19,7 +19,9 @@ from contract.names import (
     TAG_MONITORING_REALISED_COVERAGE,
 )
 from contract.params import METRICS
-from steps import estimate, evaluate, report
+from pyfunc.cleaning import FeatureSchema
+from steps import estimate, evaluate, monitor, report
+from steps.versions import Version
 
 
 def calibrated_window(kind: str, n: int, seed: int):
@@ -181,3 +183,15 @@ def test_a_row_the_model_refused_is_left_out_of_the_estimate_not_a_failure():
     rows.append(LoggedRow("r-x", "1", 0.0, {}, None, {"no": None, "yes": None}, None))  # answered with an error
     figures = estimate.window_figures(rows, ["no", "yes"], "yes", "isotonic", minimum=30)
     assert figures["estimated_rows"] == 10 and figures["estimated_metrics"]["accuracy"] == pytest.approx(0.9)
+
+
+def test_a_labelled_row_the_model_refused_leaves_live_figures_standing():
+    """Feedback on a row answered with an error (null probabilities): the calibration error and the live metrics
+    are of the other labelled rows, not a failed monitoring job."""
+    rows = [row(i, "yes", 0.9, "yes" if i % 10 else "no") for i in range(40)]
+    rows.append(LoggedRow("r-x", "1", 0.0, {}, None, {"no": None, "yes": None}, "yes"))
+    figures = estimate.window_figures(rows, ["no", "yes"], "yes", "isotonic", minimum=30)
+    assert figures["live_calibration_error"] == pytest.approx(0.0)  # 0.9 came true 36 times in 40
+    version = Version("m", "1", "run", FeatureSchema([], [], []), ["no", "yes"], "yes", {})
+    count, live = monitor.live_quality(rows, version, 30)
+    assert count == 41 and live["accuracy"] == pytest.approx(0.9)
