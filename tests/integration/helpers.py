@@ -81,9 +81,11 @@ def answers(predictions: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k != "id"} for p in predictions]
 
 
-def own_probabilities(tracking_uri: str, name: str, version: str, rows: list[dict]) -> list[dict[str, float]]:
+def own_probabilities(tracking_uri: str, name: str, version: str, rows: list[dict]) -> tuple[list[dict[str, float]],
+                                                                                        str]:
     """Each row's probabilities before calibration, from the version's model in this process: what a forest's
-    explanations add up to (``explains`` "uncalibrated_probability")."""
+    explanations add up to; and what they say they explain ("probability" when training kept the forest's own
+    probabilities, calibration "none"; "uncalibrated_probability" otherwise)."""
     import mlflow
     import pandas as pd
 
@@ -92,4 +94,5 @@ def own_probabilities(tracking_uri: str, name: str, version: str, rows: list[dic
     inner = mlflow.pyfunc.load_model(local).unwrap_python_model()
     proba = inner._compiled.predict_proba(pd.DataFrame(rows, dtype=object))
     classes = [str(c) for c in inner._compiled.classes]
-    return [dict(zip(classes, row.tolist(), strict=True)) for row in proba]
+    explains = "probability" if inner._calibration.method == "none" else "uncalibrated_probability"
+    return [dict(zip(classes, row.tolist(), strict=True)) for row in proba], explains

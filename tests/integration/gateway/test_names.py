@@ -109,9 +109,9 @@ def test_it_serves_json_csv_and_v2_by_name_with_the_same_answers(api):
 
 def test_it_explains_each_column_by_its_own_name(api, stack):
     explained = predicted(api, f"/models/{MODEL}/explain?classes=all", json={"records": ROWS[:3]})
-    own = own_probabilities(stack.tracking_uri, MODEL, explained["model"]["version"], ROWS[:3])
+    own, explains = own_probabilities(stack.tracking_uri, MODEL, explained["model"]["version"], ROWS[:3])
     for row, before in zip(explained["explanations"], own, strict=True):
-        assert sorted(row["contributions"]) == sorted(NAMES)
+        assert sorted(row["contributions"]) == sorted(NAMES) and row["explains"] == explains
         # a forest's explanation: of its probability before calibration
         total = row["base_value"] + sum(row["contributions"].values())
         assert total == pytest.approx(before[str(row["label"])])

@@ -192,11 +192,11 @@ def test_explanations_agree_across_the_gateway_the_pyfunc_and_mlflow_models_serv
     assert [(r["label"], r["probabilities"]) for r in rows] == [(p["label"], p["probabilities"]) for p in plain]
     columns = [c["name"] for c in api.get(f"/models/{CENSUS}/schema").json()["columns"]]
     # a forest's explanation adds up to its own probability, before calibration, and says so
-    own = own_probabilities(stack.tracking_uri, CENSUS, "1", RECORDS)
+    own, explains = own_probabilities(stack.tracking_uri, CENSUS, "1", RECORDS)
     for row, before in zip(rows, own, strict=True):
         values = list(row["contributions"].values())
         assert sorted(row["contributions"]) == sorted(columns) and values == sorted(values, key=abs, reverse=True)
-        assert row["explains"] == "uncalibrated_probability"
+        assert row["explains"] == explains
         assert row["base_value"] + sum(values) == pytest.approx(before[str(row["label"])], abs=1e-6)  # local accuracy
         for label, part in row["by_class"].items():
             total = part["base_value"] + sum(part["contributions"].values())

@@ -116,8 +116,9 @@ def test_a_parquet_folder_scores_the_same_and_explain_adds_the_models_own_explan
     for column in ["base_value", *contrib]:
         assert got[column].tolist() == expected[column].tolist(), column
     assert scored.loc[list(BAD_ROWS), "base_value"].isna().all()
-    # a forest's explanations add up to its own (uncalibrated) probability of the predicted class
-    assert set(got["explains"]) == {"uncalibrated_probability"}
+    # a forest's explanations add up to its own probability of the predicted class, calibrated or not after
+    calibrated = model.unwrap_python_model()._calibration.method != "none"
+    assert set(got["explains"]) == {"uncalibrated_probability" if calibrated else "probability"}
     own = model.unwrap_python_model()._compiled.predict_proba(raw.drop(index=list(BAD_ROWS)))
     classes = list(model.unwrap_python_model()._compiled.classes)
     predicted = own[np.arange(len(own)), [classes.index(label) for label in got["label"]]]
