@@ -130,20 +130,26 @@ def calibration_target(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarra
     return proba[np.arange(len(top)), top], true == top
 
 
-def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
-                               bins: int = CALIBRATION_BINS) -> float:
-    """The rows' mean gap between a probability and how often it came true, bin by bin (equal-width bins of
-    :func:`calibration_target`'s probability, each weighted by its rows); rows without a probability (a row the
-    model refused) left out; NaN without rows."""
+def reliability_bins(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
+                     bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of :func:`calibration_target`'s probability: its rows, the sum of their probabilities
+    and how many came true. Rows without a probability (a row the model refused) are left out."""
     predicted, happened = calibration_target(y_true, proba, classes, positive)
     known = np.isfinite(predicted)
     predicted, happened = np.clip(predicted[known], 0.0, 1.0), happened[known]
-    if not len(predicted):
-        return float("nan")
     which = np.minimum((predicted * bins).astype(int), bins - 1)
-    rows = np.bincount(which, minlength=bins)
-    gaps = np.abs(np.bincount(which, predicted, bins) - np.bincount(which, happened.astype(float), bins))
-    return float(gaps.sum() / rows.sum())
+    return (np.bincount(which, minlength=bins), np.bincount(which, predicted, bins),
+            np.bincount(which, happened.astype(float), bins))
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray, positive: object | None,
+                               bins: int = CALIBRATION_BINS) -> float:
+    """The rows' mean gap between a probability and how often it came true, bin by bin (:func:`reliability_bins`,
+    each weighted by its rows); NaN without rows."""
+    rows, predicted, happened = reliability_bins(y_true, proba, classes, positive, bins)
+    if not rows.sum():
+        return float("nan")
+    return float(np.abs(predicted - happened).sum() / rows.sum())
 
 
 def brier_score(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
@@ -165,12 +171,9 @@ def plot_reliability(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, 
     ax.plot([0, 1], [0, 1], color="lightgrey", linestyle="--", label="perfectly calibrated")
     edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
     for name, proba in (("uncalibrated", before), ("calibrated (served)", after)):
-        predicted, happened = calibration_target(y_true, proba, classes, positive)
-        which = np.minimum((predicted * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
-        rows = np.bincount(which, minlength=CALIBRATION_BINS)
+        rows, predicted, happened = reliability_bins(y_true, proba, classes, positive)
         kept = rows > 0
-        mean_p = np.bincount(which, predicted, CALIBRATION_BINS)[kept] / rows[kept]
-        rate = np.bincount(which, happened.astype(float), CALIBRATION_BINS)[kept] / rows[kept]
+        mean_p, rate = predicted[kept] / rows[kept], happened[kept] / rows[kept]
         ece = expected_calibration_error(y_true, proba, classes, positive)
         ax.plot(mean_p, rate, marker="o", label=f"{name}: ECE {ece:.4f}")
     ax.set_xticks(edges[::3])
